@@ -1,0 +1,71 @@
+"""Multi-window CT encoding: a HU volume becomes one [-1, 1] channel per CT window, and back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+#: The paper's windows as (width, level) in HU: W2000/L0, W1000/L200, W500/L50.
+PAPER_WINDOWS: tuple[tuple[float, float], ...] = ((2000.0, 0.0), (1000.0, 200.0), (500.0, 50.0))
+#: Mediastinal window used for evaluation (paper Table 2).
+MEDIASTINAL_WINDOW: tuple[float, float] = (350.0, 50.0)
+
+
+def window_bounds(width: float, level: float) -> tuple[float, float]:
+    """Lowest and highest HU shown by a window of the given width and level."""
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    return level - width / 2.0, level + width / 2.0
+
+
+@dataclass(frozen=True)
+class WindowEncoding:
+    """Encodes HU as stacked windows; decodes the ``output_channel`` window back to HU."""
+
+    windows: tuple[tuple[float, float], ...] = PAPER_WINDOWS
+    output_channel: int = 0
+    air_hu: float = field(default=-1000.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "windows", tuple((float(w), float(l)) for w, l in self.windows))
+        if not 0 <= self.output_channel < len(self.windows):
+            raise ValueError(f"output_channel {self.output_channel} outside {len(self.windows)} windows")
+        for width, level in self.windows:
+            window_bounds(width, level)
+
+    @property
+    def channels(self) -> int:
+        return len(self.windows)
+
+    @property
+    def output_range_hu(self) -> tuple[float, float]:
+        return window_bounds(*self.windows[self.output_channel])
+
+    def encode(self, hu: torch.Tensor) -> torch.Tensor:
+        """HU tensor of any shape (..., Z, Y, X) -> float32 tensor with a channel axis inserted before Z."""
+        hu = hu.to(torch.float32)
+        out = []
+        for width, level in self.windows:
+            lo, hi = window_bounds(width, level)
+            out.append((hu.clamp(lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0)
+        return torch.stack(out, dim=-4)
+
+    def decode(self, encoded_channel: torch.Tensor | np.ndarray):
+        """The output channel's [-1, 1] values -> HU within that window's range."""
+        lo, hi = self.output_range_hu
+        return (encoded_channel + 1.0) * ((hi - lo) / 2.0) + lo
+
+    def to_dict(self) -> dict:
+        return {
+            "windows": [{"width": w, "level": l} for w, l in self.windows],
+            "output_channel": self.output_channel,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WindowEncoding":
+        return cls(
+            windows=tuple((float(w["width"]), float(w["level"])) for w in data["windows"]),
+            output_channel=int(data.get("output_channel", 0)),
+        )

@@ -1,0 +1,50 @@
+"""Exceptions the engine raises, each carrying what a user needs to act: the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SyntheticContrastError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InputError(SyntheticContrastError):
+    """An input file or folder cannot be used; the message names the path and the problem."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class SeriesSelectionError(InputError):
+    """A DICOM folder holds several series and the caller did not say which one to use."""
+
+    def __init__(self, path, series: list[dict]):
+        self.series = series
+        listing = "\n".join(
+            f"  {s['series_uid']}  {s['slices']:4d} slices  {s['description'] or '(no SeriesDescription)'}"
+            for s in series
+        )
+        super().__init__(path, f"holds {len(series)} DICOM series; choose one with --series UID:\n{listing}")
+
+
+class ModelError(SyntheticContrastError):
+    """A model card or weights file is invalid, tampered with, or of an unknown architecture."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class OutputError(SyntheticContrastError):
+    """An output cannot be written (read-only folder, disk full, name that hides it is synthetic)."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class SynthesisCancelled(SyntheticContrastError):
+    """The caller's cancel callable asked to stop; nothing partial was returned or written."""

@@ -1,0 +1,39 @@
+"""Atomic file writing: results appear under their final name complete or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path):
+    """Yield a temporary path beside ``final`` (same suffixes, so writers pick the right format); rename on success."""
+    final = Path(final)
+    suffix = "".join(final.suffixes) or ".tmp"
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=f".partial{suffix}", dir=final.parent)
+    except OSError as exc:
+        raise OutputError(final.parent, f"cannot write here: {exc.strerror or exc}") from exc
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise OutputError(final, f"writing failed: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(final: str | Path, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,364 @@
+"""pix2pix training of the 3D generator on paired NCCT/CECT volumes (the paper's recipe by default).
+
+Runs on one device or under ``torchrun`` (DistributedDataParallel; NCCL on GPUs, gloo on CPUs). All
+randomness of an epoch derives from (seed, epoch, rank), so ``resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .encoding import PAPER_WINDOWS, WindowEncoding
+from .errors import InputError
+from .fileio import atomic_path
+from .inference import SynthesisOptions, autocast_dtype, resolve_device, synthesize_array
+from .metrics import mae, psnr
+from .models import ModelCard, save_model
+from .networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
+from .volume_io import read_volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Paper defaults: GAN + 100 x L1, real label 0.9, Adam 2e-4 / 0.5, lr x0.1 after epoch 10, 20 epochs, batch 1."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator_ndf: int = 64
+    windows: tuple = PAPER_WINDOWS
+    window_z: int = 16
+    crop: int | None = None  # in-plane training crop (None: whole slices, as the paper)
+    epochs: int = 20
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lr_decay_epoch: int = 10
+    lr_decay_factor: float = 0.1
+    l1_weight: float = 100.0
+    real_label: float = 0.9
+    shift_px: int = 50
+    samples_per_volume: int = 8
+    batch_size: int = 1
+    precision: str = "fp32"
+    val_fraction: float = 0.1
+    sample_every: int = 5
+    seed: int = 0
+    device: str = "auto"
+    model_id: str = "sct-model"
+    default_stride: int = 8
+    intended_use: str = "research"
+    training_data: str = "unspecified"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["generator"] = self.generator.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["generator"] = GeneratorConfig.from_dict(d["generator"])
+        d["windows"] = tuple(tuple(w) for w in d["windows"])
+        return cls(**d)
+
+
+@dataclass
+class PairedVolume:
+    name: str
+    source: np.ndarray  # HU (z, y, x)
+    target: np.ndarray
+
+
+def register_rigid(fixed_path, moving_path):
+    """Rigidly align ``moving`` (e.g. CECT) to ``fixed`` (NCCT) with Mattes MI; returns it resampled on fixed's grid."""
+    import SimpleITK as sitk
+
+    fixed = read_volume(fixed_path).to_sitk()
+    moving = read_volume(moving_path).to_sitk()
+    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(50)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.05, seed=1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 200)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    reg.SetInitialTransform(init, inPlace=False)
+    transform = reg.Execute(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
+    resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, -1000.0)
+    return sitk.GetArrayFromImage(resampled).astype(np.float32)
+
+
+def load_pairs(pairs: Sequence[tuple[str, str]], register: bool = False) -> list[PairedVolume]:
+    """Read (input, target) paths; targets must share the input grid unless ``register`` aligns them."""
+    out = []
+    for src, tgt in pairs:
+        s = read_volume(src)
+        if register:
+            t_arr = register_rigid(src, tgt)
+        else:
+            t = read_volume(tgt)
+            if t.array.shape != s.array.shape or not np.allclose(t.spacing, s.spacing, atol=1e-3) or not np.allclose(t.origin, s.origin, atol=1e-2):
+                raise InputError(tgt, f"grid differs from its input {src} (shape {t.array.shape} vs {s.array.shape}); align the pair or use --register")
+            t_arr = t.array
+        out.append(PairedVolume(Path(src).name, s.array, t_arr))
+    return out
+
+
+def read_pair_list(path: str | Path) -> list[tuple[str, str]]:
+    """A CSV with columns input,target, or a folder with <case>_ncct.* / <case>_cect.* files."""
+    path = Path(path)
+    if path.is_dir():
+        pairs = []
+        for src in sorted(path.glob("*_ncct.*")):
+            tgt = src.with_name(src.name.replace("_ncct.", "_cect."))
+            if not tgt.exists():
+                raise InputError(src, f"has no paired target {tgt.name}")
+            pairs.append((str(src), str(tgt)))
+        if not pairs:
+            raise InputError(path, "holds no <case>_ncct.* / <case>_cect.* pairs")
+        return pairs
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"input", "target"} <= set(rows[0]):
+        raise InputError(path, "CSV needs the columns 'input' and 'target'")
+    base = path.parent
+    return [(str(base / r["input"]), str(base / r["target"])) for r in rows]
+
+
+def _sample(pair: PairedVolume, cfg: TrainConfig, rng: np.random.Generator):
+    """One training window: same z-range, crop and in-plane shift for input and target (air fills the gap)."""
+    z, h, w = pair.source.shape
+    z0 = int(rng.integers(0, max(1, z - cfg.window_z + 1)))
+    zs = slice(z0, z0 + cfg.window_z)
+    crop = cfg.crop or h
+    y0 = int(rng.integers(0, h - crop + 1)) if crop < h else 0
+    x0 = int(rng.integers(0, w - crop + 1)) if crop < w else 0
+    dy, dx = (int(v) for v in rng.integers(-cfg.shift_px, cfg.shift_px + 1, size=2)) if cfg.shift_px else (0, 0)
+    out = []
+    for arr in (pair.source, pair.target):
+        win = np.full((cfg.window_z, crop, crop), -1000.0, np.float32)
+        sy0, sx0 = y0 - dy, x0 - dx  # window pixel (i, j) shows source pixel (sy0 + i, sx0 + j)
+        ys, xs = max(sy0, 0), max(sx0, 0)
+        ye, xe = min(sy0 + crop, h), min(sx0 + crop, w)
+        if ye > ys and xe > xs:
+            win[:, ys - sy0 : ye - sy0, xs - sx0 : xe - sx0] = arr[zs, ys:ye, xs:xe]
+        out.append(win)
+    return out
+
+
+class Trainer:
+    """Owns the networks, optimisers and schedules; ``fit`` runs epochs with checkpoints and validation."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, progress: Callable[[str], None] | None = None):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if self.distributed and torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = resolve_device(cfg.device)
+        self.amp = autocast_dtype(cfg.precision, self.device)
+        self.encoding = WindowEncoding(cfg.windows)
+        torch.manual_seed(cfg.seed)
+        self.G = UNetGenerator3D(cfg.generator).to(self.device)
+        disc_cfg = DiscriminatorConfig(in_channels=cfg.generator.in_channels + cfg.generator.out_channels, ndf=cfg.discriminator_ndf)
+        self.D = PatchDiscriminator3D(disc_cfg).to(self.device)
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        step = lambda opt: torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_epoch, cfg.lr_decay_factor)
+        self.sched_g, self.sched_d = step(self.opt_g), step(self.opt_d)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.G_train, self.D_train = self.G, self.D
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = nn.parallel.DistributedDataParallel(self.G, device_ids=ids)
+            self.D_train = nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.say = progress or (lambda msg: log.info(msg))
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        state = {
+            "epoch": self.epoch, "config": json.dumps(self.cfg.to_dict()), "history": json.dumps(self.history),
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, path: str | Path | None = None) -> None:
+        path = Path(path or self.checkpoint_path)
+        if not path.exists():
+            raise InputError(path, "no checkpoint to resume from")
+        # weights_only=True: tensors and plain containers only, so a checkpoint cannot run code.
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
+        self.history = json.loads(state["history"])
+
+    # -- training ----------------------------------------------------------------------------
+    def _batches(self, pairs: list[PairedVolume], rng):
+        order = np.arange(len(pairs) * self.cfg.samples_per_volume) % len(pairs)
+        rng.shuffle(order)
+        order = order[self.rank :: self.world]  # each rank its own shard of the epoch's samples
+        bs = self.cfg.batch_size
+        for i in range(0, len(order) - bs + 1, bs):
+            samples = [_sample(pairs[j], self.cfg, rng) for j in order[i : i + bs]]
+            src = torch.from_numpy(np.stack([s for s, _ in samples])).to(self.device)
+            tgt = torch.from_numpy(np.stack([t for _, t in samples])).to(self.device)
+            yield self.encoding.encode(src), self.encoding.encode(tgt)
+
+    def _step(self, x, y) -> dict:
+        bce = nn.functional.binary_cross_entropy_with_logits
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            fake = self.G_train(x)
+        # Discriminator: real pairs toward 0.9 (one-sided label smoothing), synthetic pairs toward 0.
+        self.opt_d.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.D_train(torch.cat([x, x]), torch.cat([y, fake.detach()]))
+            real, synth = logits.float().chunk(2)
+            loss_d = 0.5 * (bce(real, torch.full_like(real, self.cfg.real_label)) + bce(synth, torch.zeros_like(synth)))
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+        # Generator: fool D (through the unwrapped D, whose gradients are not wanted) plus weighted L1.
+        self.opt_g.zero_grad(set_to_none=True)
+        for p in self.D.parameters():
+            p.requires_grad_(False)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            pred = self.D(x, fake).float()
+            loss_gan = bce(pred, torch.ones_like(pred))
+            loss_l1 = nn.functional.l1_loss(fake.float(), y)
+            loss_g = loss_gan + self.cfg.l1_weight * loss_l1
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        for p in self.D.parameters():
+            p.requires_grad_(True)
+        return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_g_l1": loss_l1.item()}
+
+    def validate(self, pairs: list[PairedVolume]) -> dict:
+        if not pairs:
+            return {}
+        self.G.eval()
+        values = {"val_mae": [], "val_psnr": [], "input_mae": [], "input_psnr": []}
+        preds = []
+        for p in pairs:
+            pred, _ = synthesize_array(
+                p.source, self.G, self.encoding, self.cfg.window_z,
+                SynthesisOptions(stride=self.cfg.default_stride, blend="gaussian", device=str(self.device)),
+                inplane_multiple=self.cfg.generator.size_multiple()[1],
+            )
+            preds.append(pred)
+            values["val_mae"].append(mae(pred, p.target))
+            values["val_psnr"].append(psnr(pred, p.target))
+            values["input_mae"].append(mae(p.source, p.target))
+            values["input_psnr"].append(psnr(p.source, p.target))
+        self.G.train()
+        self._last_val_pred = preds[0]
+        return {k: float(np.mean(v)) for k, v in values.items()}
+
+    def fit(self, train: list[PairedVolume], val: list[PairedVolume], stop_after_epoch: int | None = None) -> None:
+        cfg = self.cfg
+        self.G.train()
+        self.D.train()
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch + 1
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.seed * 100003 + epoch * 101 + self.rank)  # dropout noise of this epoch
+            rng = np.random.default_rng([cfg.seed, epoch, self.rank])
+            losses = [self._step(x, y) for x, y in self._batches(train, rng)]
+            self.sched_g.step()
+            self.sched_d.step()
+            row = {"epoch": epoch, "lr": self.opt_g.param_groups[0]["lr"]}
+            row.update({k: float(np.mean([l[k] for l in losses])) for k in losses[0]} if losses else {})
+            if self.rank == 0:
+                row.update(self.validate(val))
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            self.epoch = epoch
+            self.history.append(row)
+            if self.rank == 0:
+                self._log(row, val)
+            self.save_checkpoint()
+            if self.distributed:
+                dist.barrier()
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                return
+        if self.rank == 0:
+            self.export_model()
+
+    def _log(self, row: dict, val) -> None:
+        self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        keys = list(dict.fromkeys(k for r in self.history for k in r))
+        with atomic_path(self.out_dir / "training_log.csv") as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, keys)
+                writer.writeheader()
+                writer.writerows(self.history)
+        if val and self.cfg.sample_every and row["epoch"] % self.cfg.sample_every == 0:
+            from .figures import side_by_side
+
+            k = val[0].source.shape[0] // 2
+            side_by_side(
+                [val[0].source[k], self._last_val_pred[k], val[0].target[k]],
+                ["NCCT (input)", "sCECT (SYNTHETIC)", "CECT (target)"],
+                self.out_dir / f"samples_epoch{row['epoch']:03d}.png",
+                f"{val[0].name}, epoch {row['epoch']}, slice {k}",
+            )
+
+    def export_model(self) -> Path:
+        cfg = self.cfg
+        card = ModelCard(
+            model_id=cfg.model_id, architecture={}, encoding=self.encoding,
+            window={"z": cfg.window_z, "y": cfg.crop or 512, "x": cfg.crop or 512},
+            default_stride=cfg.default_stride, intended_use=cfg.intended_use, training_data=cfg.training_data,
+            weights_file="", training={"config": cfg.to_dict(), "final_epoch": self.epoch, "history": self.history[-3:]},
+        )
+        return save_model(self.G, card, self.out_dir / f"{cfg.model_id}.json")
+
+
+def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic split; at least one validation pair when there are two or more pairs and val_fraction > 0."""
+    if val_fraction <= 0 or len(pairs) < 2:
+        return list(pairs), []
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, int(round(val_fraction * len(pairs))))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]

@@ -1,0 +1,225 @@
+"""Reading and writing CT volumes (NIfTI, NRRD, MHA, DICOM series) with exact geometry and clear errors.
+
+Geometry follows SimpleITK/DICOM: LPS physical space, spacing/origin in (x, y, z), arrays indexed (z, y, x).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, OutputError, SeriesSelectionError
+from .fileio import atomic_path
+
+READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+@dataclass
+class Volume:
+    """A 3D image in HU with its LPS geometry; ``array`` is (z, y, x) float32."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    metadata: dict = field(default_factory=dict)
+    source: str = ""
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(tuple(float(s) for s in self.spacing))
+        image.SetOrigin(tuple(float(o) for o in self.origin))
+        image.SetDirection(tuple(float(d) for d in self.direction))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, source: str = "", metadata: dict | None = None) -> "Volume":
+        return cls(
+            array=sitk.GetArrayFromImage(image).astype(np.float32, copy=False),
+            spacing=tuple(image.GetSpacing()),
+            origin=tuple(image.GetOrigin()),
+            direction=tuple(image.GetDirection()),
+            metadata=dict(metadata or {}),
+            source=source,
+        )
+
+    def with_array(self, array: np.ndarray, **metadata) -> "Volume":
+        """Same geometry, new voxels (e.g. the synthetic result of this volume)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from volume shape {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction, {**metadata}, self.source)
+
+    def index_to_physical(self, ijk) -> np.ndarray:
+        """Continuous (i, j, k) = (x, y, z) index -> LPS millimetres."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.asarray(self.origin, float) + d @ (np.asarray(ijk, float) * np.asarray(self.spacing, float))
+
+    def physical_to_index(self, point) -> np.ndarray:
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.linalg.solve(d, np.asarray(point, float) - np.asarray(self.origin, float)) / np.asarray(self.spacing, float)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "cannot be read (permission denied)")
+
+
+def dicom_series_in(folder: Path) -> list[dict]:
+    """The DICOM series directly in ``folder``: uid, description, files (GDCM's order)."""
+    reader = sitk.ImageSeriesReader
+    series = []
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        series.append({"series_uid": uid, "files": files, "slices": len(files), "description": _description(files[0])})
+    return series
+
+
+def _description(file: str) -> str:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(file, stop_before_pixels=True).get("SeriesDescription", ""))
+    except Exception:
+        return ""
+
+
+def check_dicom_series(files: list[str], folder: Path) -> list[str]:
+    """Header checks with pydicom; returns the files sorted along the slice normal or raises InputError."""
+    import pydicom
+
+    headers = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:
+            raise InputError(f, f"is not a readable DICOM file ({exc.__class__.__name__}: {exc})") from exc
+        headers.append((f, ds))
+    modality = {str(ds.get("Modality", "")) for _, ds in headers}
+    if modality != {"CT"}:
+        raise InputError(folder, f"series modality is {'/'.join(sorted(modality)) or 'missing'}, not CT; synthetic contrast is defined only for CT")
+    if len(headers) < 2:
+        raise InputError(folder, "series has a single slice (a 2D image); a 3D CT volume is needed")
+    for f, ds in headers:
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            raise InputError(f, "lacks ImagePositionPatient/ImageOrientationPatient; slice geometry unknown")
+    orientation = np.array(headers[0][1].ImageOrientationPatient, float)
+    for f, ds in headers:
+        if not np.allclose(np.array(ds.ImageOrientationPatient, float), orientation, atol=1e-4):
+            raise InputError(f, "slice orientation differs from the rest of the series")
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.array([np.array(ds.ImagePositionPatient, float) for _, ds in headers])
+    order = np.argsort(positions @ normal)
+    positions = positions[order]
+    files_sorted = [headers[i][0] for i in order]
+    steps = np.diff(positions @ normal)
+    if np.any(steps < 1e-3):
+        raise InputError(folder, "two slices share one position (duplicate slices, or two series mixed in one folder)")
+    tilt = [float(ds.get("GantryDetectorTilt", 0) or 0) for _, ds in headers]
+    offsets = positions[-1] - positions[0]
+    off_axis = np.linalg.norm(offsets - (offsets @ normal) * normal)
+    if any(abs(t) > 0.01 for t in tilt) or off_axis > 0.01 * np.linalg.norm(offsets) + 0.1:
+        raise InputError(folder, f"gantry tilt ({max(tilt, key=abs):.1f} deg in the header, slices shifted {off_axis:.1f} mm off the normal); resample to an orthogonal grid first")
+    median = float(np.median(steps))
+    gaps = np.where(steps > 1.5 * median)[0]
+    if len(gaps):
+        missing = int(round(float(np.sum(steps[gaps] / median - 1))))
+        raise InputError(folder, f"about {missing} slice(s) missing: gap of {steps[gaps[0]]:.2f} mm after slice {gaps[0] + 1} where spacing is {median:.2f} mm")
+    if steps.max() - steps.min() > max(0.01 * median, 0.01):
+        raise InputError(folder, f"uneven slice spacing ({steps.min():.3f} to {steps.max():.3f} mm); resample to even spacing first")
+    return files_sorted
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise InputError(folder, "is an empty folder")
+    series = dicom_series_in(folder)
+    if not series:
+        raise InputError(folder, "contains no DICOM series (and is not a NIfTI/NRRD/MHA file)")
+    if series_uid is None and len(series) > 1:
+        raise SeriesSelectionError(folder, series)
+    chosen = series[0] if series_uid is None else next((s for s in series if s["series_uid"] == series_uid), None)
+    if chosen is None:
+        raise InputError(folder, f"has no series {series_uid}; it has {[s['series_uid'] for s in series]}")
+    files = check_dicom_series(chosen["files"], folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(folder, f"pixel data could not be read (corrupt or truncated file?): {str(exc).strip().splitlines()[-1]}") from exc
+    meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"]}
+    return Volume.from_sitk(image, str(folder), meta)
+
+
+def check_hu_volume(volume: Volume, path, min_slices: int = 2) -> None:
+    """Refuse what cannot be a CT in HU: non-finite voxels, 2D data, or intensities without air."""
+    a = volume.array
+    if a.ndim != 3 or a.shape[0] < min_slices:
+        raise InputError(path, f"is not a 3D volume (shape {a.shape}); a CT series of several slices is needed")
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise InputError(path, f"has {int((~finite).sum())} NaN or infinite voxels")
+    lo, hi = float(np.percentile(a, 1)), float(a.max())
+    if lo > -500 or hi > 20000 or float(a.min()) < -4000:
+        raise InputError(
+            path,
+            f"intensities do not look like Hounsfield units (1st percentile {lo:.0f}, min {a.min():.0f}, max {hi:.0f}); "
+            "a chest CT in HU contains air near -1000. Apply the DICOM rescale slope/intercept first",
+        )
+
+
+def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool = True) -> Volume:
+    """Read a CT volume; DICOM folders are checked for modality, missing slices, uneven spacing and tilt."""
+    path = Path(path)
+    _check_readable(path)
+    if path.is_dir():
+        volume = _read_dicom_folder(path, series_uid)
+    else:
+        suffix = _suffix(path)
+        if suffix in (".dcm", ".ima") or suffix == "":
+            raise InputError(path, "is a single file, not a volume; give the folder holding the whole DICOM series")
+        if suffix not in READ_SUFFIXES:
+            raise InputError(path, f"has an unsupported extension {suffix!r}; use one of {', '.join(READ_SUFFIXES)} or a DICOM folder")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(path, f"cannot be read as an image (corrupt or truncated?): {str(exc).strip().splitlines()[-1]}") from exc
+        if image.GetDimension() != 3:
+            raise InputError(path, f"is a {image.GetDimension()}D image; a 3D CT volume is needed")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is needed")
+        volume = Volume.from_sitk(image, str(path))
+    if check_hu:
+        check_hu_volume(volume, path)
+    return volume
+
+
+def write_volume(volume: Volume, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write atomically (temporary file, then rename) as NIfTI/NRRD/MHA; string metadata goes into the header."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise OutputError(path, f"unsupported output extension {suffix!r}; use one of {', '.join(WRITE_SUFFIXES)}")
+    image = volume.to_sitk()
+    for key, value in {**volume.metadata, **(metadata or {})}.items():
+        if isinstance(value, (str, int, float)):
+            image.SetMetaData(str(key), str(value))
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        except RuntimeError as exc:
+            raise OutputError(path, f"writing failed: {str(exc).strip().splitlines()[-1]}") from exc
+    return path
