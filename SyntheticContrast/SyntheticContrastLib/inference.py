@@ -234,7 +234,8 @@ def synthesize_volume(volume: Volume, model, options: SynthesisOptions = Synthes
 def synthetic_metadata(card, report: SynthesisReport) -> dict:
     """Header fields that mark a volume as synthetic and say how it was made."""
     return {
-        "descrip": f"{SYNTHETIC_LABEL} sCECT {card.model_id}"[:79],
+        # ITK writes this key into NIfTI's 80-byte 'descrip', the only free text NIfTI keeps; NRRD keeps all keys.
+        "ITK_FileNotes": f"{SYNTHETIC_LABEL} sCECT, model {card.model_id} sha256 {card.sha256[:12]}"[:79],
         "SyntheticContrast.synthetic": "true",
         "SyntheticContrast.label": f"{SYNTHETIC_LABEL} contrast-enhanced CT - not acquired, not for diagnosis",
         "SyntheticContrast.model_id": card.model_id,

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny generator saved as a model card, small HU volumes and DICOM series written here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SyntheticContrast"))
+
+from SyntheticContrastLib.encoding import WindowEncoding  # noqa: E402
+from SyntheticContrastLib.models import ModelCard, save_model  # noqa: E402
+from SyntheticContrastLib.networks import GeneratorConfig, UNetGenerator3D  # noqa: E402
+
+TINY = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.0)
+
+
+def tiny_generator(seed: int = 0, config: GeneratorConfig = TINY) -> UNetGenerator3D:
+    torch.manual_seed(seed)
+    return UNetGenerator3D(config).eval()
+
+
+def chest_like(shape=(20, 32, 32), seed=0) -> np.ndarray:
+    """Air around a soft-tissue block with a bright disk: enough HU structure for engine tests."""
+    rng = np.random.default_rng(seed)
+    a = np.full(shape, -1000.0, np.float32)
+    z, y, x = shape
+    a[:, y // 8 : -y // 8, x // 8 : -x // 8] = 40.0
+    yy, xx = np.mgrid[:y, :x]
+    a[:, (yy - y / 2) ** 2 + (xx - x / 2) ** 2 < (y / 6) ** 2] = 300.0
+    return a + rng.normal(0, 15, shape).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_model_card(tmp_path) -> Path:
+    card = ModelCard(
+        model_id="tiny-test", architecture={}, encoding=WindowEncoding(), window={"z": 16, "y": 32, "x": 32},
+        default_stride=4, intended_use="tests only", training_data="none (random weights)", weights_file="",
+    )
+    return save_model(tiny_generator(), card, tmp_path / "model" / "tiny-test.json")
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), modality="CT", series_uid=None,
+                       description="test series", positions=None, tilt=0.0, study_uid=None) -> list[Path]:
+    """A minimal but valid CT (or other modality) DICOM series, int16 with rescale intercept -1024."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    frame_uid = generate_uid()
+    files = []
+    for k in range(hu.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.PatientName = modality, "TEST", "Test^Phantom"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 1, k + 1
+        z = positions[k] if positions is not None else k * spacing[2]
+        ds.ImagePositionPatient = [-10.0, -20.0, float(z)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        if tilt:
+            ds.GantryDetectorTilt = tilt
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.round(hu[k] + 1024).astype(np.int16).tobytes()
+        path = folder / f"slice{k:03d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        files.append(path)
+    return files

@@ -1,0 +1,91 @@
+"""The synthesize command: success, provenance in the output, and each error path with its exit code."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import chest_like, write_dicom_series
+from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def ncct(tmp_path):
+    return write_volume(Volume(chest_like((20, 32, 32)), (0.7, 0.7, 2.5), (1.0, 2.0, 3.0)), tmp_path / "case1.nii.gz")
+
+
+def test_synthesize_writes_a_synthetic_volume_and_leaves_the_input_alone(tmp_path, ncct, tiny_model_card, capsys):
+    before = digest(ncct)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["synthesize", str(ncct), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress", "--stride", "2"])
+    assert code == 0
+    written = out / "case1_sCECT_synthetic.nii.gz"
+    result = read_volume(written, check_hu=False)
+    assert result.array.shape == (20, 32, 32) and result.origin == pytest.approx((1.0, 2.0, 3.0))
+    assert digest(ncct) == before
+    assert "SYNTHETIC" in capsys.readouterr().out
+    import SimpleITK as sitk
+
+    header = sitk.ReadImage(str(written))
+    assert header.GetMetaData("descrip").startswith("SYNTHETIC")
+    assert not list(out.glob(".*partial*"))
+
+
+def test_output_name_must_say_synthetic(tmp_path, ncct, tiny_model_card, capsys):
+    code = main(["synthesize", str(ncct), str(tmp_path / "case1_cect.nii.gz"), "--model", str(tiny_model_card)])
+    assert code == 2
+    assert "must contain 'synthetic'" in capsys.readouterr().err
+    assert not (tmp_path / "case1_cect.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "make,message,code",
+    [
+        (lambda p: p / "missing.nii.gz", "does not exist", 1),
+        (lambda p: write_dicom_series(p / "mr", chest_like((8, 16, 16)), modality="MR")[0].parent, "not CT", 1),
+    ],
+)
+def test_input_errors_exit_1_and_name_the_file(tmp_path, tiny_model_card, capsys, make, message, code):
+    src = make(tmp_path)
+    rc = main(["synthesize", str(src), str(tmp_path / "x_synthetic.nii.gz"), "--model", str(tiny_model_card)])
+    err = capsys.readouterr().err
+    assert rc == code and message in err and str(src) in err
+
+
+def test_tampered_model_exits_1(tmp_path, ncct, tiny_model_card, capsys):
+    card = json.loads(tiny_model_card.read_text())
+    card["sha256"] = "0" * 64
+    tiny_model_card.write_text(json.dumps(card))
+    assert main(["synthesize", str(ncct), str(tmp_path / "x_synthetic.nii.gz"), "--model", str(tiny_model_card)]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_options_the_cpu_cannot_honour_exit_2(tmp_path, ncct, tiny_model_card, capsys):
+    rc = main(["synthesize", str(ncct), str(tmp_path / "x_synthetic.nii.gz"), "--model", str(tiny_model_card), "--device", "cpu", "--precision", "fp16"])
+    assert rc == 2 and "fp16" in capsys.readouterr().err
+
+
+def test_unwritable_output_exits_1(tmp_path, ncct, tiny_model_card, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output folder should be")
+    target = blocker / "x_synthetic.nii.gz"
+    rc = main(["synthesize", str(ncct), str(target), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot write here" in err and str(blocker) in err
+
+
+def test_every_verb_has_help():
+    for verb in ("synthesize", "train", "phantom"):
+        res = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", verb, "--help"], capture_output=True, text=True)
+        assert res.returncode == 0 and "usage:" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "synthesize"], capture_output=True, text=True)
+    assert res.returncode == 2 and "required" in res.stderr

@@ -1,0 +1,79 @@
+"""Window encoding round trip and the shape rules of the paper's networks."""
+
+import numpy as np
+import pytest
+import torch
+
+from SyntheticContrastLib.encoding import PAPER_WINDOWS, WindowEncoding
+from SyntheticContrastLib.networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
+
+
+def test_encoding_round_trip_within_half_hu():
+    enc = WindowEncoding()
+    hu = torch.linspace(-1000, 1000, 20001).reshape(1, 1, -1)
+    encoded = enc.encode(hu)
+    assert encoded.shape == (3, 1, 1, 20001)
+    assert encoded.min() >= -1 and encoded.max() <= 1
+    back = enc.decode(encoded[0])
+    assert torch.max(torch.abs(back - hu)) < 0.5
+
+
+def test_encoding_channels_follow_each_window():
+    enc = WindowEncoding()
+    encoded = enc.encode(torch.tensor([[[-1000.0, 50.0, 300.0, 700.0]]]))[:, 0, 0]
+    # W500/L50 spans -200..300, so 50 HU sits at its centre and 300 HU at its top.
+    assert encoded[2].tolist() == pytest.approx([-1.0, 0.0, 1.0, 1.0])
+    # W1000/L200 spans -300..700.
+    assert encoded[1].tolist() == pytest.approx([-1.0, -0.3, 0.2, 1.0])
+    assert enc.output_range_hu == (-1000.0, 1000.0)
+
+
+def test_encoding_windows_are_parameters():
+    enc = WindowEncoding(windows=((400, 40),), output_channel=0)
+    assert enc.channels == 1
+    assert WindowEncoding.from_dict(enc.to_dict()) == enc
+    with pytest.raises(ValueError):
+        WindowEncoding(windows=((0, 40),))
+
+
+def test_paper_generator_configuration():
+    cfg = GeneratorConfig.paper()
+    assert cfg.ngf == 64 and cfg.levels == 9
+    # z (16) halves 4 times; the remaining 5 levels stride in-plane only.
+    assert cfg.strides() == [(2, 2, 2)] * 4 + [(1, 2, 2)] * 5
+    assert cfg.channels() == [64, 128, 256, 512, 512, 512, 512, 512, 512]
+    assert cfg.size_multiple() == (16, 512)
+
+
+def test_generator_at_paper_input_size_keeps_shape_and_range():
+    g = UNetGenerator3D(GeneratorConfig(ngf=1, max_multiplier=2)).eval()
+    with torch.no_grad():
+        y = g(torch.randn(1, 3, 16, 512, 512))
+    assert y.shape == (1, 3, 16, 512, 512)
+    assert y.abs().max() <= 1.0
+
+
+def test_decoder_uses_resize_convolution_and_init_is_pix2pix():
+    g = UNetGenerator3D(GeneratorConfig(ngf=8, levels=4, z_halvings=2))
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in g.modules())
+    weights = torch.cat([m.weight.flatten() for m in g.modules() if isinstance(m, torch.nn.Conv3d)])
+    assert abs(weights.std().item() - 0.02) < 0.002
+    assert abs(weights.mean().item()) < 0.002
+
+
+def test_patchgan_sees_70x70x4():
+    d = PatchDiscriminator3D(DiscriminatorConfig())
+    assert d.receptive_field() == (4, 70, 70)
+    # Empirically too: one logit's gradient reaches exactly 4 x 70 x 70 input voxels. InstanceNorm's
+    # statistics couple every voxel, so the convolutional field is measured with the norms removed.
+    d = PatchDiscriminator3D(DiscriminatorConfig(ndf=2)).eval()
+    for block in d.body:
+        for i, m in enumerate(block):
+            if isinstance(m, torch.nn.InstanceNorm3d):
+                block[i] = torch.nn.Identity()
+    x = torch.randn(1, 3, 12, 160, 160, requires_grad=True)
+    out = d(x, torch.zeros_like(x))
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2, out.shape[4] // 2].backward()
+    nz = torch.nonzero(x.grad[0].abs().sum(0))
+    extent = (nz.max(0).values - nz.min(0).values + 1).tolist()
+    assert extent == [4, 70, 70]

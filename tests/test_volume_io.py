@@ -1,0 +1,90 @@
+"""Volume I/O keeps geometry exactly and rejects unusable inputs with the file and the problem named."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import chest_like, write_dicom_series
+from SyntheticContrastLib.errors import InputError, SeriesSelectionError
+from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+
+OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, 0.05, 0.02, 1.0)).GetMatrix())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_geometry_round_trip(tmp_path, suffix):
+    vol = Volume(chest_like((18, 24, 20)), (0.7, 0.8, 2.5), (-120.5, 33.25, -400.0), OBLIQUE)
+    path = write_volume(vol, tmp_path / f"v{suffix}")
+    back = read_volume(path)
+    np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-6)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-4)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-6)
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_dicom_series_geometry_and_values(tmp_path):
+    hu = np.round(chest_like((12, 24, 20)))
+    write_dicom_series(tmp_path / "ct", hu, spacing=(0.8, 0.7, 2.0))
+    vol = read_volume(tmp_path / "ct")
+    np.testing.assert_allclose(vol.spacing, (0.8, 0.7, 2.0), atol=1e-6)
+    np.testing.assert_allclose(vol.origin, (-10.0, -20.0, 0.0), atol=1e-6)
+    np.testing.assert_array_equal(vol.array, hu)
+
+
+def test_folder_with_two_series_asks_which(tmp_path):
+    write_dicom_series(tmp_path / "mixed", chest_like((8, 16, 16)), series_uid="1.2.3.1", description="NCCT 3mm")
+    write_dicom_series(tmp_path / "mixed2", chest_like((10, 16, 16)), series_uid="1.2.3.2", description="CECT 3mm")
+    for f in (tmp_path / "mixed2").iterdir():
+        f.rename(tmp_path / "mixed" / f"b_{f.name}")
+    with pytest.raises(SeriesSelectionError) as err:
+        read_volume(tmp_path / "mixed")
+    text = str(err.value)
+    assert "2 DICOM series" in text and "NCCT 3mm" in text and "CECT 3mm" in text and "10 slices" in text
+    assert read_volume(tmp_path / "mixed", series_uid="1.2.3.2").array.shape[0] == 10
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"modality": "MR"}, "modality is MR, not CT"),
+        ({"positions": [0, 2, 4, 6, 10, 12, 14, 16]}, "1 slice(s) missing"),
+        ({"positions": [0, 2, 4, 6, 7.5, 9, 11, 13]}, "uneven slice spacing"),
+        ({"tilt": 15.0}, "gantry tilt"),
+    ],
+)
+def test_dicom_problems_are_reported(tmp_path, kwargs, message):
+    write_dicom_series(tmp_path / "s", chest_like((8, 16, 16)), spacing=(1, 1, 2), **kwargs)
+    with pytest.raises(InputError) as err:
+        read_volume(tmp_path / "s")
+    assert message in str(err.value) and str(tmp_path / "s") in str(err.value)
+
+
+def test_value_problems_are_reported(tmp_path):
+    bad = chest_like((8, 16, 16))
+    bad[3, 4, 4] = np.nan
+    write_volume(Volume(bad, (1, 1, 1), (0, 0, 0)), tmp_path / "nan.nrrd")  # ITK's NIfTI reader turns NaN into 0
+    with pytest.raises(InputError, match="1 NaN or infinite voxels"):
+        read_volume(tmp_path / "nan.nrrd")  # ITK's NIfTI reader turns NaN into 0
+    write_volume(Volume(chest_like((8, 16, 16)) / 1000 + 1, (1, 1, 1), (0, 0, 0)), tmp_path / "scaled.nii.gz")
+    with pytest.raises(InputError, match="do not look like Hounsfield units"):
+        read_volume(tmp_path / "scaled.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((16, 16), np.float32) - 1000), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="2D image"):
+        read_volume(tmp_path / "flat.nii.gz")
+
+
+def test_path_problems_are_reported(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        read_volume(tmp_path / "nothing.nii.gz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty folder"):
+        read_volume(tmp_path / "empty")
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(InputError, match="cannot be read as an image"):
+        read_volume(tmp_path / "broken.nii.gz")
+    files = write_dicom_series(tmp_path / "corrupt", chest_like((6, 16, 16)))
+    files[2].write_bytes(b"garbage" * 10)
+    with pytest.raises(InputError) as err:
+        read_volume(tmp_path / "corrupt")
+    assert "corrupt" in str(err.value)
