@@ -134,3 +134,48 @@ def test_options_the_device_cannot_honour_are_refused():
         run(hu, blend="median")
     out, report = run(hu, precision="bf16")
     assert report.precision == "bf16" and np.isfinite(out).all()
+
+
+class Pointwise(torch.nn.Module):
+    """A 1x1x1 conv + tanh: its output at a voxel depends only on that voxel, so tiling must not matter."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv3d(3, 3, 1)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x))
+
+
+def test_inplane_tiling_is_seamless_for_a_pointwise_network():
+    hu = chest_like((20, 70, 90))
+    g, opts = Pointwise(), SynthesisOptions(stride=4, device="cpu")
+    whole, _ = synthesize_array(hu, g, ENC, 16, opts, inplane_multiple=8)
+    tiled, report = synthesize_array(hu, g, ENC, 16, opts, inplane_multiple=8, tile=32)
+    assert any("tiled 3x4" in n for n in report.notes)
+    np.testing.assert_allclose(tiled, whole, atol=1e-3)
+
+
+def test_volume_smaller_than_the_model_window_is_padded_up_to_it():
+    hu = chest_like((16, 20, 20))
+    seen = []
+
+    class Recorder(Pointwise):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    out, report = synthesize_array(hu, Recorder(), ENC, 16, SynthesisOptions(device="cpu"), inplane_multiple=8, tile=32)
+    assert out.shape == hu.shape and seen == [(32, 32)]
+
+
+def test_residual_generator_starts_as_the_identity():
+    from SyntheticContrastLib.networks import GeneratorConfig, UNetGenerator3D
+
+    g = UNetGenerator3D(GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0, residual=True)).eval()
+    x = ENC.encode(torch.from_numpy(chest_like((16, 32, 32))))[None]
+    with torch.no_grad():
+        y = g(x)
+    assert y.shape == x.shape
+    assert torch.equal(y, x)

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngf", type=int, help="generator base width (paper 64)")
     p.add_argument("--levels", type=int, help="U-Net levels (paper 9 for 512 px)")
     p.add_argument("--dropout", type=float, help="decoder dropout of the innermost 3 levels (pix2pix 0.5)")
+    p.add_argument("--residual", action="store_true", help="generator predicts a correction added to its input (not the paper; helps small models)")
     p.add_argument("--ndf", type=int, help="discriminator base width (paper 64)")
     p.add_argument("--crop", type=int, help="in-plane training crop in px (default: whole slices)")
     p.add_argument("--samples-per-volume", type=int)
@@ -89,7 +90,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly")
     p.add_argument("--phantom-slices", type=int, default=48)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="MAE, PSNR, MS-SSIM (LPIPS with local weights) of sCECT and input vs reference CECT")
+    p.add_argument("--pred", type=Path, help="sCECT volume of one case")
+    p.add_argument("--input", type=Path, help="NCCT (input) volume of that case")
+    p.add_argument("--reference", type=Path, help="real CECT volume of that case")
+    p.add_argument("--cases", type=Path, help="CSV with columns case,pred,input,reference (instead of the three above)")
+    p.add_argument("--output", type=Path, required=True, help="folder for metrics_per_case.csv, metrics.json, table2.md, box plots")
+    p.add_argument("--window", default="350,50", help="evaluation window 'width,level' in HU (default mediastinal 350,50)")
+    rng = p.add_mutually_exclusive_group()
+    rng.add_argument("--slices", help="inclusive slice index range 'first:last' (e.g. aortic arch top to diaphragm)")
+    rng.add_argument("--z-range-mm", help="inclusive physical z range 'lo:hi' in LPS mm")
+    p.add_argument("--body-mask", help="'auto' (largest body region, holes filled) or a mask volume; MAE/PSNR only")
+    p.add_argument("--input-label", default="NCCT", help="name of the input in the table (NCCT or VNC)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cnr", help="lesion CNR (paper definition) from ROI JSON on one or more volumes")
+    p.add_argument("volumes", nargs="+", type=Path, help="volumes to measure, e.g. NCCT sCECT CECT")
+    p.add_argument("--rois", type=Path, required=True, help="ROI JSON (phantom annotations or Slicer export)")
+    p.add_argument("--names", help="comma-separated names for the volumes (default: file names)")
+    p.add_argument("--output", type=Path, help="folder for cnr_per_lesion.csv and cnr.json")
+    p.set_defaults(func=cmd_cnr)
+
+    p = sub.add_parser("demo", help="the main job on the bundled demo model: phantom case -> sCECT, figure, MAE/PSNR")
+    p.add_argument("--output", type=Path, default=Path("demo_output"), help="folder for volumes, ROIs and the PNG (default demo_output)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed, held out of training (default {DEMO_SEED})")
+    _add_synthesis_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+DEMO_SEED = 9001
 
 
 def cmd_synthesize(args) -> int:
@@ -158,7 +190,7 @@ def cmd_train(args) -> int:
     from .training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
 
     cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
-    gen = dataclasses.replace(cfg.generator, **{k: v for k, v in (("ngf", args.ngf), ("levels", args.levels), ("dropout", args.dropout)) if v is not None})
+    gen = dataclasses.replace(cfg.generator, **{k: v for k, v in (("ngf", args.ngf), ("levels", args.levels), ("dropout", args.dropout), ("residual", args.residual or None)) if v is not None})
     overrides = {
         "epochs": args.epochs, "discriminator_ndf": args.ndf, "crop": args.crop, "samples_per_volume": args.samples_per_volume,
         "lr": args.lr, "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device,
@@ -178,6 +210,135 @@ def cmd_train(args) -> int:
     trainer.fit(train, val)
     if trainer.rank == 0:
         print(f"model card: {args.output / (cfg.model_id + '.json')}")
+    return EXIT_OK
+
+
+def _range(text: str | None, cast=int):
+    if not text:
+        return None
+    lo, hi = text.split(":")
+    return cast(lo), cast(hi)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import EvaluationSettings, evaluate_case, table2_markdown, write_reports
+    from .volume_io import read_volume
+
+    width, level = (float(v) for v in args.window.split(","))
+    settings = EvaluationSettings((width, level), _range(args.slices), _range(args.z_range_mm, float), args.body_mask)
+    if args.cases:
+        import csv
+
+        with open(args.cases, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        base = args.cases.parent
+        cases = [(r["case"], base / r["pred"], base / r["input"], base / r["reference"]) for r in rows]
+    elif args.pred and args.input and args.reference:
+        cases = [(args.input.name.split(".")[0], args.pred, args.input, args.reference)]
+    else:
+        print("error: give --pred, --input and --reference, or --cases CSV", file=sys.stderr)
+        return EXIT_USAGE
+    results = []
+    for name, pred, src, ref in cases:
+        res = evaluate_case(read_volume(pred), read_volume(src), read_volume(ref), settings)
+        res["case"] = name
+        results.append(res)
+    summary = write_reports(results, args.output, args.input_label)
+    print(table2_markdown(summary, args.input_label))
+    if "lpips_note" in results[0]:
+        print(results[0]["lpips_note"])
+    print(f"reports in {args.output}")
+    return EXIT_OK
+
+
+def cnr_report(rows, summary) -> str:
+    lines = [f"{'lesion':10s} {'volume':12s} {'CNR':>7s} {'noise':>7s} {'lesion HU':>10s} {'DTA HU':>8s}  error"]
+    for r in rows:
+        lines.append(f"{r['lesion']:10s} {r['volume']:12s} {r['cnr']:7.2f} {r['noise']:7.2f} "
+                     f"{r.get('lesion_mean', float('nan')):10.1f} {r.get('dta_mean', float('nan')):8.1f}  {r['error']}")
+    lines.append("")
+    for name, s in summary["volumes"].items():
+        c, n = s["cnr"], s["noise"]
+        lines.append(f"{name}: CNR median {c['median']:.2f} (IQR {c['q1']:.2f}-{c['q3']:.2f}), noise {n['median']:.1f} HU, n={c['n']}")
+    for cmp in summary["comparisons"]:
+        if cmp["measure"] == "cnr":
+            lines.append(f"{cmp['a']} vs {cmp['b']} CNR: {cmp['test'] or cmp.get('note')} p={cmp['p']:.3g} (n={cmp['n']})")
+    return "\n".join(lines)
+
+
+def cmd_cnr(args) -> int:
+    import csv
+
+    from .cnr import measure_cnr, summarize_cnr
+    from .fileio import atomic_path, atomic_write_text
+    from .rois import read_rois
+    from .volume_io import read_volume
+
+    names = args.names.split(",") if args.names else [v.name.split(".")[0] for v in args.volumes]
+    if len(names) != len(args.volumes):
+        print(f"error: {len(names)} names for {len(args.volumes)} volumes", file=sys.stderr)
+        return EXIT_USAGE
+    lesions = read_rois(args.rois)
+    volumes = {n: read_volume(v, check_hu=False) for n, v in zip(names, args.volumes)}
+    rows = measure_cnr(volumes, lesions)
+    summary = summarize_cnr(rows)
+    print(cnr_report(rows, summary))
+    if args.output:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_path(args.output / "cnr_per_lesion.csv") as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, keys)
+                writer.writeheader()
+                writer.writerows(rows)
+        atomic_write_text(args.output / "cnr.json", json.dumps({"rows": rows, "summary": summary}, indent=2, default=float) + "\n")
+        print(f"wrote {args.output / 'cnr_per_lesion.csv'}")
+    failed = sum(1 for r in rows if r["error"])
+    return EXIT_FAILED if failed == len(rows) else EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from tqdm import tqdm
+
+    from . import metrics
+    from .cnr import measure_cnr, summarize_cnr
+    from .figures import side_by_side
+    from .inference import SynthesisOptions, synthesize_volume
+    from .models import load_model
+    from .phantom import make_phantom
+    from .rois import parse_rois, write_rois
+    from .volume_io import write_volume
+
+    model = load_model(args.model)
+    print(f"model: {model.card.model_id} - {model.card.intended_use}")
+    case = make_phantom(args.seed)
+    options = SynthesisOptions(args.stride, args.blend, args.batch, args.precision, args.device)
+    with tqdm(total=None, unit="window", desc="synthesizing", disable=args.no_progress) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        scect, report = synthesize_volume(case.ncct, model, options, progress=progress)
+    out, name = args.output, f"phantom{args.seed:04d}"
+    write_volume(case.ncct, out / f"{name}_ncct.nii.gz")
+    write_volume(scect, out / f"{name}_sCECT_synthetic.nii.gz")
+    write_volume(case.cect, out / f"{name}_cect.nii.gz")
+    write_rois(case.annotations, out / f"{name}_rois.json")
+    lesions = parse_rois(case.annotations)
+    node = max(case.annotations["lesions"], key=lambda l: l["short_axis_mm"])
+    k = int(round(case.ncct.physical_to_index(node["center"])[2]))
+    figure = side_by_side(
+        [case.ncct.array[k], scect.array[k], case.cect.array[k]],
+        ["NCCT", "sCECT (SYNTHETIC)", "CECT"], out / f"{name}_side_by_side.png",
+        f"phantom seed {args.seed}, slice {k}: node {node['id']} ({node['short_axis_mm']:.0f} mm)",
+    )
+    print(f"\n{'vs CECT, W350/L50':22s} {'MAE (HU)':>9s} {'PSNR (dB)':>10s}")
+    for label, vol in (("NCCT", case.ncct), ("sCECT (synthetic)", scect)):
+        print(f"{label:22s} {metrics.mae(vol.array, case.cect.array):9.2f} {metrics.psnr(vol.array, case.cect.array):10.2f}")
+    summary = summarize_cnr(measure_cnr({"NCCT": case.ncct, "sCECT": scect, "CECT": case.cect}, lesions))
+    print("\nlymph-node CNR, median: " + ", ".join(f"{n} {s['cnr']['median']:.2f}" for n, s in summary["volumes"].items()))
+    print(f"\nwrote {out}/ ({name}_ncct, _sCECT_synthetic, _cect .nii.gz, _rois.json) and {figure.name}")
+    print("the demo model was trained on procedural phantoms only: NOT FOR DIAGNOSIS")
     return EXIT_OK
 
 

@@ -2,8 +2,9 @@
 
 Windows of the model's depth slide along z with a chosen stride; overlapping predictions are blended
 with per-slice weights (mean or Gaussian). Stride 1 with mean blending is exactly the paper's scheme.
-Only one batch of windows is on the device at a time; the blend accumulates on the host into an
-array the size of the output, so device memory does not grow with the volume.
+Slices larger than the model's in-plane window are tiled; smaller ones are padded with air. Only one
+batch of windows is on the device at a time; the blend accumulates on the host into an array the size
+of the output, so device memory does not grow with the volume.
 """
 
 from __future__ import annotations
@@ -114,9 +115,23 @@ def blend_weights(blend: str | Sequence[float], window: int, sigma_scale: float 
     return w
 
 
-def _pad_amounts(size: int, multiple: int) -> tuple[int, int]:
-    extra = (-size) % multiple
+def _pad_amounts(size: int, target: int) -> tuple[int, int]:
+    extra = max(0, target - size)
     return extra // 2, extra - extra // 2
+
+
+def _inplane_plan(size: int, tile: int | None, multiple: int, overlap: float) -> tuple[int, list[int], int]:
+    """(padded size, tile starts, tile size) along one in-plane axis.
+
+    Without a tile size the whole (padded) slice is one tile. A model trained on smaller in-plane windows
+    is tiled at its own size, because InstanceNorm statistics change with the field of view.
+    """
+    if tile is None or size <= tile:
+        target = tile if tile is not None else size + (-size) % multiple
+        return max(size, target), [0], max(size, target)
+    padded = size + (-size) % multiple
+    step = max(multiple, int(tile * (1 - overlap)) // multiple * multiple)
+    return padded, window_starts(padded, tile, min(step, tile)), tile
 
 
 def synthesize_array(
@@ -129,8 +144,14 @@ def synthesize_array(
     inplane_multiple: int = 1,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    tile: int | None = None,
+    tile_overlap: float = 0.25,
 ) -> tuple[np.ndarray, SynthesisReport]:
-    """Synthesise a (z, y, x) HU array; returns float32 HU of the same shape and a report of what ran."""
+    """Synthesise a (z, y, x) HU array; returns float32 HU of the same shape and a report of what ran.
+
+    ``tile`` is the model's in-plane window: slices larger than it are tiled with ``tile_overlap`` and
+    Gaussian-blended in-plane; smaller ones are padded with air up to it.
+    """
     if hu.ndim != 3:
         raise ValueError(f"expected a (z, y, x) array, got shape {hu.shape}")
     device = resolve_device(options.device)
@@ -149,19 +170,32 @@ def synthesize_array(
         notes.append(f"volume has {n_slices} slices, fewer than the {window}-slice window: padded by repeating edge slices")
     else:
         z_before = 0
-    pad_y, pad_x = _pad_amounts(height, inplane_multiple), _pad_amounts(width, inplane_multiple)
-    if any(pad_y + pad_x):
-        notes.append(f"in-plane size {height}x{width} padded with air to a multiple of {inplane_multiple}")
-    air = float(encoding.air_hu)
+    padded_y, tiles_y, tile_y = _inplane_plan(height, tile, inplane_multiple, tile_overlap)
+    padded_x, tiles_x, tile_x = _inplane_plan(width, tile, inplane_multiple, tile_overlap)
+    pad_y, pad_x = _pad_amounts(height, padded_y), _pad_amounts(width, padded_x)
+    if padded_y != height or padded_x != width:
+        notes.append(f"in-plane size {height}x{width} padded with air to {padded_y}x{padded_x}")
+    if len(tiles_y) * len(tiles_x) > 1:
+        notes.append(f"in-plane tiled {len(tiles_y)}x{len(tiles_x)} at the model's {tile}-px window")
+    w_y = blend_weights("gaussian", tile_y) if len(tiles_y) > 1 else np.ones(tile_y, np.float32)
+    w_x = blend_weights("gaussian", tile_x) if len(tiles_x) > 1 else np.ones(tile_x, np.float32)
 
-    starts = window_starts(hu.shape[0], window, stride)
+    starts = [(z, y, x) for z in window_starts(hu.shape[0], window, stride) for y in tiles_y for x in tiles_x]
     total = len(starts)
-    accum = np.zeros(hu.shape, np.float32)
-    weight_sum = np.zeros(hu.shape[0], np.float32)
-    weights_t = torch.from_numpy(weights)
+    # The window grid is a product of per-axis grids, so the summed weight is separable: three 1D sums.
+    accum = np.zeros((hu.shape[0], padded_y, padded_x), np.float32)
+    sum_z, sum_y, sum_x = np.zeros(hu.shape[0], np.float32), np.zeros(padded_y, np.float32), np.zeros(padded_x, np.float32)
+    for z in window_starts(hu.shape[0], window, stride):
+        sum_z[z : z + window] += weights
+    for y in tiles_y:
+        sum_y[y : y + tile_y] += w_y
+    for x in tiles_x:
+        sum_x[x : x + tile_x] += w_x
+    weight_3d = torch.from_numpy(weights[:, None, None] * w_y[None, :, None] * w_x[None, None, :])
     batch_size = max(1, int(options.batch_size))
     generator.eval()
     generator.to(device)
+    air = float(encoding.air_hu)
 
     done = 0
     while done < total:
@@ -169,7 +203,7 @@ def synthesize_array(
             raise SynthesisCancelled(f"cancelled after {done} of {total} windows")
         batch = starts[done : done + batch_size]
         try:
-            pred = _predict_batch(hu, batch, window, generator, encoding, device, amp, (pad_y, pad_x), air)
+            pred = _predict_batch(hu, batch, (window, tile_y, tile_x), generator, encoding, device, amp, (pad_y, pad_x), air)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if batch_size > 1:
@@ -182,31 +216,34 @@ def synthesize_array(
                 notes.append("CUDA out of memory with one window per batch: continued on the CPU")
             log.warning(notes[-1])
             continue
-        pred = pred[:, :, pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width]
-        pred = (pred * weights_t.to(pred.device)[None, :, None, None]).cpu().numpy()
-        for start, window_pred in zip(batch, pred):
-            accum[start : start + window] += window_pred
-            weight_sum[start : start + window] += weights
+        pred = (pred * weight_3d.to(pred.device)).cpu().numpy()
+        for (z, y, x), window_pred in zip(batch, pred):
+            accum[z : z + window, y : y + tile_y, x : x + tile_x] += window_pred
         done += len(batch)
         if progress is not None:
             progress(done, total)
 
-    accum /= weight_sum[:, None, None]
-    result = encoding.decode(accum[z_before : z_before + n_slices])
-    report = SynthesisReport(total, stride, blend_name, str(device), batch_size, options.precision, pad_z, notes)
-    return result.astype(np.float32, copy=False), report
+    accum /= sum_z[:, None, None]
+    accum /= sum_y[None, :, None]
+    accum /= sum_x[None, None, :]
+    crop = accum[z_before : z_before + n_slices, pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width]
+    result = encoding.decode(crop)
+    n_z = len(window_starts(hu.shape[0], window, stride))
+    report = SynthesisReport(n_z, stride, blend_name, str(device), batch_size, options.precision, pad_z, notes)
+    return np.ascontiguousarray(result, dtype=np.float32), report
 
 
 @torch.inference_mode()
-def _predict_batch(hu, starts, window, generator, encoding, device, amp, pads, air) -> torch.Tensor:
-    """The output channel of the generator, in [-1, 1], for windows starting at ``starts``: (B, window, Y, X)."""
-    z0, z1 = starts[0], starts[-1] + window
+def _predict_batch(hu, starts, size, generator, encoding, device, amp, pads, air) -> torch.Tensor:
+    """The output channel of the generator, in [-1, 1], for windows at ``starts`` (z, y, x): (B, z, y, x)."""
+    window, tile_y, tile_x = size
+    z0, z1 = min(s[0] for s in starts), max(s[0] for s in starts) + window
     slab = torch.from_numpy(np.ascontiguousarray(hu[z0:z1])).to(device, torch.float32)
     (pyb, pya), (pxb, pxa) = pads
     if pyb + pya + pxb + pxa:
         slab = F.pad(slab, (pxb, pxa, pyb, pya), value=air)
     encoded = encoding.encode(slab)  # (C, S, Y, X): encoded once per slab, shared by overlapping windows
-    batch = torch.stack([encoded[:, s - z0 : s - z0 + window] for s in starts])
+    batch = torch.stack([encoded[:, z - z0 : z - z0 + window, y : y + tile_y, x : x + tile_x] for z, y, x in starts])
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         out = generator(batch)
     return out[:, encoding.output_channel].float()
@@ -216,6 +253,9 @@ def synthesize_volume(volume: Volume, model, options: SynthesisOptions = Synthes
     """Synthesise an engine Volume with a loaded model; the result carries provenance saying it is synthetic."""
     card = model.card
     _, inplane_multiple = model.generator.config.size_multiple()
+    tile = int(card.window.get("y", 0)) or None
+    if tile is not None and int(card.window.get("x", tile)) != tile:
+        raise ValueError(f"model window {card.window} is not square in-plane; only square in-plane windows are supported")
     array, report = synthesize_array(
         volume.array,
         model.generator,
@@ -226,6 +266,7 @@ def synthesize_volume(volume: Volume, model, options: SynthesisOptions = Synthes
         inplane_multiple=inplane_multiple,
         progress=progress,
         cancel=cancel,
+        tile=tile,
     )
     metadata = synthetic_metadata(card, report)
     return volume.with_array(array, **metadata), report

@@ -3,7 +3,8 @@
 Both images are clipped to the window (default mediastinal W350/L50). MAE is in HU of the clipped
 images; PSNR uses the window width as data range. MS-SSIM is 2D per axial slice on images scaled to
 [0, 1] (data range 1), Gaussian window sigma 1.5 (11 taps), K1 0.01, K2 0.03, the five scale weights of
-Wang et al. 2003, 2x2 average pooling between scales, and then averaged over slices.
+Wang et al. 2003, 2x2 average pooling between scales (odd sides edge-extended first), each scale's map
+averaged after cropping the 5-px window border, and the slice values then averaged over slices.
 """
 
 from __future__ import annotations
@@ -66,10 +67,15 @@ def ms_ssim_2d(x: np.ndarray, y: np.ndarray, data_range: float = 1.0, weights=MS
         ssim, cs = ssim_components(x, y, data_range)
         values.append(max(ssim if s == scales - 1 else cs, 0.0))
         if s < scales - 1:
-            h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
-            x = x[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-            y = y[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+            x, y = _halve(x), _halve(y)
     return float(np.prod(np.power(values, weights)))
+
+
+def _halve(img: np.ndarray) -> np.ndarray:
+    """2x2 mean pooling; an odd side is first extended by its edge row/column, so 161 px -> 81 -> 41 -> 21 -> 11."""
+    img = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2)), mode="edge")
+    h, w = img.shape
+    return img.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
 def ms_ssim(pred, ref, window=MEDIASTINAL_WINDOW) -> float:

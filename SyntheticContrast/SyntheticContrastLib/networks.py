@@ -26,6 +26,7 @@ class GeneratorConfig:
     z_halvings: int = 4
     dropout: float = 0.5
     dropout_levels: int = 3
+    residual: bool = False  # not in the paper: predict a correction added to the input (for small models)
 
     @classmethod
     def paper(cls) -> "GeneratorConfig":
@@ -98,6 +99,8 @@ class UNetGenerator3D(nn.Module):
     def __init__(self, config: GeneratorConfig = GeneratorConfig()):
         super().__init__()
         self.config = config
+        if config.residual and config.in_channels < config.out_channels:
+            raise ValueError("a residual generator needs at least as many input as output channels")
         strides, chans = config.strides(), config.channels()
         self.encoders = nn.ModuleList()
         prev = config.in_channels
@@ -115,8 +118,11 @@ class UNetGenerator3D(nn.Module):
         head_in = 2 * chans[0] if config.levels > 1 else chans[0]
         self.head = nn.Conv3d(head_in, config.out_channels, 3, 1, 1)
         init_weights(self)
+        if config.residual:
+            nn.init.zeros_(self.head.weight)  # start as the identity; training learns the enhancement
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        source = x
         skips = []
         for enc in self.encoders:
             x = enc(x)
@@ -125,6 +131,9 @@ class UNetGenerator3D(nn.Module):
         for dec in self.decoders:
             x = torch.cat([dec(x), skips.pop()], dim=1)
         x = nn.functional.interpolate(x, scale_factor=self.head_scale, mode="nearest")
+        if self.config.residual:
+            # The encoded input is already in [-1, 1]; the correction keeps the output there too.
+            return (source[:, : self.config.out_channels] + self.head(x)).clamp(-1.0, 1.0)
         return torch.tanh(self.head(x))
 
 

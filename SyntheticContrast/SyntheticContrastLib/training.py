@@ -147,8 +147,13 @@ def _sample(pair: PairedVolume, cfg: TrainConfig, rng: np.random.Generator):
     z0 = int(rng.integers(0, max(1, z - cfg.window_z + 1)))
     zs = slice(z0, z0 + cfg.window_z)
     crop = cfg.crop or h
-    y0 = int(rng.integers(0, h - crop + 1)) if crop < h else 0
-    x0 = int(rng.integers(0, w - crop + 1)) if crop < w else 0
+    y0 = x0 = 0
+    if crop < h or crop < w:
+        # Centre crops on a random body voxel of the window's middle slice, so few crops are empty air.
+        body = np.argwhere(pair.source[z0 + min(cfg.window_z, z) // 2] > -500)
+        cy, cx = body[rng.integers(len(body))] if len(body) else (h // 2, w // 2)
+        y0 = int(np.clip(cy - crop // 2, 0, h - crop)) if crop < h else 0
+        x0 = int(np.clip(cx - crop // 2, 0, w - crop)) if crop < w else 0
     dy, dx = (int(v) for v in rng.integers(-cfg.shift_px, cfg.shift_px + 1, size=2)) if cfg.shift_px else (0, 0)
     out = []
     for arr in (pair.source, pair.target):
@@ -186,7 +191,8 @@ class Trainer:
         betas = (cfg.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
-        step = lambda opt: torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_epoch, cfg.lr_decay_factor)
+        # One decay after lr_decay_epoch (paper: x0.1 after epoch 10), not a decay every that many epochs.
+        step = lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.lr_decay_epoch], cfg.lr_decay_factor)
         self.sched_g, self.sched_d = step(self.opt_g), step(self.opt_d)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
         self.G_train, self.D_train = self.G, self.D
@@ -283,7 +289,7 @@ class Trainer:
             pred, _ = synthesize_array(
                 p.source, self.G, self.encoding, self.cfg.window_z,
                 SynthesisOptions(stride=self.cfg.default_stride, blend="gaussian", device=str(self.device)),
-                inplane_multiple=self.cfg.generator.size_multiple()[1],
+                inplane_multiple=self.cfg.generator.size_multiple()[1], tile=self.cfg.crop,
             )
             preds.append(pred)
             values["val_mae"].append(mae(pred, p.target))

@@ -1,0 +1,158 @@
+"""Table-2 evaluation: MAE, PSNR, MS-SSIM (and LPIPS when weights are given) of sCECT and of the input vs CECT.
+
+Metrics are computed in the mediastinal window (W350/L50) over a chosen slice range with an optional
+body mask (MAE and PSNR only; MS-SSIM needs whole slices). Reports: per-case CSV and JSON, a Markdown
+table laid out like the paper's Table 2, and box plots like its Fig. 4.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from . import metrics
+from .encoding import MEDIASTINAL_WINDOW
+from .fileio import atomic_path, atomic_write_text
+from .stats import format_median_iqr, format_p, median_iqr, paired_comparison
+from .volume_io import Volume
+
+METRICS = ("mae", "psnr", "ms_ssim", "lpips")
+METRIC_LABELS = {"mae": "MAE ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM (×100) ↑", "lpips": "LPIPS (×100) ↓"}
+PERCENT = {"ms_ssim", "lpips"}
+
+
+@dataclass
+class EvaluationSettings:
+    window: tuple[float, float] = MEDIASTINAL_WINDOW
+    slices: tuple[int, int] | None = None  # inclusive slice indices; None = all
+    z_range_mm: tuple[float, float] | None = None  # alternatively a physical z range (LPS mm)
+    body_mask: str | None = None  # None, 'auto', or a mask volume path
+    lpips_weights: str | None = None
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """Largest connected region above -500 HU with its holes (lungs, airway) filled slice by slice."""
+    tissue = hu > -500
+    labels, n = ndimage.label(tissue)
+    if n == 0:
+        return tissue
+    sizes = ndimage.sum(tissue, labels, range(1, n + 1))
+    body = labels == (int(np.argmax(sizes)) + 1)
+    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+
+
+def slice_selection(volume: Volume, settings: EvaluationSettings) -> slice:
+    n = volume.array.shape[0]
+    if settings.slices is not None:
+        lo, hi = settings.slices
+    elif settings.z_range_mm is not None:
+        ks = sorted(volume.physical_to_index([0, 0, z])[2] for z in settings.z_range_mm)
+        lo, hi = int(np.ceil(ks[0] - 1e-6)), int(np.floor(ks[1] + 1e-6))
+    else:
+        lo, hi = 0, n - 1
+    if not (0 <= lo <= hi < n):
+        raise ValueError(f"slice range {lo}..{hi} is outside the volume's {n} slices")
+    return slice(lo, hi + 1)
+
+
+def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: EvaluationSettings = EvaluationSettings(), lpips=None) -> dict:
+    """Metrics of sCECT and of the input against the reference; all three must share one grid."""
+    for name, vol in (("sCECT", pred), ("input", source)):
+        if vol.array.shape != reference.array.shape or not np.allclose(vol.spacing, reference.spacing, atol=1e-3):
+            raise ValueError(f"{name} grid {vol.array.shape} differs from the reference grid {reference.array.shape}; resample first")
+    sel = slice_selection(reference, settings)
+    ref = reference.array[sel]
+    mask = None
+    if settings.body_mask == "auto":
+        mask = body_mask(source.array[sel])
+    elif settings.body_mask:
+        from .volume_io import read_volume
+
+        mask = read_volume(settings.body_mask, check_hu=False).array[sel] > 0
+    out = {"slices": [sel.start, sel.stop - 1]}
+    for name, vol in (("sCECT", pred), ("input", source)):
+        img = vol.array[sel]
+        values = {
+            "mae": metrics.mae(img, ref, settings.window, mask),
+            "psnr": metrics.psnr(img, ref, settings.window, mask),
+        }
+        try:
+            values["ms_ssim"] = metrics.ms_ssim(img, ref, settings.window)
+        except ValueError as exc:
+            values["ms_ssim"], out["ms_ssim_note"] = float("nan"), str(exc)
+        values["lpips"] = lpips(img, ref, settings.window) if lpips is not None else float("nan")
+        out[name] = values
+    if lpips is None:
+        out["lpips_note"] = "LPIPS skipped: no local LPIPS/AlexNet weights given (they cannot be downloaded at run time)"
+    return out
+
+
+def summarize(cases: list[dict]) -> dict:
+    """Median (IQR) per image type and metric, and the paired test sCECT vs input for each metric."""
+    summary = {}
+    for metric in METRICS:
+        s = [c["sCECT"][metric] for c in cases]
+        i = [c["input"][metric] for c in cases]
+        summary[metric] = {"sCECT": median_iqr(s), "input": median_iqr(i), "test": paired_comparison(s, i)}
+    return summary
+
+
+def table2_markdown(summary: dict, input_label: str = "NCCT", dataset: str = "Evaluation set") -> str:
+    """Markdown laid out like the paper's Table 2: median (IQR) rows per CT, then the P values."""
+    shown = [m for m in METRICS if summary[m]["sCECT"]["n"]]
+    head = "| Data set | CT | " + " | ".join(METRIC_LABELS[m] for m in shown) + " |"
+    lines = [head, "|" + "---|" * (len(shown) + 2)]
+    for label, key in ((input_label, "input"), ("sCECT", "sCECT")):
+        cells = []
+        for m in shown:
+            s = dict(summary[m][key])
+            if m in PERCENT:
+                s = {k: v * 100 if isinstance(v, float) else v for k, v in s.items()}
+            cells.append(format_median_iqr(s))
+        lines.append(f"| {dataset if key == 'input' else ''} | {label} | " + " | ".join(cells) + " |")
+    lines.append("| | | " + " | ".join(f"{format_p(summary[m]['test']['p'])} ({summary[m]['test']['test'] or 'no test'})" for m in shown) + " |")
+    skipped = [m for m in METRICS if m not in shown]
+    note = f"\n\nData are median (IQR). Not computed: {', '.join(skipped)}." if skipped else "\n\nData are median (IQR)."
+    return "\n".join(lines) + note + "\n"
+
+
+def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NCCT") -> dict:
+    """Per-case CSV and JSON, Table-2 Markdown and Fig.-4 box plots; returns the summary."""
+    out_dir = Path(out_dir)
+    summary = summarize(cases)
+    rows = [{"case": c["case"], "ct": key, **c[key]} for c in cases for key in ("input", "sCECT")]
+    with atomic_path(out_dir / "metrics_per_case.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, ["case", "ct", *METRICS])
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write_text(out_dir / "metrics.json", json.dumps({"cases": cases, "summary": summary}, indent=2, default=float) + "\n")
+    atomic_write_text(out_dir / "table2.md", table2_markdown(summary, input_label))
+    _box_plots(cases, out_dir / "metrics_boxplots.png", input_label)
+    return summary
+
+
+def _box_plots(cases, path, input_label):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in METRICS if np.isfinite([c["sCECT"][m] for c in cases]).any()]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
+    for ax, m in zip(np.atleast_1d(axes), shown):
+        a = np.array([c["input"][m] for c in cases])
+        b = np.array([c["sCECT"][m] for c in cases])
+        ax.boxplot([a, b], tick_labels=[input_label, "sCECT"])
+        for x, y in zip(a, b):
+            ax.plot([1, 2], [x, y], color="0.6", lw=0.7, zorder=0)
+        ax.set_title(METRIC_LABELS[m])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""Metrics against independent computations, and CNR against hand-worked geometry and arithmetic."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+from skimage.metrics import structural_similarity
+
+from SyntheticContrastLib import metrics
+from SyntheticContrastLib.cnr import ROIError, circle_roi, measure_cnr, summarize_cnr
+from SyntheticContrastLib.evaluation import EvaluationSettings, evaluate_case, summarize, table2_markdown
+from SyntheticContrastLib.rois import ROI_FORMAT, parse_rois
+from SyntheticContrastLib.stats import paired_comparison
+from SyntheticContrastLib.volume_io import Volume
+
+
+def test_mae_and_psnr_by_hand():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-400, 500, (3, 20, 20))
+    b = rng.uniform(-400, 500, (3, 20, 20))
+    ca, cb = np.clip(a, -125, 225), np.clip(b, -125, 225)
+    assert metrics.mae(a, b) == pytest.approx(np.abs(ca - cb).mean())
+    assert metrics.psnr(a, b) == pytest.approx(10 * math.log10(350**2 / ((ca - cb) ** 2).mean()))
+    mask = np.zeros(a.shape, bool)
+    mask[:, 5:10, 5:10] = True
+    assert metrics.mae(a, b, mask=mask) == pytest.approx(np.abs(ca - cb)[mask].mean())
+
+
+def test_single_scale_ssim_equals_scikit_image():
+    rng = np.random.default_rng(2)
+    x = rng.random((64, 70))
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    ours, _ = metrics.ssim_components(x, y, data_range=1.0)
+    theirs = structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert ours == pytest.approx(theirs, abs=1e-10)
+
+
+def test_ms_ssim_behaviour():
+    rng = np.random.default_rng(3)
+    x = rng.random((200, 200))
+    assert metrics.ms_ssim_2d(x, x) == pytest.approx(1.0)
+    slightly = metrics.ms_ssim_2d(x, np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1))
+    badly = metrics.ms_ssim_2d(x, np.clip(x + rng.normal(0, 0.3, x.shape), 0, 1))
+    assert 1 > slightly > badly > 0
+    with pytest.raises(ValueError, match="larger than 160 px"):
+        metrics.ms_ssim_2d(x[:160, :160], x[:160, :160])
+
+
+def test_paired_comparison_follows_shapiro_wilk():
+    rng = np.random.default_rng(4)
+    a = rng.normal(10, 1, 30)
+    b = a - rng.normal(1, 0.5, 30)
+    res = paired_comparison(a, b)
+    assert res["test"] == "paired t-test" and res["p"] == pytest.approx(st.ttest_rel(a, b).pvalue)
+    skewed = a - rng.exponential(1, 30) ** 3
+    res = paired_comparison(a, skewed)
+    assert res["shapiro_p"] < 0.05 and res["test"] == "Wilcoxon signed-rank"
+    assert res["p"] == pytest.approx(st.wilcoxon(a, skewed).pvalue)
+
+
+def test_evaluate_case_and_table(tmp_path):
+    rng = np.random.default_rng(5)
+    ref = rng.normal(40, 30, (4, 170, 170)).astype(np.float32)
+    vol = lambda a: Volume(a.astype(np.float32), (1, 1, 1), (0, 0, 0))
+    cases = []
+    for n in range(4):
+        good = ref + rng.normal(0, 5, ref.shape)
+        bad = ref + rng.normal(0, 40 + n, ref.shape)
+        res = evaluate_case(vol(good), vol(bad), vol(ref), EvaluationSettings(slices=(1, 2)))
+        res["case"] = f"c{n}"
+        cases.append(res)
+    assert cases[0]["slices"] == [1, 2]
+    assert cases[0]["sCECT"]["mae"] < cases[0]["input"]["mae"]
+    assert cases[0]["sCECT"]["ms_ssim"] > cases[0]["input"]["ms_ssim"]
+    assert "LPIPS skipped" in cases[0]["lpips_note"]
+    table = table2_markdown(summarize(cases))
+    assert "| sCECT |" in table and "MS-SSIM (×100)" in table and "Not computed: lpips" in table
+
+
+# --- CNR ---------------------------------------------------------------------------------------
+
+SPACING = (0.5, 1.0, 3.0)  # anisotropic in-plane on purpose
+
+
+def hand_circle(ci, cj):
+    """Voxels of a 4 mm circle at 0.5 x 1.0 mm: |di| <= 4 on the centre row, |di| <= 3 one row off, di = 0 two rows off."""
+    pts = [(ci + di, cj) for di in range(-4, 5)]
+    pts += [(ci + di, cj + dj) for dj in (-1, 1) for di in range(-3, 4)]
+    pts += [(ci, cj - 2), (ci, cj + 2)]
+    return pts
+
+
+def test_circle_membership_at_anisotropic_spacing():
+    vol = Volume(np.zeros((5, 30, 40), np.float32), SPACING, (0, 0, 0))
+    roi = circle_roi(vol, vol.index_to_physical((10, 10, 2)), 4.0)
+    expected = np.zeros((30, 40), bool)
+    for i, j in hand_circle(10, 10):
+        expected[j, i] = True
+    assert roi.slice_index == 2 and roi.voxels == 25
+    np.testing.assert_array_equal(roi.mask, expected)
+    assert roi.area_mm2 == pytest.approx(12.5)
+
+
+def _cnr_volume():
+    a = np.full((5, 30, 80), 5000.0, np.float32)  # anything read outside the circles would show
+    k = 2
+    centres = {"lesion": (10, 10), "dta": (30, 10), "right_fat": (50, 10), "left_fat": (70, 10)}
+    for i, j in hand_circle(*centres["lesion"]):
+        a[k, j, i] = 60
+    for i, j in hand_circle(*centres["dta"]):
+        a[k, j, i] = 300
+    for name, amp in (("right_fat", 10), ("left_fat", 20)):
+        # 12 voxels at +amp, 12 at -amp, 1 at 0: mean -100 and sample SD exactly amp.
+        for n, (i, j) in enumerate(hand_circle(*centres[name])):
+            a[k, j, i] = -100 + (0 if n == 0 else amp * (1 if n % 2 else -1))
+    vol = Volume(a, SPACING, (0, 0, 0))
+    return vol, {name: vol.index_to_physical((i, j, k)).tolist() for name, (i, j) in centres.items()}
+
+
+def test_cnr_formula_by_hand():
+    vol, pts = _cnr_volume()
+    data = {"format": ROI_FORMAT, "coordinate_system": "LPS", "roi_diameter_fraction": 0.9,
+            "lesions": [{"id": "LN1", "center": pts["lesion"], "short_axis_mm": 4.0 / 0.9,
+                         "references": {k: pts[k] for k in ("dta", "right_fat", "left_fat")}}]}
+    (row,) = measure_cnr({"ncct": vol}, parse_rois(data))
+    assert row["error"] == ""
+    assert row["lesion_mean"] == pytest.approx(60) and row["dta_mean"] == pytest.approx(300)
+    assert row["right_fat_sd"] == pytest.approx(10) and row["left_fat_sd"] == pytest.approx(20)
+    assert row["noise"] == pytest.approx(math.sqrt(250))
+    assert row["cnr"] == pytest.approx(240 / math.sqrt(250))
+    assert row["lesion_voxels"] == 25 and row["lesion_area_mm2"] == pytest.approx(12.5)
+
+
+def test_short_axis_line_and_ras_points_give_the_same_roi():
+    vol, pts = _cnr_volume()
+    c = np.array(pts["lesion"])
+    ras = lambda p: [-p[0], -p[1], p[2]]
+    data = {"format": ROI_FORMAT, "coordinate_system": "RAS", "roi_diameter_fraction": 0.9,
+            "lesions": [{"id": "LN1", "short_axis": [ras(c - [2.0 / 0.9, 0, 0]), ras(c + [2.0 / 0.9, 0, 0])]}],
+            "references": {k: ras(pts[k]) for k in ("dta", "right_fat", "left_fat")}}
+    (row,) = measure_cnr({"ncct": vol}, parse_rois(data))
+    assert row["cnr"] == pytest.approx(240 / math.sqrt(250))
+
+
+def test_unmeasurable_lesions_report_errors_and_others_still_count():
+    vol, pts = _cnr_volume()
+    refs = {k: pts[k] for k in ("dta", "right_fat", "left_fat")}
+    lesions = [
+        {"id": "ok", "center": pts["lesion"], "short_axis_mm": 4.0 / 0.9, "references": refs},
+        {"id": "edge", "center": [0.5, 1.0, 6.0], "short_axis_mm": 10.0, "references": refs},
+        {"id": "tiny", "center": pts["lesion"], "short_axis_mm": 0.5, "references": refs},
+        {"id": "outside", "center": [5.0, 10.0, 60.0], "short_axis_mm": 4.0 / 0.9, "references": refs},
+    ]
+    flat = Volume(np.full((5, 30, 80), -100.0, np.float32), SPACING, (0, 0, 0))
+    rows = measure_cnr({"ncct": vol}, parse_rois({"format": ROI_FORMAT, "lesions": lesions}))
+    errors = {r["lesion"]: r["error"] for r in rows}
+    assert errors["ok"] == ""
+    assert "runs off the image" in errors["edge"]
+    assert "fewer than 5" in errors["tiny"]
+    assert "outside the volume" in errors["outside"]
+    (flat_row,) = measure_cnr({"flat": flat}, parse_rois({"format": ROI_FORMAT, "lesions": lesions[:1]}))
+    assert "noise is zero" in flat_row["error"]
+
+
+def test_cnr_summary_pairs_volumes():
+    vol, pts = _cnr_volume()
+    refs = {k: pts[k] for k in ("dta", "right_fat", "left_fat")}
+    lesions = parse_rois({"format": ROI_FORMAT, "lesions": [
+        {"id": f"L{n}", "center": pts["lesion"], "short_axis_mm": 4.0 / 0.9, "references": refs} for n in range(4)]})
+    brighter = Volume(vol.array + np.where(vol.array == 300, 100, 0).astype(np.float32), SPACING, (0, 0, 0))
+    summary = summarize_cnr(measure_cnr({"ncct": vol, "cect": brighter}, lesions))
+    assert summary["volumes"]["cect"]["cnr"]["median"] == pytest.approx(340 / math.sqrt(250))
+    assert any(c["a"] == "ncct" and c["b"] == "cect" for c in summary["comparisons"])

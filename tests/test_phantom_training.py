@@ -1,0 +1,126 @@
+"""The paired phantom's anatomy and truth, and the trainer's exact resume and distributed run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from SyntheticContrastLib import phantom as ph
+from SyntheticContrastLib.networks import GeneratorConfig
+from SyntheticContrastLib.rois import parse_rois
+from SyntheticContrastLib.training import PairedVolume, TrainConfig, Trainer
+
+SMALL = ph.PhantomSpec(size=256, slices=24, pixel_mm=1.4, slice_mm=5.0)
+
+
+def structure_core(case, label):
+    """A structure without its edge voxels, which the blur mixes with their neighbours on purpose."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(case.labels == label, np.ones((1, 5, 5), bool))
+
+
+@pytest.fixture(scope="module")
+def case():
+    return ph.make_phantom(11)
+
+
+def test_pair_shares_geometry(case):
+    a, b = case.ncct, case.cect
+    assert a.array.shape == b.array.shape == (48, 512, 512)
+    assert a.spacing == b.spacing and a.origin == b.origin and a.direction == b.direction
+
+
+def test_contrast_raises_aorta_and_leaves_fat(case):
+    core = lambda label: structure_core(case, label)
+    aorta = core(ph.AORTA)
+    assert case.cect.array[aorta].mean() - case.ncct.array[aorta].mean() > 150
+    for fat in (ph.SUBCUT_FAT, ph.MED_FAT):
+        diff = case.cect.array[core(fat)].mean() - case.ncct.array[core(fat)].mean()
+        assert abs(diff) < 5  # noise SD is 10-25 HU; means over thousands of voxels agree within a few HU
+    assert abs(case.ncct.array[aorta].mean() - 40) < 10
+    assert abs(case.ncct.array[core(ph.LUNG)].mean() + 850) < 15
+
+
+def test_noise_is_in_the_ct_range(case):
+    sd = case.ncct.array[structure_core(case, ph.SUBCUT_FAT)].std()
+    assert 8 < sd < 30
+
+
+def test_annotations_fall_inside_what_they_name(case):
+    lesions = parse_rois(case.annotations)
+    assert 1 <= len(lesions) <= 8
+    for n, lesion in enumerate(lesions):
+        i, j, k = np.round(case.ncct.physical_to_index(lesion.center)).astype(int)
+        assert case.labels[k, j, i] == ph.NODE_BASE + n
+        assert 5 <= lesion.extra["short_axis_mm"] <= 20
+        for name, label in (("dta", ph.AORTA), ("right_fat", ph.SUBCUT_FAT), ("left_fat", ph.SUBCUT_FAT)):
+            i, j, k = np.round(case.ncct.physical_to_index(lesion.references[name])).astype(int)
+            assert case.labels[k, j, i] == label, name
+        assert lesion.references["right_fat"][0] < 0 < lesion.references["left_fat"][0]  # LPS: +x is patient left
+
+
+def test_seeds_vary_the_anatomy():
+    a, b = ph.make_phantom(1, SMALL), ph.make_phantom(2, SMALL)
+    assert a.annotations["lesions"] != b.annotations["lesions"]
+    assert not np.array_equal(a.labels, b.labels)
+    again = ph.make_phantom(1, SMALL)
+    np.testing.assert_array_equal(a.ncct.array, again.ncct.array)
+
+
+def _tiny_cfg(epochs):
+    return TrainConfig(generator=GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.5), discriminator_ndf=2,
+                       window_z=8, crop=32, epochs=epochs, samples_per_volume=2, shift_px=5, device="cpu",
+                       lr_decay_epoch=1, seed=3, default_stride=4)
+
+
+def _pairs():
+    rng = np.random.default_rng(0)
+    base = np.full((10, 48, 48), -1000, np.float32)
+    base[:, 8:40, 8:40] = 40
+    return [PairedVolume(f"p{n}", base + rng.normal(0, 10, base.shape).astype(np.float32),
+                         base + 30 + rng.normal(0, 10, base.shape).astype(np.float32)) for n in range(2)]
+
+
+def test_resume_continues_exactly(tmp_path):
+    pairs = _pairs()
+    straight = Trainer(_tiny_cfg(2), tmp_path / "a")
+    straight.fit(pairs, pairs[:1])
+    first = Trainer(_tiny_cfg(2), tmp_path / "b")
+    first.fit(pairs, pairs[:1], stop_after_epoch=1)
+    resumed = Trainer(_tiny_cfg(2), tmp_path / "b")
+    resumed.load_checkpoint()
+    assert resumed.epoch == 1
+    resumed.fit(pairs, pairs[:1])
+    for key, value in straight.G.state_dict().items():
+        assert torch.equal(value, resumed.G.state_dict()[key]), key
+    assert resumed.opt_g.param_groups[0]["lr"] == straight.opt_g.param_groups[0]["lr"] == pytest.approx(2e-5)
+    log = (tmp_path / "b" / "training_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,lr,loss_d") and len(log) == 3
+    card = json.loads((tmp_path / "b" / "sct-model.json").read_text())
+    assert card["training"]["final_epoch"] == 2
+
+
+def test_torchrun_two_cpu_ranks(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_phantom_training import _pairs, _tiny_cfg
+from SyntheticContrastLib.training import Trainer
+t = Trainer(_tiny_cfg(1), {str(tmp_path / 'out')!r})
+assert t.world == 2
+t.fit(_pairs(), _pairs()[:1])
+print("rank", t.rank, "done")
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(script)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "rank 0 done" in res.stdout and "rank 1 done" in res.stdout
+    assert (tmp_path / "out" / "sct-model.json").exists()
