@@ -1,0 +1,327 @@
+"""The MRML bridge, the one engine module that imports slicer/vtk: volume nodes, markups, tables, layouts.
+
+Engine volumes are LPS (ITK/DICOM); MRML is RAS. Every conversion goes through ``LPS_TO_RAS`` here and
+nowhere else. Runs on Slicer's own MRML in the application and on the PyPI ``slicer-core`` in tests.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .rois import REFERENCE_NAMES, ROI_FORMAT, LesionROI
+from .volume_io import Volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+WINDOW_PRESETS = {
+    "mediastinal": (350.0, 50.0),
+    "soft tissue": (400.0, 40.0),
+    "lung": (1500.0, -600.0),
+    "vascular": (1000.0, 200.0),
+}
+ROLE_ATTRIBUTE = "SyntheticContrast.role"
+REFERENCE_LABELS = {"dta": "DTA", "right_fat": "Right fat", "left_fat": "Left fat"}
+SYNTHETIC_NAME_SUFFIX = " - sCECT (synthetic)"
+
+
+# --- volumes ------------------------------------------------------------------------------------
+
+def volume_from_node(node) -> Volume:
+    """A scalar volume node as an engine Volume (LPS), voxels copied as float32 (z, y, x)."""
+    image = node.GetImageData()
+    if image is None:
+        raise ValueError(f"volume node {node.GetName()!r} has no image data")
+    dims = image.GetDimensions()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    array = scalars.reshape(dims[2], dims[1], dims[0]).astype(np.float32)
+    ras_dir = vtk.vtkMatrix4x4()
+    node.GetIJKToRASDirectionMatrix(ras_dir)
+    d_ras = np.array([[ras_dir.GetElement(r, c) for c in range(3)] for r in range(3)])
+    d_lps = LPS_TO_RAS @ d_ras
+    origin_lps = LPS_TO_RAS @ np.array(node.GetOrigin())
+    return Volume(array, tuple(node.GetSpacing()), tuple(origin_lps), tuple(d_lps.ravel()), source=node.GetName())
+
+
+def node_from_volume(scene, volume: Volume, name: str, node=None):
+    """Create (or fill) a scalar volume node with the Volume's voxels and exact IJK-to-RAS geometry."""
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    array = np.ascontiguousarray(volume.array, dtype=np.float32)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True, array_type=vtk.VTK_FLOAT))
+    node.SetAndObserveImageData(image)
+    node.SetSpacing(*volume.spacing)
+    node.SetOrigin(*(LPS_TO_RAS @ np.asarray(volume.origin, float)))
+    d_ras = LPS_TO_RAS @ np.asarray(volume.direction, float).reshape(3, 3)
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, d_ras[r, c])
+    node.SetIJKToRASDirectionMatrix(matrix)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def add_synthetic_volume(scene, source_node, volume: Volume, metadata: dict):
+    """Add the sCECT beside its source: synthetic name, provenance attributes, mediastinal window."""
+    node = node_from_volume(scene, volume, source_node.GetName() + SYNTHETIC_NAME_SUFFIX)
+    node.SetAttribute("SyntheticContrast.synthetic", "true")
+    for key in ("model_id", "model_sha256", "stride", "blend", "date"):
+        node.SetAttribute(f"SyntheticContrast.{key}", str(metadata.get(f"SyntheticContrast.{key}", "")))
+    node.SetAttribute("SyntheticContrast.source", source_node.GetID())
+    place_beside(scene, node, source_node)
+    apply_window(node, *WINDOW_PRESETS["mediastinal"])
+    return node
+
+
+def place_beside(scene, node, sibling) -> None:
+    """Put ``node`` under the same subject hierarchy parent (study) as ``sibling``."""
+    sh = scene.GetSubjectHierarchyNode()
+    if sh is None:
+        return
+    sibling_item = sh.GetItemByDataNode(sibling)
+    parent = sh.GetItemParent(sibling_item) if sibling_item else sh.GetSceneItemID()
+    item = sh.GetItemByDataNode(node)
+    # Slicer's subject hierarchy plugins add items on their own; bare MRML (e.g. headless) does not.
+    if not item:
+        sh.CreateItem(parent, node)
+    else:
+        sh.SetItemParent(item, parent)
+
+
+def apply_window(node, width: float, level: float) -> None:
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(width, level)
+
+
+class WindowLevelLink:
+    """Keeps window/level equal across the display nodes of the linked views."""
+
+    def __init__(self, volume_nodes):
+        self.displays = [n.GetDisplayNode() for n in volume_nodes]
+        self._updating = False
+        self._tags = [(d, d.AddObserver(vtk.vtkCommand.ModifiedEvent, self._on_modified)) for d in self.displays]
+
+    def _on_modified(self, caller, _event):
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            for d in self.displays:
+                if d is not caller and (d.GetWindow(), d.GetLevel()) != (caller.GetWindow(), caller.GetLevel()):
+                    d.AutoWindowLevelOff()
+                    d.SetWindowLevel(caller.GetWindow(), caller.GetLevel())
+        finally:
+            self._updating = False
+
+    def remove(self) -> None:
+        for display, tag in self._tags:
+            display.RemoveObserver(tag)
+        self._tags = []
+
+
+def enhancement_volume(scene, ncct_node, scect_node):
+    """sCECT minus NCCT as its own node (named synthetic), for a colour overlay on the NCCT."""
+    ncct, scect = volume_from_node(ncct_node), volume_from_node(scect_node)
+    if ncct.array.shape != scect.array.shape:
+        raise ValueError("NCCT and sCECT grids differ; the enhancement map needs one grid")
+    diff = ncct.with_array(scect.array - ncct.array)
+    node = node_from_volume(scene, diff, ncct_node.GetName() + " - enhancement (synthetic)")
+    node.SetAttribute("SyntheticContrast.synthetic", "true")
+    display = node.GetDisplayNode()
+    rainbow = scene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
+    if rainbow is not None:
+        display.SetAndObserveColorNodeID(rainbow.GetID())
+    apply_window(node, 300.0, 150.0)
+    display.SetLowerThreshold(20.0)
+    display.ApplyThresholdOn()
+    place_beside(scene, node, ncct_node)
+    return node
+
+
+# --- layouts ------------------------------------------------------------------------------------
+
+LAYOUT_ID = 2601  # far from Slicer's built-in layout ids
+VIEW_COLORS = ("#404040", "#6B8E23", "#D2691E")
+
+
+def layout_xml(labels: list[str], coronal_row: bool = False) -> str:
+    """Slicer layout XML: one axial view per volume side by side, and optionally a coronal row below."""
+    root = ET.Element("layout", type="vertical")
+    rows = [("Axial", "A")] + ([("Coronal", "C")] if coronal_row else [])
+    for orientation, tag in rows:
+        row = ET.SubElement(ET.SubElement(root, "item"), "layout", type="horizontal")
+        for n, label in enumerate(labels):
+            view = ET.SubElement(ET.SubElement(row, "item"), "view", {"class": "vtkMRMLSliceNode", "singletontag": f"SC{tag}{n}"})
+            for prop, value in (("orientation", orientation), ("viewlabel", f"{label[:6]}"), ("viewcolor", VIEW_COLORS[n % 3])):
+                ET.SubElement(view, "property", name=prop, action="default").text = value
+    return ET.tostring(root, encoding="unicode")
+
+
+def view_names(count: int, coronal_row: bool = False) -> list[str]:
+    return [f"SC{tag}{n}" for tag in ("A", "C")[: 1 + coronal_row] for n in range(count)]
+
+
+def register_layout(layout_node, labels: list[str], coronal_row: bool = False) -> int:
+    """Register (or update) the side-by-side layout under ``LAYOUT_ID + variant``; returns its id."""
+    layout_id = LAYOUT_ID + 10 * len(labels) + int(coronal_row)
+    xml = layout_xml(labels, coronal_row)
+    if layout_node.IsLayoutDescription(layout_id):
+        layout_node.SetLayoutDescription(layout_id, xml)
+    else:
+        layout_node.AddLayoutDescription(layout_id, xml)
+    return layout_id
+
+
+def show_linked(scene, volume_nodes, coronal_row: bool = False) -> WindowLevelLink:
+    """Show each volume in its own view column, link slice navigation and window/level across them."""
+    names = view_names(len(volume_nodes), coronal_row)
+    composites = {}
+    for composite in _nodes(scene, "vtkMRMLSliceCompositeNode"):
+        composites[composite.GetLayoutName()] = composite
+    for n, name in enumerate(names):
+        composite = composites.get(name)
+        if composite is None:
+            continue  # the view is created by the layout manager once the layout is shown
+        composite.SetBackgroundVolumeID(volume_nodes[n % len(volume_nodes)].GetID())
+        composite.SetLinkedControl(True)
+        composite.SetHotLinkedControl(True)
+    return WindowLevelLink(volume_nodes)
+
+
+def _nodes(scene, cls):
+    collection = scene.GetNodesByClass(cls)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+# --- ROIs ---------------------------------------------------------------------------------------
+
+def _ras(point_lps) -> list[float]:
+    return list(LPS_TO_RAS @ np.asarray(point_lps, float))
+
+
+def add_lesion_line(scene, p1_ras, p2_ras, lesion_id: str):
+    """A markups line across a node's short axis; its midpoint is the ROI centre."""
+    line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", lesion_id)
+    line.SetAttribute(ROLE_ATTRIBUTE, "lesion")
+    for p in (p1_ras, p2_ras):
+        line.AddControlPoint(vtk.vtkVector3d(*p))
+    return line
+
+
+def reference_points_node(scene):
+    """The one point list holding DTA and right/left subcutaneous fat, created on first use."""
+    for node in _nodes(scene, "vtkMRMLMarkupsFiducialNode"):
+        if node.GetAttribute(ROLE_ATTRIBUTE) == "references":
+            return node
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CNR reference points")
+    node.SetAttribute(ROLE_ATTRIBUTE, "references")
+    return node
+
+
+def _reference_label(name: str, lesion_id: str | None) -> str:
+    return f"{lesion_id} {REFERENCE_LABELS[name]}" if lesion_id else REFERENCE_LABELS[name]
+
+
+def set_reference_point(scene, name: str, point_ras, lesion_id: str | None = None) -> None:
+    """Place or move a DTA / right fat / left fat point, shared ("DTA") or for one lesion ("LN3 DTA")."""
+    if name not in REFERENCE_LABELS:
+        raise ValueError(f"reference must be one of {list(REFERENCE_LABELS)}")
+    node = reference_points_node(scene)
+    label = _reference_label(name, lesion_id)
+    for i in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointLabel(i) == label:
+            node.SetNthControlPointPosition(i, *point_ras)
+            return
+    node.AddControlPoint(vtk.vtkVector3d(*point_ras), label)
+
+
+def _control_points(node) -> list[tuple[str, list[float]]]:
+    out = []
+    for i in range(node.GetNumberOfControlPoints()):
+        p = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(i, p)
+        out.append((node.GetNthControlPointLabel(i), list(LPS_TO_RAS @ np.array(p))))
+    return out
+
+
+def rois_from_markups(scene, fraction: float = 0.9) -> dict:
+    """ROI JSON (LPS) from the scene's lesion lines and reference points (per-lesion points win)."""
+    points = dict(_control_points(reference_points_node(scene)))
+    shared = {key: points[label] for key, label in REFERENCE_LABELS.items() if label in points}
+    lesions = []
+    for line in _nodes(scene, "vtkMRMLMarkupsLineNode"):
+        if line.GetAttribute(ROLE_ATTRIBUTE) != "lesion" or line.GetNumberOfControlPoints() != 2:
+            continue
+        lesion = {"id": line.GetName(), "short_axis": [p for _, p in _control_points(line)]}
+        own = {key: points[_reference_label(key, line.GetName())] for key in REFERENCE_LABELS
+               if _reference_label(key, line.GetName()) in points}
+        if own:
+            lesion["references"] = own
+        lesions.append(lesion)
+    return {"format": ROI_FORMAT, "coordinate_system": "LPS", "units": "mm", "roi_diameter_fraction": fraction,
+            "source": "3D Slicer markups", "lesions": lesions, "references": shared}
+
+
+def markups_from_rois(scene, data: dict) -> list:
+    """Load ROI JSON into markups: a line per lesion, shared and per-lesion reference points."""
+    from .rois import parse_rois
+
+    lesions = parse_rois(data)
+    system = str(data.get("coordinate_system", "LPS")).upper()
+    to_ras = (lambda p: list(np.asarray(p, float))) if system == "RAS" else _ras
+    lines = []
+    for item, lesion in zip(data.get("lesions", []), lesions):
+        if lesion.short_axis is not None:
+            a, b = lesion.short_axis
+        else:  # centre + diameter: draw the diameter left-right through the centre
+            half = np.array([lesion.extra["short_axis_mm"] / 2, 0, 0])
+            a, b = lesion.center - half, lesion.center + half
+        lines.append(add_lesion_line(scene, _ras(a), _ras(b), lesion.lesion_id))
+        for name, point in item.get("references", {}).items():
+            set_reference_point(scene, name, to_ras(point), lesion.lesion_id)
+    for name, point in data.get("references", {}).items():
+        set_reference_point(scene, name, to_ras(point))
+    return lines
+
+
+def draw_measured_circles(scene, lesion: LesionROI, segments: int = 48) -> list:
+    """Closed curves showing the four circles CNR measures, so the annotator sees exactly what counts."""
+    curves = []
+    points = {"lesion": lesion.center, **lesion.references}
+    r = lesion.diameter_mm / 2
+    for name, centre in points.items():
+        curve = scene.AddNewNodeByClass("vtkMRMLMarkupsClosedCurveNode", f"{lesion.lesion_id} {name} ROI")
+        curve.SetAttribute(ROLE_ATTRIBUTE, "measured-circle")
+        for t in np.linspace(0, 2 * math.pi, segments, endpoint=False):
+            curve.AddControlPoint(vtk.vtkVector3d(*_ras(np.asarray(centre) + [r * math.cos(t), r * math.sin(t), 0.0])))
+        curve.SetLocked(True)
+        curves.append(curve)
+    return curves
+
+
+def cnr_table(scene, rows: list[dict], name: str = "Lymph-node CNR"):
+    """A table node with one row per (lesion, volume): ROI means/SDs, areas, voxel counts, noise, CNR, error."""
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    for column in columns:
+        numeric = all(isinstance(r.get(column), (int, float)) for r in rows)
+        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+        array.SetName(column)
+        table.AddColumn(array)
+    for r in rows:
+        row = table.AddEmptyRow()
+        for c, column in enumerate(columns):
+            value = r.get(column, "")
+            table.SetCellText(row, c, f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.SetAttribute("SyntheticContrast.created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    return table
