@@ -1,0 +1,60 @@
+"""Headless 3D Slicer batch: synthesise contrast for every volume in a folder with the module's own Logic.
+
+    Slicer --no-main-window --python-script scripts/slicer_batch_synthesize.py -- IN_DIR OUT_DIR [--model CARD] [--stride N] [--device cpu]
+
+Each input gets OUT_DIR/<name>_sCECT_synthetic.nrrd (the header keeps the provenance attributes).
+"""
+
+import argparse
+import pathlib
+import sys
+
+import slicer
+
+from SyntheticContrast import SyntheticContrastLogic
+
+SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="slicer_batch_synthesize")
+    parser.add_argument("input_dir", type=pathlib.Path)
+    parser.add_argument("output_dir", type=pathlib.Path)
+    parser.add_argument("--model", type=pathlib.Path, help="model card JSON (default: bundled demo model)")
+    parser.add_argument("--stride", type=int, default=0, help="0 = the model card's default")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    logic = SyntheticContrastLogic()
+    print(logic.ensureDependencies(askConfirmation=False))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    inputs = sorted(p for p in args.input_dir.iterdir() if p.name.lower().endswith(SUFFIXES))
+    failures = 0
+    for n, path in enumerate(inputs, 1):
+        stem = path.name.split(".")[0]
+        target = args.output_dir / f"{stem}_sCECT_synthetic.nrrd"
+        if target.exists():
+            print(f"[{n}/{len(inputs)}] {stem}: already done")
+            continue
+        try:
+            node = slicer.util.loadVolume(str(path))
+            p = logic.getParameterNode()
+            p.inputVolume, p.stride, p.device = node, args.stride, args.device
+            if args.model:
+                p.modelPath = args.model
+            print(f"[{n}/{len(inputs)}] {stem}: {logic.synthesize(p)}")
+            partial = target.with_name(f".{target.name}.partial.nrrd")
+            if not slicer.util.saveNode(p.outputVolume, str(partial)):
+                raise RuntimeError(f"could not write {partial}")
+            partial.replace(target)
+        except Exception as exc:  # one bad case is reported and the batch goes on
+            failures += 1
+            print(f"[{n}/{len(inputs)}] {stem}: FAILED: {exc}", file=sys.stderr)
+        finally:
+            slicer.mrmlScene.Clear()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    slicer.app.exit(code)

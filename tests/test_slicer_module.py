@@ -1,0 +1,96 @@
+"""The Slicer module's static contract: its .ui loads in real Qt with every widget the code uses, and
+its CMake lists every file that ships. (The module itself needs the Slicer application to import.)"""
+
+import ast
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SyntheticContrast"
+MODULE_PY = MODULE_DIR / "SyntheticContrast.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SyntheticContrast.ui"
+
+
+@pytest.fixture(scope="module")
+def ui_widget():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    qt_widgets = pytest.importorskip("PySide6.QtWidgets")
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+
+    app = qt_widgets.QApplication.instance() or qt_widgets.QApplication([])
+    handle = QFile(str(UI_FILE))
+    assert handle.open(QFile.ReadOnly)
+    widget = QUiLoader().load(handle)  # ctk/qMRML classes fall back to the base class named in the .ui
+    handle.close()
+    assert widget is not None
+    yield widget
+    widget.deleteLater()
+    app.processEvents()
+
+
+def test_every_ui_name_the_module_uses_exists(ui_widget):
+    from PySide6.QtCore import QObject
+
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_PY.read_text()))
+    assert {"applyButton", "cancelButton", "progressBar", "computeCNRButton"} <= used  # the scan itself works
+    present = {child.objectName() for child in ui_widget.findChildren(QObject)}
+    missing = sorted(used - present)
+    assert not missing, f"SyntheticContrast.py uses widgets the .ui lacks: {missing}"
+
+
+def _parameter_fields():
+    tree = ast.parse(MODULE_PY.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SyntheticContrastParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_bound_widget_has_a_parameter():
+    bound = {p.find("string").text for p in ET.parse(UI_FILE).iter("property") if p.get("name") == "SlicerParameterName"}
+    fields = _parameter_fields()
+    assert bound and bound <= fields, f"bound in .ui but not parameters: {sorted(bound - fields)}"
+    for required in ("inputVolume", "referenceVolume", "modelPath", "device", "stride", "blend", "batchSize", "precision"):
+        assert required in bound, required
+
+
+def test_module_imports_no_engine_at_import_time():
+    """Dependencies come on first use: the module's top level must not import torch or the engine."""
+    tree = ast.parse(MODULE_PY.read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert "torch" not in names and not any(str(n).startswith("SyntheticContrastLib") for n in names)
+
+
+def _cmake_list(text: str, variable: str) -> set[str]:
+    body = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
+    return {line.strip().replace("${MODULE_NAME}", "SyntheticContrast") for line in body.splitlines() if line.strip()}
+
+
+def test_module_cmake_lists_every_shipped_file():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    shipped_py = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    shipped_res = {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
+    assert scripts == shipped_py
+    assert resources == shipped_res
+    assert "slicerMacroBuildScriptedModule" in text
+
+
+def test_extension_cmake_declares_metadata_and_pytorch():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert re.search(rf'set\({key} "[^"]+"\)', text), key
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text and "find_package(Slicer REQUIRED)" in text
+    assert "slicer_add_python_unittest" in (ROOT / "Testing" / "CMakeLists.txt").read_text()
+
+
+def test_icon_is_128_px():
+    from PIL import Image
+
+    with Image.open(MODULE_DIR / "Resources" / "Icons" / "SyntheticContrast.png") as icon:
+        assert icon.size == (128, 128)
