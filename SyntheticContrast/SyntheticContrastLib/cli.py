@@ -55,8 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="NCCT volume: NIfTI/NRRD/MHA file or DICOM series folder")
     p.add_argument("output", type=Path, help="output file (.nii.gz/.nii/.nrrd/.mha) whose name says 'synthetic', or a folder")
     _add_synthesis_options(p)
+    p.add_argument("--dicom-out", type=Path, help="also write the sCECT as a derived DICOM series into this new folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("batch", help="synthesize many cases (folder tree or CSV manifest); resumable; torchrun shards cases")
+    p.add_argument("input", type=Path, help="folder tree of NIfTI/NRRD/MHA files and DICOM series folders, or CSV with case,input[,series]")
+    p.add_argument("output", type=Path, help="folder for outputs/, status/, logs/, manifest.csv (and dicom/)")
+    _add_synthesis_options(p)
+    p.add_argument("--dicom", action="store_true", help="also export each sCECT as a derived DICOM series")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("export-dicom", help="write a synthetic volume as a derived DICOM series beside its source series")
+    p.add_argument("synthetic", type=Path, help="the sCECT volume (NIfTI/NRRD/MHA) made by this tool")
+    p.add_argument("source", type=Path, help="the source NCCT DICOM series folder (patient, study, frame of reference)")
+    p.add_argument("output", type=Path, help="new, empty folder for the synthetic series")
+    p.add_argument("--series", default=None, help="SeriesInstanceUID in the source folder if it holds several")
+    p.add_argument("--series-number-offset", type=int, default=1000)
+    p.add_argument("--model", type=Path, help="model card, needed for NIfTI inputs whose header cannot hold the full sha256")
+    p.set_defaults(func=cmd_export_dicom)
 
     p = sub.add_parser("phantom", help="write procedural paired chest phantom cases (NCCT, CECT, ROI JSON)")
     p.add_argument("output", type=Path, help="folder to write <case>_ncct.nii.gz, <case>_cect.nii.gz, <case>_rois.json")
@@ -152,7 +170,94 @@ def cmd_synthesize(args) -> int:
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     write_volume(result, out)
+    if args.dicom_out:
+        from .dicom_export import export_dicom_series, source_files_of
+
+        files = export_dicom_series(result, args.dicom_out, source_files_of(volume), model.card.model_id, model.card.sha256)
+        print(f"wrote DICOM series {args.dicom_out} ({len(files)} slices, SeriesDescription 'SYNTHETIC CONTRAST - ...')")
     print(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {report.windows} windows, stride {report.stride}, {report.blend} blending, {report.device})")
+    return EXIT_OK
+
+
+def cmd_batch(args) -> int:
+    import os
+
+    from tqdm import tqdm
+
+    from .batch import BatchRunner, discover_cases
+    from .inference import SynthesisOptions
+    from .models import load_model
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = args.device
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device == "auto" and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    cases = discover_cases(args.input)
+    model = load_model(args.model)
+    options = SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device)
+    runner = BatchRunner(args.output, model, options, dicom=args.dicom, rank=rank, world=world)
+    mine = runner.shard(cases)
+    desc = f"rank {rank}/{world}" if world > 1 else "cases"
+    with tqdm(total=len(mine), unit="case", desc=desc, disable=args.no_progress, position=rank) as bar:
+        def progress(status):
+            bar.set_postfix_str(f"{status['case']}: {status['status']} {status.get('seconds', 0):.1f}s")
+            bar.update(1)
+
+        runner.say = lambda msg: bar.write(msg)
+        results = runner.run(cases, progress)
+    if world > 1:
+        dist.barrier()
+        if rank == 0:
+            runner.write_manifest(cases)
+        dist.destroy_process_group()
+    failed = [r for r in results if r["status"] != "done"]
+    for r in failed:
+        print(f"error: {r['case']} ({r['input']}): {r['error']}", file=sys.stderr)
+    print(f"{len(results) - len(failed)} of {len(results)} cases done; manifest {args.output / 'manifest.csv'}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_export_dicom(args) -> int:
+    import SimpleITK as sitk
+
+    from .dicom_export import export_dicom_series, source_files_of
+    from .models import read_card
+    from .volume_io import read_volume
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(args.synthetic))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        print(f"error: {args.synthetic}: cannot be read as an image", file=sys.stderr)
+        return EXIT_FAILED
+    meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    notes = meta.get("ITK_FileNotes", meta.get("descrip", ""))
+    if not (notes.startswith("SYNTHETIC") or meta.get("SyntheticContrast.synthetic") == "true"):
+        print(f"error: {args.synthetic}: carries no SYNTHETIC label; only volumes made by this tool are exported", file=sys.stderr)
+        return EXIT_FAILED
+    model_id, sha = meta.get("SyntheticContrast.model_id"), meta.get("SyntheticContrast.model_sha256")
+    if sha is None:  # NIfTI keeps only an 80-byte description: the card supplies the full digest
+        if args.model is None:
+            print(f"error: {args.synthetic}: the header lacks the model's full sha256 (NIfTI); name the model with --model CARD", file=sys.stderr)
+            return EXIT_USAGE
+        card = read_card(args.model)
+        if card.model_id not in notes or card.sha256[:12] not in notes:
+            print(f"error: {args.synthetic} was not made by model {card.model_id} ({card.sha256[:12]}): its label says {notes!r}", file=sys.stderr)
+            return EXIT_FAILED
+        model_id, sha = card.model_id, card.sha256
+    synthetic = read_volume(args.synthetic, check_hu=False)
+    source = read_volume(args.source, series_uid=args.series)
+    if source.array.shape != synthetic.array.shape:
+        print(f"error: {args.synthetic}: grid {synthetic.array.shape} differs from the source series {source.array.shape}", file=sys.stderr)
+        return EXIT_FAILED
+    files = export_dicom_series(synthetic, args.output, source_files_of(source), model_id, sha, args.series_number_offset)
+    print(f"wrote {len(files)} slices to {args.output} (derived series, SeriesDescription 'SYNTHETIC CONTRAST - ...')")
     return EXIT_OK
 
 

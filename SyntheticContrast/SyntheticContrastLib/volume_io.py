@@ -146,6 +146,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     if not entries:
         raise InputError(folder, "is an empty folder")
     series = dicom_series_in(folder)
+    _report_unreadable_files(folder, entries, series)
     if not series:
         raise InputError(folder, "contains no DICOM series (and is not a NIfTI/NRRD/MHA file)")
     if series_uid is None and len(series) > 1:
@@ -162,6 +163,22 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         raise InputError(folder, f"pixel data could not be read (corrupt or truncated file?): {str(exc).strip().splitlines()[-1]}") from exc
     meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"]}
     return Volume.from_sitk(image, str(folder), meta)
+
+
+def _report_unreadable_files(folder: Path, entries: list[Path], series: list[dict]) -> None:
+    """GDCM silently leaves out files it cannot parse, which would look like a missing slice: name them."""
+    import pydicom
+
+    in_series = {str(Path(f).resolve()) for s in series for f in s["files"]}
+    for path in sorted(p for p in entries if p.is_file() and str(p.resolve()) not in in_series):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:
+            raise InputError(path, f"is not a readable DICOM file ({exc.__class__.__name__}); it sits in the series folder {folder}") from exc
+        if "PixelData" in ds and "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+            expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+            if len(ds.PixelData) < expected and ds.file_meta.TransferSyntaxUID.is_compressed is False:
+                raise InputError(path, f"is truncated: pixel data has {len(ds.PixelData)} of {expected} bytes")
 
 
 def check_hu_volume(volume: Volume, path, min_slices: int = 2) -> None:

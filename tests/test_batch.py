@@ -1,0 +1,98 @@
+"""Batch: resume, one bad case, SIGKILL mid-run, and case shards under a 2-rank torchrun."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conftest import chest_like, write_dicom_series
+from SyntheticContrastLib.batch import discover_cases
+from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+
+
+def make_cases(root: Path, n: int, slices: int = 20, bad: bool = False) -> None:
+    for k in range(n):
+        sub = root / f"site{k % 2}"
+        write_volume(Volume(chest_like((slices, 32, 32), seed=k), (0.7, 0.7, 2.5), (0, 0, 0)), sub / f"case{k}.nii.gz")
+    write_dicom_series(root / "dicom_study" / "series1", np.round(chest_like((slices, 32, 32))))
+    if bad:
+        (root / "broken.nrrd").write_bytes(b"NRRD0004\nthis is not a header\n")
+
+
+def manifest(out: Path) -> dict:
+    with open(out / "manifest.csv", newline="") as fh:
+        return {r["case"]: r for r in csv.DictReader(fh)}
+
+
+def test_discovery_finds_files_and_dicom_folders(tmp_path):
+    make_cases(tmp_path / "in", 3)
+    names = [c.name for c in discover_cases(tmp_path / "in")]
+    assert names == ["dicom_study__series1", "site0__case0", "site0__case2", "site1__case1"]
+
+
+def test_bad_case_is_reported_and_the_batch_goes_on_then_resumes(tmp_path, tiny_model_card, capsys):
+    make_cases(tmp_path / "in", 3, bad=True)
+    args = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "broken" in err and "cannot be read as an image" in err
+    rows = manifest(tmp_path / "out")
+    assert rows["broken"]["status"] == "failed" and "broken.nrrd" in rows["broken"]["error"]
+    done = [r for r in rows.values() if r["status"] == "done"]
+    assert len(done) == 4 and all(r["model_sha256"] == json.loads(tiny_model_card.read_text())["sha256"] for r in done)
+    mtimes = {r["case"]: os.path.getmtime(r["output"]) for r in done}
+    assert main(args) == 1  # the broken case is retried and fails again; done cases are skipped
+    assert {c: os.path.getmtime(manifest(tmp_path / "out")[c]["output"]) for c in mtimes} == mtimes
+    assert (tmp_path / "out" / "logs" / "site0__case0.log").read_text().count("done:") == 1
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "SyntheticContrastLib.cli", *args]
+
+
+def test_sigkill_mid_batch_loses_no_finished_case(tmp_path, tiny_model_card):
+    make_cases(tmp_path / "in", 8, slices=60)
+    out = tmp_path / "out"
+    cmd = _cli("batch", str(tmp_path / "in"), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--stride", "1", "--no-progress")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("status/*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = {p.stem: p.stat().st_mtime for p in (out / "status").glob("*.json")}
+    assert 2 <= len(finished_before) < 9, "the kill should land mid-batch"
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = manifest(out)
+    assert len(rows) == 9 and all(r["status"] == "done" for r in rows.values())
+    for case, mtime in finished_before.items():
+        assert (out / "status" / f"{case}.json").stat().st_mtime == mtime  # not redone
+    for r in rows.values():
+        assert read_volume(r["output"], check_hu=False).array.shape == (60, 32, 32)
+    assert not list((out / "outputs").glob(".*partial*"))
+    assert sorted(p.name for p in (out / "outputs").iterdir()) == sorted(f"{c}_sCECT_synthetic.nii.gz" for c in rows)
+
+
+def test_two_rank_torchrun_splits_cases_without_overlap(tmp_path, tiny_model_card):
+    make_cases(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534", "-m",
+           "SyntheticContrastLib.cli", "batch", str(tmp_path / "in"), str(out), "--model", str(tiny_model_card),
+           "--device", "cpu", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = manifest(out)
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows.values())
+    ranks = {c: int(r["rank"]) for c, r in rows.items()}
+    names = [c.name for c in discover_cases(tmp_path / "in")]
+    assert ranks == {name: i % 2 for i, name in enumerate(names)}
+    for log in (out / "logs").iterdir():
+        assert log.read_text().count("done:") == 1

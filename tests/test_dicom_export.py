@@ -1,0 +1,75 @@
+"""DICOM export: a derived series in the source's study, marked synthetic, that round-trips within 1 HU."""
+
+import hashlib
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import chest_like, write_dicom_series
+from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.dicom_export import export_dicom_series, source_files_of
+from SyntheticContrastLib.errors import OutputError
+from SyntheticContrastLib.volume_io import read_volume
+
+
+@pytest.fixture
+def source(tmp_path):
+    files = write_dicom_series(tmp_path / "ncct", np.round(chest_like((10, 24, 20))), spacing=(0.8, 0.7, 2.0),
+                               description="Chest 2mm NC")
+    return tmp_path / "ncct", files
+
+
+def checksums(files):
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_export_is_a_derived_synthetic_series_in_the_same_study(tmp_path, source):
+    folder, files = source
+    before = checksums(files)
+    src = read_volume(folder)
+    synthetic = src.with_array(src.array + np.random.default_rng(0).uniform(-0.4, 300, src.array.shape).astype(np.float32))
+    out = export_dicom_series(synthetic, tmp_path / "ncct_SYNTHETIC", source_files_of(src), "demo-model", "f" * 64)
+    assert len(out) == 10 and checksums(files) == before
+    src_ds = [pydicom.dcmread(f) for f in files]
+    for path in out:
+        ds = pydicom.dcmread(path)
+        assert ds.StudyInstanceUID == src_ds[0].StudyInstanceUID
+        assert ds.FrameOfReferenceUID == src_ds[0].FrameOfReferenceUID
+        assert ds.SeriesInstanceUID != src_ds[0].SeriesInstanceUID
+        assert ds.SOPInstanceUID not in {d.SOPInstanceUID for d in src_ds}
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert ds.SeriesDescription == "SYNTHETIC CONTRAST - Chest 2mm NC"
+        assert ds.SeriesNumber == 1001
+        assert "demo-model" in ds.DerivationDescription and "f" * 64 in ds.DerivationDescription
+        assert ds.PixelRepresentation == 1 and ds.RescaleSlope == 1 and ds.RescaleIntercept == 0
+        assert not [e.keyword for e in ds if "Contrast" in e.keyword or "Bolus" in e.keyword]
+    assert len({pydicom.dcmread(p).SOPInstanceUID for p in out}) == 10
+    back = read_volume(tmp_path / "ncct_SYNTHETIC")
+    assert np.abs(back.array - synthetic.array).max() <= 1.0
+    np.testing.assert_allclose(back.origin, src.origin, atol=1e-4)
+    np.testing.assert_allclose(back.spacing, src.spacing, atol=1e-5)
+
+
+def test_export_never_writes_into_the_source_or_a_used_folder(tmp_path, source):
+    folder, files = source
+    src = read_volume(folder)
+    with pytest.raises(OutputError, match="inside the source series folder"):
+        export_dicom_series(src, folder / "synthetic", source_files_of(src), "m", "0" * 64)
+    with pytest.raises(OutputError, match="not empty"):
+        export_dicom_series(src, folder, source_files_of(src), "m", "0" * 64)
+    assert not (folder / "synthetic").exists() and len(list(folder.iterdir())) == len(files)
+
+
+def test_synthesize_with_dicom_out_from_the_cli(tmp_path, source, tiny_model_card, capsys):
+    folder, files = source
+    before = checksums(files)
+    rc = main(["synthesize", str(folder), str(tmp_path / "case_synthetic.nrrd"), "--model", str(tiny_model_card),
+               "--device", "cpu", "--no-progress", "--dicom-out", str(tmp_path / "case_SYNTHETIC_DICOM")])
+    assert rc == 0, capsys.readouterr().err
+    ds = pydicom.dcmread(sorted((tmp_path / "case_SYNTHETIC_DICOM").iterdir())[0])
+    assert ds.SeriesDescription.startswith("SYNTHETIC CONTRAST -") and "tiny-test" in ds.DerivationDescription
+    assert checksums(files) == before
+    # The export verb takes the provenance from the NRRD header.
+    rc = main(["export-dicom", str(tmp_path / "case_synthetic.nrrd"), str(folder), str(tmp_path / "again")])
+    assert rc == 0 and len(list((tmp_path / "again").iterdir())) == 10
