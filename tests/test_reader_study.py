@@ -1,0 +1,189 @@
+"""Reader study: FOMs against hand-worked examples, matching, plan, statistics, crash safety, end to end."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+from statsmodels.stats.contingency_tables import mcnemar
+
+from SyntheticContrastLib import reader_study as rs
+from SyntheticContrastLib.cli import main
+
+INF = -math.inf
+
+
+def test_afroc1_and_wafroc1_by_hand_with_ties_and_unmarked_lesions():
+    # Case 1: lesions rated 3 and unmarked, one NL rated 2. Case 2: one lesion rated 4, no NL.
+    nl = [[2.0], []]
+    ll = [[3.0, INF], [4.0]]
+    # FP per case: 2 and -inf. Pairs (fp, lesion): (2,3)=1 (2,-inf)=0 (2,4)=1 (-inf,3)=1 (-inf,-inf)=0.5 (-inf,4)=1
+    assert rs.fom_afroc1(nl, ll) == pytest.approx(4.5 / 6)
+    # wAFROC1: case-1 lesions weigh 1/2 each: fp=2 -> 0.5 + 1, fp=-inf -> 0.5 + 0.25 + 1; / (2 cases x 2 abnormal)
+    assert rs.fom_wafroc1(nl, ll) == pytest.approx(3.25 / 4)
+
+
+def test_fom_with_a_normal_case_and_an_exact_tie():
+    nl = [[2.0], [], [4.0]]  # case 3 has no lesion and an NL rated 4
+    ll = [[3.0, INF], [4.0], []]
+    # The extra FP of 4 beats 3 and -inf and ties with 4 (1/2).
+    assert rs.fom_afroc1(nl, ll) == pytest.approx(5.0 / 9)
+    assert rs.fom_wafroc1(nl, ll) == pytest.approx(3.75 / 6)
+    assert rs.fom_afroc1([[]], [[INF]]) == 0.5  # nothing marked anywhere: a coin toss
+    assert rs.fom_afroc1([[]], [[1.0]]) == 1.0
+
+
+def _lesion(lid, center, radius=5.0):
+    return rs.Lesion("c", lid, np.array(center, float), radius)
+
+
+def test_matching_marks_to_lesions():
+    lesions = [_lesion("A", [0, 0, 0]), _lesion("B", [20, 0, 0])]
+    marks = [
+        {"id": 1, "point_lps": [1, 1, 0], "rating": 2},   # on A
+        {"id": 2, "point_lps": [-1, 0, 2], "rating": 4},  # also on A, higher: A is rated 4, mark 1 becomes NL
+        {"id": 3, "point_lps": [50, 0, 0], "rating": 3},  # far from both: NL
+        {"id": 4, "point_lps": [10, 0, 0], "rating": 1},  # 10 mm from both: outside both radii
+    ]
+    ll, nl = rs.match_marks(marks, lesions)
+    assert ll == {"A": 4.0, "B": INF}
+    assert sorted(nl) == [1.0, 2.0, 3.0]
+    ll, nl = rs.match_marks(marks, lesions, tolerance_mm=12)
+    assert ll == {"A": 4.0, "B": 1.0} and sorted(nl) == [2.0, 3.0]
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    cases = []
+    for k in range(6):
+        cases.append({"id": f"patient{k}", "ncct": f"p{k}_ncct.nii.gz", "scect": f"p{k}_sCECT_synthetic.nii.gz", "cect": f"p{k}_cect.nii.gz"})
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 42, "cases": cases}))
+    return path
+
+
+def test_plan_is_reproducible_blinded_and_differs_between_readers_and_sessions(study_file, tmp_path):
+    study = rs.load_study(study_file)
+    a, b = rs.make_plan(study), rs.make_plan(study)
+    assert [s["order"] for s in a["sessions"]] == [s["order"] for s in b["sessions"]]
+    assert [s["condition"] for s in a["sessions"]] == ["NCCT", "NCCT+sCECT", "CECT"] * 2
+    orders = [tuple(s["key"][c] for c in s["order"]) for s in a["sessions"]]
+    assert len(set(orders)) == len(orders)  # every reader-session has its own order
+    codes = [set(s["order"]) for s in a["sessions"]]
+    assert all(not (x & y) for i, x in enumerate(codes) for y in codes[i + 1:])  # codes never repeat across sessions
+    assert not any("patient" in c for s in a["sessions"] for c in s["order"])
+    study["seed"] = 43
+    assert [s["order"] for s in rs.make_plan(study)["sessions"]] != [s["order"] for s in a["sessions"]]
+    rs.write_plan(study_file, tmp_path / "S")
+    with pytest.raises(Exception, match="a plan exists already"):
+        rs.write_plan(study_file, tmp_path / "S")
+
+
+def test_session_marks_edit_delete_resume_and_washout(study_file, tmp_path):
+    rs.write_plan(study_file, tmp_path / "S")
+    s1 = rs.ReadingSession(tmp_path / "S", "R1", 1)
+    first = s1.current_code()
+    assert set(s1.volumes(first)) == {"ncct"}
+    m = s1.add_mark(first, [1, 2, 3], 3)
+    s1.add_mark(first, [4, 5, 6], 2)
+    s1.edit_mark(first, m, rating=4)
+    s1.delete_mark(first, m + 1)
+    nxt = s1.complete_case(first)
+    again = rs.ReadingSession(tmp_path / "S", "R1", 1)
+    assert again.current_code() == nxt != first
+    assert [(x["id"], x["rating"]) for x in again.case_record(first)["marks"]] == [(1, 4)]
+    with pytest.raises(ValueError):
+        again.add_mark(nxt, [0, 0, 0], 5)
+    s2 = rs.ReadingSession(tmp_path / "S", "R1", 2)
+    assert "washout" in s2.state["washout_warning"] and set(s2.volumes(s2.current_code())) == {"ncct", "scect"}
+
+
+def test_kill_mid_session_loses_no_saved_mark(study_file, tmp_path):
+    rs.write_plan(study_file, tmp_path / "S")
+    script = f"""
+import os, signal
+from SyntheticContrastLib.reader_study import ReadingSession
+s = ReadingSession({str(tmp_path / 'S')!r}, "R2", 3)
+c = s.current_code()
+for k in range(3):
+    s.add_mark(c, [k, k, k], 1 + k)
+c = s.complete_case(c)
+s.add_mark(c, [9, 9, 9], 4)
+s.add_mark(c, [8, 8, 8], 2)
+print(c, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == -signal.SIGKILL
+    second = res.stdout.strip()
+    session = rs.ReadingSession(tmp_path / "S", "R2", 3)
+    assert session.current_code() == second
+    assert [m["rating"] for m in session.case_record(second)["marks"]] == [4, 2]
+    assert session.progress() == (1, 6)
+    assert not list((tmp_path / "S").rglob("*.partial*"))
+
+
+@pytest.fixture(scope="module")
+def phantom_study(tmp_path_factory):
+    """Three phantom cases with NCCT, demo-model sCECT and CECT, simulated readers, analysed."""
+    from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
+    from SyntheticContrastLib.models import DEFAULT_MODEL_CARD, load_model
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+    from SyntheticContrastLib.rois import write_rois
+    from SyntheticContrastLib.volume_io import write_volume
+
+    root = tmp_path_factory.mktemp("readers")
+    model = load_model(DEFAULT_MODEL_CARD)
+    cases = []
+    for seed in (501, 502, 503, 504):
+        case = make_phantom(seed, PhantomSpec(size=256, slices=24, pixel_mm=1.4, slice_mm=5.0))
+        scect, _ = synthesize_volume(case.ncct, model, SynthesisOptions(device="cpu"))
+        names = {"ncct": case.ncct, "scect": scect, "cect": case.cect}
+        entry = {"id": f"phantom{seed}", "truth": f"p{seed}_rois.json"}
+        for role, vol in names.items():
+            write_volume(vol, root / f"p{seed}_{role}.nii.gz")
+            entry[role] = f"p{seed}_{role}.nii.gz"
+        write_rois(case.annotations, root / f"p{seed}_rois.json")
+        cases.append(entry)
+    (root / "study.json").write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 7, "cases": cases}))
+    assert main(["reader-study", "plan", str(root / "study.json"), str(root / "S")]) == 0
+    assert main(["reader-study", "simulate", str(root / "S"), "--seed", "3"]) == 0
+    assert main(["reader-study", "analyze", str(root / "S")]) == 0
+    return root / "S"
+
+
+def test_end_to_end_outputs_and_the_known_direction(phantom_study, capsys):
+    out = phantom_study / "analysis"
+    for name in ("reader_study.json", "reader_study.md", "lesion_conspicuity.csv", "conspicuity_bars.png", "froc_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "reader_study.json").read_text())
+    assert summary["simulated_marks"] is True
+    assert "SIMULATED" in (out / "reader_study.md").read_text()
+    fom = summary["reader_averaged_fom"]
+    # Simulated readers see high-contrast nodes more often: real contrast must beat no contrast.
+    assert fom["CECT"]["fom_wafroc1"] > fom["NCCT"]["fom_wafroc1"]
+    rates = {(r["reader"], r["condition"]): r["detection_rate"] for r in summary["per_reader"]}
+    assert all(rates[(rd, "CECT")] >= rates[(rd, "NCCT")] for rd in ("R1", "R2"))
+    assert main(["reader-study", "status", str(phantom_study)]) == 0
+    assert capsys.readouterr().out.count("cases") == 6
+
+
+def test_statistics_equal_scipy_and_statsmodels_directly(phantom_study):
+    summary = json.loads((phantom_study / "analysis" / "reader_study.json").read_text())
+    with open(phantom_study / "analysis" / "lesion_conspicuity.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for cmp in summary["comparisons"]:
+        get = lambda cond: np.array([int(r["conspicuity"]) for r in rows if r["reader"] == cmp["reader"] and r["condition"] == cond])
+        a, b = get(cmp["a"]), get(cmp["b"])
+        table = [[int(((a > 0) & (b > 0)).sum()), int(((a > 0) & (b == 0)).sum())],
+                 [int(((a == 0) & (b > 0)).sum()), int(((a == 0) & (b == 0)).sum())]]
+        assert cmp["mcnemar_table"] == table
+        assert cmp["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+        if np.any(a != b):
+            assert cmp["wilcoxon"]["p"] == pytest.approx(wilcoxon(a, b).pvalue)
