@@ -58,6 +58,10 @@ class SyntheticContrastParameterNode:
     coronalRow: bool = False
     showOverlay: bool = False
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    readingStudyDir: pathlib.Path
+    readingReader: str = ""
+    readingSession: Annotated[int, WithinRange(1, 9)] = 1
+    readingRating: Annotated[str, Choice(["1", "2", "3", "4"])] = "3"
 
 
 class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -94,6 +98,10 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.computeCNRButton.connect("clicked(bool)", self.onComputeCNR)
         self.ui.importROIsButton.connect("clicked(bool)", self.onImportROIs)
         self.ui.exportROIsButton.connect("clicked(bool)", self.onExportROIs)
+        self.ui.startReadingButton.connect("clicked(bool)", self.onStartReading)
+        self.ui.placeMarkButton.connect("clicked(bool)", self.logic.startReadingMark)
+        self.ui.rerateMarkButton.connect("clicked(bool)", lambda: self.logic.rerateLastMark(self._parameterNode))
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -172,6 +180,14 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.cnrTableView.setMRMLTableNode(table)
             self.ui.statusLabel.text = message
 
+    def onStartReading(self):
+        with slicer.util.tryWithErrorDisplay("The reading session could not start."):
+            self.ui.readingCaseLabel.text = self.logic.startReading(self._parameterNode)
+
+    def onNextCase(self):
+        with slicer.util.tryWithErrorDisplay("Could not go to the next case."):
+            self.ui.readingCaseLabel.text = self.logic.nextReadingCase(self._parameterNode)
+
     def onImportROIs(self):
         path = qt.QFileDialog.getOpenFileName(None, "Import ROI JSON", "", "ROI JSON (*.json)")
         if path:
@@ -193,6 +209,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         self._cancelRequested = False
         self._windowLevelLink = None
         self._overlayNode = None
+        self._reading = None  # (ReadingSession, case code, loaded nodes, marks node)
 
     def getParameterNode(self):
         return SyntheticContrastParameterNode(super().getParameterNode())
@@ -375,6 +392,106 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         from SyntheticContrastLib.rois import write_rois
 
         write_rois(mrml.rois_from_markups(slicer.mrmlScene), path)
+
+
+    # -- blinded reading ---------------------------------------------------------------------------
+    def startReading(self, p) -> str:
+        """Open (or resume) a reader's session and load its first incomplete case."""
+        from SyntheticContrastLib.reader_study import ReadingSession
+
+        if not p.readingStudyDir or not p.readingReader:
+            raise ValueError("Choose the study folder and enter your reader id.")
+        session = ReadingSession(p.readingStudyDir, p.readingReader, p.readingSession)
+        warning = session.state.get("washout_warning")
+        if warning:
+            slicer.util.warningDisplay(f"Washout: {warning}.")
+        return self._loadReadingCase(session, session.current_code())
+
+    def _clearReadingCase(self):
+        if self._reading:
+            for node in self._reading[2] + [self._reading[3]]:
+                if node is not None and node.GetScene():
+                    slicer.mrmlScene.RemoveNode(node)
+        self._reading = None
+
+    def _loadReadingCase(self, session, code) -> str:
+        """Volumes appear under the case code and neutral names only; paths and patient names stay hidden."""
+        from SyntheticContrastLib import mrml
+
+        self._clearReadingCase()
+        if code is None:
+            done, total = session.progress()
+            return f"Session {session.entry['session']} complete ({done}/{total} cases). Thank you."
+        labels = {"ncct": "NCCT", "scect": "sCECT", "cect": "CECT"}
+        nodes = []
+        for role, path in session.volumes(code).items():
+            node = slicer.util.loadVolume(path, properties={"name": f"{code} {labels.get(role, role)}", "show": False})
+            node.SetAttribute("SyntheticContrast.reading", code)
+            nodes.append(node)
+        layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
+        slicer.app.layoutManager().setLayout(mrml.register_layout(layoutNode, [labels.get(r, r) for r in session.volumes(code)]))
+        slicer.app.processEvents()
+        if self._windowLevelLink:
+            self._windowLevelLink.remove()
+        self._windowLevelLink = mrml.show_linked(slicer.mrmlScene, nodes)
+        mrml.apply_window(nodes[0], *mrml.WINDOW_PRESETS["mediastinal"])
+        marks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{code} marks")
+        marks.SetAttribute(mrml.ROLE_ATTRIBUTE, "reading-marks")
+        for mark in session.case_record(code)["marks"]:  # resuming: show what was saved
+            i = marks.AddControlPoint(vtk.vtkVector3d(*mrml._ras(mark["point_lps"])), f"#{mark['id']} ({mark['rating']})")
+            marks.SetNthControlPointDescription(i, str(mark["id"]))
+        for event in (marks.PointPositionDefinedEvent, marks.PointModifiedEvent, marks.PointRemovedEvent):
+            marks.AddObserver(event, lambda caller, ev: self._syncMarks())
+        self._reading = (session, code, nodes, marks)
+        done, total = session.progress()
+        return f"Case {code} ({done + 1} of {total}), condition {session.condition}. Mark each mediastinal node > 5 mm."
+
+    def _syncMarks(self):
+        """Make the saved marks equal the points on screen: new points are saved, moves and deletions too."""
+        from SyntheticContrastLib import mrml
+
+        session, code, _, marks = self._reading
+        saved = {m["id"]: m for m in session.case_record(code)["marks"]}
+        shown = set()
+        rating = int(self.getParameterNode().readingRating)
+        for i in range(marks.GetNumberOfControlPoints()):
+            if not marks.GetNthControlPointPositionVisibility(i) or not marks.GetNthControlPointPositionDefined(i):
+                continue
+            p = [0.0, 0.0, 0.0]
+            marks.GetNthControlPointPositionWorld(i, p)
+            lps = list(mrml.LPS_TO_RAS @ p)
+            mark_id = marks.GetNthControlPointDescription(i)
+            if not mark_id:
+                mark_id = session.add_mark(code, lps, rating)
+                marks.SetNthControlPointDescription(i, str(mark_id))
+                marks.SetNthControlPointLabel(i, f"#{mark_id} ({rating})")
+            else:
+                mark_id = int(mark_id)
+                if list(saved[mark_id]["point_lps"]) != lps:
+                    session.edit_mark(code, mark_id, point_lps=lps)
+            shown.add(int(mark_id))
+        for mark_id in set(saved) - shown:
+            session.delete_mark(code, mark_id)
+
+    def startReadingMark(self):
+        if not self._reading:
+            raise ValueError("Start a reading session first.")
+        slicer.app.applicationLogic().GetSelectionNode().SetActivePlaceNodeID(self._reading[3].GetID())
+        slicer.modules.markups.logic().StartPlaceMode(False)
+
+    def rerateLastMark(self, p):
+        session, code, _, marks = self._reading
+        n = marks.GetNumberOfControlPoints()
+        if n:
+            mark_id, rating = int(marks.GetNthControlPointDescription(n - 1)), int(p.readingRating)
+            session.edit_mark(code, mark_id, rating=rating)
+            marks.SetNthControlPointLabel(n - 1, f"#{mark_id} ({rating})")
+
+    def nextReadingCase(self, p) -> str:
+        if not self._reading:
+            raise ValueError("Start a reading session first.")
+        session, code, _, _ = self._reading
+        return self._loadReadingCase(session, session.complete_case(code))
 
 
 class SyntheticContrastTest(ScriptedLoadableModuleTest):
