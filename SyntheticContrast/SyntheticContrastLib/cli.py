@@ -158,10 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
 DEMO_SEED = 9001
 
 
-def cmd_synthesize(args) -> int:
+def _synthesis_options(args, device: str | None = None):
+    from .inference import SynthesisOptions
+
+    return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device)
+
+
+def _synthesize_with_progress(volume, model, args):
+    """Synthesis with a tqdm bar counting windows (hidden by --no-progress)."""
     from tqdm import tqdm
 
-    from .inference import SynthesisOptions, synthesize_volume
+    from .inference import synthesize_volume
+
+    with tqdm(total=None, unit="window", desc="synthesizing", disable=args.no_progress) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        return synthesize_volume(volume, model, _synthesis_options(args), progress=progress)
+
+
+def cmd_synthesize(args) -> int:
     from .models import load_model
     from .volume_io import read_volume, write_volume
 
@@ -175,14 +193,7 @@ def cmd_synthesize(args) -> int:
         return EXIT_USAGE
     model = load_model(args.model)
     volume = read_volume(args.input, series_uid=args.series)
-    options = SynthesisOptions(args.stride, args.blend, args.batch, args.precision, args.device)
-    with tqdm(total=None, unit="window", desc="synthesizing", disable=args.no_progress) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        result, report = synthesize_volume(volume, model, options, progress=progress)
+    result, report = _synthesize_with_progress(volume, model, args)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     write_volume(result, out)
@@ -201,7 +212,6 @@ def cmd_batch(args) -> int:
     from tqdm import tqdm
 
     from .batch import BatchRunner, discover_cases
-    from .inference import SynthesisOptions
     from .models import load_model
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -215,8 +225,7 @@ def cmd_batch(args) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     cases = discover_cases(args.input)
     model = load_model(args.model)
-    options = SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device)
-    runner = BatchRunner(args.output, model, options, dicom=args.dicom, rank=rank, world=world)
+    runner = BatchRunner(args.output, model, _synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world)
     mine = runner.shard(cases)
     desc = f"rank {rank}/{world}" if world > 1 else "cases"
     with tqdm(total=len(mine), unit="case", desc=desc, disable=args.no_progress, position=rank) as bar:
@@ -440,12 +449,9 @@ def cmd_cnr(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from tqdm import tqdm
-
     from . import metrics
     from .cnr import measure_cnr, summarize_cnr
     from .figures import side_by_side
-    from .inference import SynthesisOptions, synthesize_volume
     from .models import load_model
     from .phantom import make_phantom
     from .rois import parse_rois, write_rois
@@ -454,14 +460,7 @@ def cmd_demo(args) -> int:
     model = load_model(args.model)
     print(f"model: {model.card.model_id} - {model.card.intended_use}")
     case = make_phantom(args.seed)
-    options = SynthesisOptions(args.stride, args.blend, args.batch, args.precision, args.device)
-    with tqdm(total=None, unit="window", desc="synthesizing", disable=args.no_progress) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        scect, report = synthesize_volume(case.ncct, model, options, progress=progress)
+    scect, report = _synthesize_with_progress(case.ncct, model, args)
     out, name = args.output, f"phantom{args.seed:04d}"
     write_volume(case.ncct, out / f"{name}_ncct.nii.gz")
     write_volume(scect, out / f"{name}_sCECT_synthetic.nii.gz")
