@@ -172,3 +172,48 @@ def test_cnr_summary_pairs_volumes():
     summary = summarize_cnr(measure_cnr({"ncct": vol, "cect": brighter}, lesions))
     assert summary["volumes"]["cect"]["cnr"]["median"] == pytest.approx(340 / math.sqrt(250))
     assert any(c["a"] == "ncct" and c["b"] == "cect" for c in summary["comparisons"])
+
+
+# --- LPIPS -------------------------------------------------------------------------------------
+
+def _lpips_weights(path):
+    import torch
+    from safetensors.torch import save_file
+
+    from SyntheticContrastLib.lpips import LPIPSAlex
+
+    torch.manual_seed(0)
+    model = LPIPSAlex()
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+    for n in range(5):
+        state[f"lin{n}.model.1.weight"] = model.state_dict()[f"heads.{n}.weight"].abs()  # LPIPS heads are non-negative
+    save_file(state, str(path))
+    return path
+
+
+def test_lpips_from_local_weights(tmp_path):
+    from SyntheticContrastLib.errors import ModelError
+    from SyntheticContrastLib.lpips import load_lpips, lpips_volume
+
+    model = load_lpips(_lpips_weights(tmp_path / "alex_lpips.safetensors"))
+    rng = np.random.default_rng(6)
+    ref = rng.normal(40, 60, (2, 96, 96))
+    near = ref + rng.normal(0, 5, ref.shape)
+    far = ref + rng.normal(0, 80, ref.shape)
+    assert lpips_volume(model, ref, ref, (350, 50)) == pytest.approx(0.0, abs=1e-7)
+    d_near, d_far = lpips_volume(model, near, ref, (350, 50)), lpips_volume(model, far, ref, (350, 50))
+    assert 0 < d_near < d_far
+    assert lpips_volume(model, ref, far, (350, 50)) == pytest.approx(d_far, rel=1e-5)
+    with pytest.raises(ModelError, match="pickled"):
+        load_lpips(tmp_path / "alex.pth")
+
+
+def test_evaluate_uses_lpips_when_weights_are_given(tmp_path):
+    rng = np.random.default_rng(7)
+    ref = rng.normal(40, 30, (2, 170, 170)).astype(np.float32)
+    vol = lambda a: Volume(a.astype(np.float32), (1, 1, 1), (0, 0, 0))
+    settings = EvaluationSettings(lpips_weights=str(_lpips_weights(tmp_path / "w.safetensors")))
+    from SyntheticContrastLib.evaluation import lpips_metric
+
+    res = evaluate_case(vol(ref + rng.normal(0, 5, ref.shape)), vol(ref + rng.normal(0, 50, ref.shape)), vol(ref), settings, lpips_metric(settings))
+    assert "lpips_note" not in res and 0 < res["sCECT"]["lpips"] < res["input"]["lpips"]

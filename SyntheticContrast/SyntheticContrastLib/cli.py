@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     rng.add_argument("--z-range-mm", help="inclusive physical z range 'lo:hi' in LPS mm")
     p.add_argument("--body-mask", help="'auto' (largest body region, holes filled) or a mask volume; MAE/PSNR only")
     p.add_argument("--input-label", default="NCCT", help="name of the input in the table (NCCT or VNC)")
+    p.add_argument("--lpips-weights", type=Path, help="local AlexNet+LPIPS weights (.safetensors); without it LPIPS is skipped")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cnr", help="lesion CNR (paper definition) from ROI JSON on one or more volumes")
@@ -373,11 +374,13 @@ def _range(text: str | None, cast=int):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import EvaluationSettings, evaluate_case, table2_markdown, write_reports
+    from .evaluation import EvaluationSettings, evaluate_case, lpips_metric, table2_markdown, write_reports
     from .volume_io import read_volume
 
     width, level = (float(v) for v in args.window.split(","))
-    settings = EvaluationSettings((width, level), _range(args.slices), _range(args.z_range_mm, float), args.body_mask)
+    settings = EvaluationSettings((width, level), _range(args.slices), _range(args.z_range_mm, float), args.body_mask,
+                                  str(args.lpips_weights) if args.lpips_weights else None)
+    lpips = lpips_metric(settings)
     if args.cases:
         import csv
 
@@ -392,7 +395,7 @@ def cmd_evaluate(args) -> int:
         return EXIT_USAGE
     results = []
     for name, pred, src, ref in cases:
-        res = evaluate_case(read_volume(pred), read_volume(src), read_volume(ref), settings)
+        res = evaluate_case(read_volume(pred), read_volume(src), read_volume(ref), settings, lpips)
         res["case"] = name
         results.append(res)
     summary = write_reports(results, args.output, args.input_label)

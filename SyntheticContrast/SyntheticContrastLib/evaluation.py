@@ -60,6 +60,16 @@ def slice_selection(volume: Volume, settings: EvaluationSettings) -> slice:
     return slice(lo, hi + 1)
 
 
+def lpips_metric(settings: EvaluationSettings):
+    """A callable (pred, ref, window) -> LPIPS when weights were given, else None."""
+    if not settings.lpips_weights:
+        return None
+    from .lpips import load_lpips, lpips_volume
+
+    model = load_lpips(settings.lpips_weights)
+    return lambda pred, ref, window: lpips_volume(model, pred, ref, window)
+
+
 def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: EvaluationSettings = EvaluationSettings(), lpips=None) -> dict:
     """Metrics of sCECT and of the input against the reference; all three must share one grid."""
     for name, vol in (("sCECT", pred), ("input", source)):
