@@ -1,4 +1,4 @@
-"""Command line ``synthetic-contrast <verb>``: synthesize, train, phantom, demo, evaluate, cnr.
+"""Command line ``synthetic-contrast <verb>``: synthesize, demo, phantom, train, evaluate, cnr, batch, export-dicom, reader-study.
 
 Exit codes: 0 success, 1 the work failed (bad input, bad model, write error), 2 usage error, 130 cancelled.
 """
@@ -43,7 +43,6 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="autocast precision; accumulation stays fp32")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
-    p.add_argument("--series", default=None, help="SeriesInstanceUID to use when a DICOM folder holds several series")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="NCCT volume: NIfTI/NRRD/MHA file or DICOM series folder")
     p.add_argument("output", type=Path, help="output file (.nii.gz/.nii/.nrrd/.mha) whose name says 'synthetic', or a folder")
     _add_synthesis_options(p)
+    p.add_argument("--series", default=None, help="SeriesInstanceUID to use when a DICOM folder holds several series")
     p.add_argument("--dicom-out", type=Path, help="also write the sCECT as a derived DICOM series into this new folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_synthesize)

@@ -180,18 +180,22 @@ def synthesize_array(
     w_y = blend_weights("gaussian", tile_y) if len(tiles_y) > 1 else np.ones(tile_y, np.float32)
     w_x = blend_weights("gaussian", tile_x) if len(tiles_x) > 1 else np.ones(tile_x, np.float32)
 
-    starts = [(z, y, x) for z in window_starts(hu.shape[0], window, stride) for y in tiles_y for x in tiles_x]
+    z_starts = window_starts(hu.shape[0], window, stride)
+    starts = [(z, y, x) for z in z_starts for y in tiles_y for x in tiles_x]
     total = len(starts)
     # The window grid is a product of per-axis grids, so the summed weight is separable: three 1D sums.
     accum = np.zeros((hu.shape[0], padded_y, padded_x), np.float32)
     sum_z, sum_y, sum_x = np.zeros(hu.shape[0], np.float32), np.zeros(padded_y, np.float32), np.zeros(padded_x, np.float32)
-    for z in window_starts(hu.shape[0], window, stride):
+    for z in z_starts:
         sum_z[z : z + window] += weights
     for y in tiles_y:
         sum_y[y : y + tile_y] += w_y
     for x in tiles_x:
         sum_x[x : x + tile_x] += w_x
-    weight_3d = torch.from_numpy(weights[:, None, None] * w_y[None, :, None] * w_x[None, None, :])
+    if len(tiles_y) * len(tiles_x) > 1:
+        weight_3d = torch.from_numpy(weights[:, None, None] * w_y[None, :, None] * w_x[None, None, :])
+    else:  # one tile: in-plane weights are all ones, so only z needs weighting (no full-size weight array)
+        weight_3d = torch.from_numpy(weights[:, None, None].copy())
     batch_size = max(1, int(options.batch_size))
     generator.eval()
     generator.to(device)
@@ -228,8 +232,7 @@ def synthesize_array(
     accum /= sum_x[None, None, :]
     crop = accum[z_before : z_before + n_slices, pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width]
     result = encoding.decode(crop)
-    n_z = len(window_starts(hu.shape[0], window, stride))
-    report = SynthesisReport(n_z, stride, blend_name, str(device), batch_size, options.precision, pad_z, notes)
+    report = SynthesisReport(len(z_starts), stride, blend_name, str(device), batch_size, options.precision, pad_z, notes)
     return np.ascontiguousarray(result, dtype=np.float32), report
 
 
