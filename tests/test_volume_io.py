@@ -88,3 +88,12 @@ def test_path_problems_are_reported(tmp_path):
     with pytest.raises(InputError) as err:
         read_volume(tmp_path / "corrupt")
     assert "corrupt" in str(err.value)
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    path = write_volume(Volume(chest_like((4, 8, 8)), (1, 1, 1), (0, 0, 0)), tmp_path / "v.nrrd")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -43,6 +43,7 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="autocast precision; accumulation stays fp32")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
+    p.add_argument("--tile-overlap", type=float, default=0.5, help="in-plane tile overlap for models with a smaller in-plane window (default 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +163,7 @@ DEMO_SEED = 9001
 def _synthesis_options(args, device: str | None = None):
     from .inference import SynthesisOptions
 
-    return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device)
+    return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device, tile_overlap=args.tile_overlap)
 
 
 def _synthesize_with_progress(volume, model, args):

@@ -26,12 +26,20 @@ def atomic_path(final: str | Path):
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes private (0600) files; results should get the permissions a plain write would give.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     except OSError as exc:
         raise OutputError(final, f"writing failed: {exc.strerror or exc}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_text(final: str | Path, text: str) -> None:

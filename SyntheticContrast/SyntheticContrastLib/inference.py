@@ -42,6 +42,7 @@ class SynthesisOptions:
     precision: str = "fp32"
     device: str = "auto"
     sigma_scale: float = 0.125
+    tile_overlap: float = 0.5  # in-plane, only for models whose window is smaller than the slice
 
 
 @dataclass
@@ -129,9 +130,9 @@ def _inplane_plan(size: int, tile: int | None, multiple: int, overlap: float) ->
     if tile is None or size <= tile:
         target = tile if tile is not None else size + (-size) % multiple
         return max(size, target), [0], max(size, target)
-    padded = size + (-size) % multiple
-    step = max(multiple, int(tile * (1 - overlap)) // multiple * multiple)
-    return padded, window_starts(padded, tile, min(step, tile)), tile
+    # Only the tile size must suit the network; tiles may start anywhere, so the step needs no rounding.
+    step = min(tile, max(1, int(round(tile * (1 - overlap)))))
+    return size, window_starts(size, tile, step), tile
 
 
 def synthesize_array(
@@ -145,12 +146,11 @@ def synthesize_array(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     tile: int | None = None,
-    tile_overlap: float = 0.25,
 ) -> tuple[np.ndarray, SynthesisReport]:
     """Synthesise a (z, y, x) HU array; returns float32 HU of the same shape and a report of what ran.
 
-    ``tile`` is the model's in-plane window: slices larger than it are tiled with ``tile_overlap`` and
-    Gaussian-blended in-plane; smaller ones are padded with air up to it.
+    ``tile`` is the model's in-plane window: slices larger than it are tiled with ``options.tile_overlap``
+    and Gaussian-blended in-plane; smaller ones are padded with air up to it.
     """
     if hu.ndim != 3:
         raise ValueError(f"expected a (z, y, x) array, got shape {hu.shape}")
@@ -170,8 +170,10 @@ def synthesize_array(
         notes.append(f"volume has {n_slices} slices, fewer than the {window}-slice window: padded by repeating edge slices")
     else:
         z_before = 0
-    padded_y, tiles_y, tile_y = _inplane_plan(height, tile, inplane_multiple, tile_overlap)
-    padded_x, tiles_x, tile_x = _inplane_plan(width, tile, inplane_multiple, tile_overlap)
+    if not 0 <= options.tile_overlap < 1:
+        raise ValueError(f"tile overlap must be in [0, 1), got {options.tile_overlap}")
+    padded_y, tiles_y, tile_y = _inplane_plan(height, tile, inplane_multiple, options.tile_overlap)
+    padded_x, tiles_x, tile_x = _inplane_plan(width, tile, inplane_multiple, options.tile_overlap)
     pad_y, pad_x = _pad_amounts(height, padded_y), _pad_amounts(width, padded_x)
     if padded_y != height or padded_x != width:
         notes.append(f"in-plane size {height}x{width} padded with air to {padded_y}x{padded_x}")
