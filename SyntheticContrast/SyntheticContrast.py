@@ -98,6 +98,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.computeCNRButton.connect("clicked(bool)", self.onComputeCNR)
         self.ui.importROIsButton.connect("clicked(bool)", self.onImportROIs)
         self.ui.exportROIsButton.connect("clicked(bool)", self.onExportROIs)
+        self.ui.exportDICOMButton.connect("clicked(bool)", self.onExportDICOM)
         self.ui.startReadingButton.connect("clicked(bool)", self.onStartReading)
         self.ui.placeMarkButton.connect("clicked(bool)", self.logic.startReadingMark)
         self.ui.rerateMarkButton.connect("clicked(bool)", lambda: self.logic.rerateLastMark(self._parameterNode))
@@ -179,6 +180,12 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             table, message = self.logic.computeCNR(self._parameterNode)
             self.ui.cnrTableView.setMRMLTableNode(table)
             self.ui.statusLabel.text = message
+
+    def onExportDICOM(self):
+        folder = qt.QFileDialog.getExistingDirectory(None, "Folder to create the synthetic series in")
+        if folder:
+            with slicer.util.tryWithErrorDisplay("DICOM export failed.", waitCursor=True):
+                self.ui.statusLabel.text = self.logic.exportDICOM(self._parameterNode, folder)
 
     def onStartReading(self):
         with slicer.util.tryWithErrorDisplay("The reading session could not start."):
@@ -284,6 +291,24 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def exportDICOM(self, p, parentFolder) -> str:
+        """Write the sCECT as a derived DICOM series (new folder) in the study of the DICOM input it came from."""
+        from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.dicom_export import export_dicom_series
+        from SyntheticContrastLib.volume_io import check_dicom_series
+
+        if not p.outputVolume or p.outputVolume.GetAttribute("SyntheticContrast.synthetic") != "true":
+            raise ValueError("Run the synthesis first: only a synthetic volume made here can be exported.")
+        uids = (p.inputVolume.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not uids:
+            raise ValueError("The input was not loaded from DICOM, so there is no study to add the synthetic series to.")
+        files = check_dicom_series([slicer.dicomDatabase.fileForInstance(uid) for uid in uids], p.inputVolume.GetName())
+        out = pathlib.Path(parentFolder) / f"{p.inputVolume.GetName()}_SYNTHETIC_CONTRAST".replace(" ", "_")
+        written = export_dicom_series(mrml.volume_from_node(p.outputVolume), out, files,
+                                      p.outputVolume.GetAttribute("SyntheticContrast.model_id"),
+                                      p.outputVolume.GetAttribute("SyntheticContrast.model_sha256"))
+        return f"Wrote {len(written)} slices of a SYNTHETIC CONTRAST series to {out}."
 
     # -- views -----------------------------------------------------------------------------------
     def _viewedVolumes(self, p):
