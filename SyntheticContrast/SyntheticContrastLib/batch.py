@@ -128,9 +128,10 @@ class BatchRunner:
                 status["dicom_output"] = str(dicom_dir)
             status["status"] = "done"
             log.info("done: %s (%d windows, %s)", out, report.windows, report.device)
-        except (SyntheticContrastError, ValueError, OSError) as exc:
-            status.update(status="failed", error=str(exc))
-            log.error("failed: %s", exc)
+        except Exception as exc:  # one bad case must never stop the batch; Ctrl-C (KeyboardInterrupt) still does
+            message = str(exc) if isinstance(exc, SyntheticContrastError) else f"{case.input}: {type(exc).__name__}: {exc}"
+            status.update(status="failed", error=message)
+            log.exception("failed: %s", message)
         finally:
             log.removeHandler(handler)
             handler.close()
