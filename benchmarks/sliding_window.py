@@ -2,7 +2,8 @@
 
 Each measurement runs in a fresh subprocess so peak RSS belongs to that method alone. Reports median
 wall time over --runs repeats, peak RSS, their ratios, the max difference to MONAI on identical
-windows, and the engine's own overhead (a 1x1x1-conv predictor in place of the generator).
+windows, and the engine's own overhead: a run with a 1x1x1-conv predictor in place of the generator,
+minus the time that predictor takes alone on the same number of windows.
 
     python benchmarks/sliding_window.py --slices 64 300 --runs 5 --json out.json
 MONAI is needed only here and in the tests (pip install monai).
@@ -58,8 +59,17 @@ def run_one(method: str, n: int, predictor_kind: str, stride: int, blend: str, t
     torch.set_num_threads(threads)
     enc, g, hu = WindowEncoding(), build_predictor(predictor_kind), volume(n)
     t0 = time.perf_counter()
+    predictor_only = None
     if method == "ours":
-        out, _ = synthesize_array(hu, g, enc, WINDOW, SynthesisOptions(stride=stride, blend=blend, device="cpu"), inplane_multiple=32)
+        out, report = synthesize_array(hu, g, enc, WINDOW, SynthesisOptions(stride=stride, blend=blend, device="cpu"), inplane_multiple=32)
+        if predictor_kind == "pointwise":
+            # The 1x1x1 conv is not free: time it alone on as many windows, so only the engine's share remains.
+            x = enc.encode(torch.from_numpy(hu[:WINDOW].copy()))[None]
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(report.windows):
+                    g(x)
+            predictor_only = time.perf_counter() - t1
     elif method == "monai":
         from monai.inferers import sliding_window_inference
 
@@ -70,10 +80,10 @@ def run_one(method: str, n: int, predictor_kind: str, stride: int, blend: str, t
         out = enc.decode(y[0, 0].numpy())
     else:
         raise ValueError(method)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - (predictor_only or 0.0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.save(f"/tmp/bench_{method}_{n}_{predictor_kind}_{stride}_{blend}.npy", out)
-    return {"seconds": seconds, "peak_rss_mib": rss}
+    return {"seconds": seconds, "peak_rss_mib": rss, "predictor_only_s": predictor_only}
 
 
 def measure(method, n, predictor, stride, blend, runs, threads) -> dict:
@@ -82,11 +92,14 @@ def measure(method, n, predictor, stride, blend, runs, threads) -> dict:
         cmd = [sys.executable, __file__, "--child", method, str(n), predictor, str(stride), blend, str(threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return {
+    row = {
         "method": method, "slices": n, "predictor": predictor, "stride": stride, "blend": blend, "runs": runs,
         "median_s": statistics.median(r["seconds"] for r in results),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
+    if results[0]["predictor_only_s"] is not None:
+        row["predictor_only_median_s"] = statistics.median(r["predictor_only_s"] for r in results)
+    return row
 
 
 def max_diff(a: str, b: str) -> float:
@@ -130,6 +143,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--stride", type=int, default=8, help="our default stride; MONAI gets the same overlap")
     parser.add_argument("--paper-runs", type=int, default=None, help="repeats for the slow stride-1 runs (default --runs)")
+    parser.add_argument("--methods", default="ours,monai,paper,pointwise,gaussian",
+                        help="comma list of rows to measure; ratios are reported where both sides were measured")
     parser.add_argument("--gaussian-max-slices", type=int, default=10**6, help="compare Gaussian blending only up to this N")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trained-model", type=Path, help="also compare default stride vs stride 1 on this model card")
@@ -149,30 +164,40 @@ def main() -> None:
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": [], "summary": {}}
     s = args.stride
     for n in args.slices:
-        rows = {
-            "ours": measure("ours", n, "unet", s, "mean", args.runs, args.threads),
-            "monai": measure("monai", n, "unet", s, "mean", args.runs, args.threads),
-            "paper_stride1": measure("ours", n, "unet", 1, "mean", args.paper_runs or args.runs, args.threads),
-            "ours_pointwise": measure("ours", n, "pointwise", s, "mean", args.runs, args.threads),
+        wanted = set(args.methods.split(","))
+        plan = {
+            "ours": ("ours", "unet", s, "mean", args.runs),
+            "monai": ("monai", "unet", s, "mean", args.runs),
+            "paper_stride1": ("ours", "unet", 1, "mean", args.paper_runs or args.runs),
+            "ours_pointwise": ("ours", "pointwise", s, "mean", args.runs),
         }
         if n <= args.gaussian_max_slices:
-            rows["ours_gauss"] = measure("ours", n, "unet", s, "gaussian", args.runs, args.threads)
-            rows["monai_gauss"] = measure("monai", n, "unet", s, "gaussian", args.runs, args.threads)
+            plan["ours_gauss"] = ("ours", "unet", s, "gaussian", args.runs)
+            plan["monai_gauss"] = ("monai", "unet", s, "gaussian", args.runs)
+        selector = {"ours": "ours", "monai": "monai", "paper_stride1": "paper", "ours_pointwise": "pointwise",
+                    "ours_gauss": "gaussian", "monai_gauss": "gaussian"}
+        rows = {name: measure(m, n, pred, st, bl, runs, args.threads)
+                for name, (m, pred, st, bl, runs) in plan.items() if selector[name] in wanted}
         report["rows"].extend(rows.values())
         f = lambda m, p, st, b: f"/tmp/bench_{m}_{n}_{p}_{st}_{b}.npy"
-        report["summary"][str(n)] = {
-            "ours_over_monai_time": rows["ours"]["median_s"] / rows["monai"]["median_s"],
-            "ours_over_monai_rss": rows["ours"]["peak_rss_mib"] / rows["monai"]["peak_rss_mib"],
-            "ours_over_monai_time_gaussian": (rows["ours_gauss"]["median_s"] / rows["monai_gauss"]["median_s"]) if "ours_gauss" in rows else None,
-            "max_abs_diff_vs_monai_mean_hu": max_diff(f("ours", "unet", s, "mean"), f("monai", "unet", s, "mean")),
-            "stride1_over_default_time": rows["paper_stride1"]["median_s"] / rows["ours"]["median_s"],
-            "mae_default_vs_stride1_hu_random_weights": None,
-            "engine_overhead_share": rows["ours_pointwise"]["median_s"] / rows["ours"]["median_s"],
+        ratio = lambda a, b, key="median_s": rows[a][key] / rows[b][key] if a in rows and b in rows else None
+        summary = {
+            "ours_over_monai_time": ratio("ours", "monai"),
+            "ours_over_monai_rss": ratio("ours", "monai", "peak_rss_mib"),
+            "ours_over_monai_time_gaussian": ratio("ours_gauss", "monai_gauss"),
+            "stride1_over_default_time": ratio("paper_stride1", "ours"),
         }
-        import numpy as np
+        if "ours_pointwise" in rows and "ours" in rows:
+            engine_only = rows["ours_pointwise"]["median_s"] - rows["ours_pointwise"]["predictor_only_median_s"]
+            summary["engine_overhead_share"] = engine_only / rows["ours"]["median_s"]
+        if "ours" in rows and "monai" in rows:
+            summary["max_abs_diff_vs_monai_mean_hu"] = max_diff(f("ours", "unet", s, "mean"), f("monai", "unet", s, "mean"))
+        if "ours" in rows and "paper_stride1" in rows:
+            import numpy as np
 
-        a, b = np.load(f("ours", "unet", s, "mean")), np.load(f("ours", "unet", 1, "mean"))
-        report["summary"][str(n)]["mae_default_vs_stride1_hu_random_weights"] = float(np.abs(a - b).mean())
+            a, b = np.load(f("ours", "unet", s, "mean")), np.load(f("ours", "unet", 1, "mean"))
+            summary["mae_default_vs_stride1_hu_random_weights"] = float(np.abs(a - b).mean())
+        report["summary"][str(n)] = summary
     if args.trained_model:
         report["trained_model"] = trained_model_check(args.trained_model, 9001, args.trained_runs, args.threads)
     text = json.dumps(report, indent=2)

@@ -46,11 +46,15 @@ class WindowEncoding:
     def encode(self, hu: torch.Tensor) -> torch.Tensor:
         """HU tensor of any shape (..., Z, Y, X) -> float32 tensor with a channel axis inserted before Z."""
         hu = hu.to(torch.float32)
-        out = []
-        for width, level in self.windows:
+        shape = hu.shape[:-3] + (len(self.windows),) + hu.shape[-3:]
+        out = torch.empty(shape, dtype=torch.float32, device=hu.device)
+        for c, (width, level) in enumerate(self.windows):
             lo, hi = window_bounds(width, level)
-            out.append((hu.clamp(lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0)
-        return torch.stack(out, dim=-4)
+            channel = out.select(-4, c)
+            # In place into the output: no per-window temporaries and no stacking copy.
+            torch.clamp(hu, lo, hi, out=channel)
+            channel.sub_(lo).mul_(2.0 / (hi - lo)).sub_(1.0)
+        return out
 
     def decode(self, encoded_channel: torch.Tensor | np.ndarray):
         """The output channel's [-1, 1] values -> HU within that window's range."""

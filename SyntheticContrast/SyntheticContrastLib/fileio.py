@@ -15,6 +15,11 @@ def atomic_path(final: str | Path):
     """Yield a temporary path beside ``final`` (same suffixes, so writers pick the right format); rename on success."""
     final = Path(final)
     suffix = "".join(final.suffixes) or ".tmp"
+    for parent in (final.parent, *final.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(parent, "cannot write here: it is a file, not a folder")
+            break
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=f".partial{suffix}", dir=final.parent)

@@ -248,7 +248,8 @@ def _predict_batch(hu, starts, size, generator, encoding, device, amp, pads, air
     if pyb + pya + pxb + pxa:
         slab = F.pad(slab, (pxb, pxa, pyb, pya), value=air)
     encoded = encoding.encode(slab)  # (C, S, Y, X): encoded once per slab, shared by overlapping windows
-    batch = torch.stack([encoded[:, z - z0 : z - z0 + window, y : y + tile_y, x : x + tile_x] for z, y, x in starts])
+    views = [encoded[:, z - z0 : z - z0 + window, y : y + tile_y, x : x + tile_x] for z, y, x in starts]
+    batch = views[0].unsqueeze(0) if len(views) == 1 else torch.stack(views)  # one window: a view, no copy
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         out = generator(batch)
     return out[:, encoding.output_channel].float()
