@@ -347,7 +347,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
             return
         if p.showOverlay and self._overlayNode is None:
             self._overlayNode = mrml.enhancement_volume(slicer.mrmlScene, p.inputVolume, p.outputVolume)
-        for composite in mrml._nodes(slicer.mrmlScene, "vtkMRMLSliceCompositeNode"):
+        for composite in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLSliceCompositeNode"):
             if composite.GetBackgroundVolumeID() == p.inputVolume.GetID():
                 composite.SetForegroundVolumeID(self._overlayNode.GetID() if p.showOverlay and self._overlayNode else None)
                 composite.SetForegroundOpacity(p.overlayOpacity)
@@ -357,7 +357,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         """Let the annotator click the two ends of a node's short axis on the current axial slice."""
         from SyntheticContrastLib import mrml
 
-        count = len([n for n in mrml._nodes(slicer.mrmlScene, "vtkMRMLMarkupsLineNode") if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "lesion"])
+        count = len([n for n in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsLineNode") if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "lesion"])
         line = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"LN{count + 1}")
         line.SetAttribute(mrml.ROLE_ATTRIBUTE, "lesion")
         line.CreateDefaultDisplayNodes()
@@ -395,7 +395,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         volumes = {name: mrml.volume_from_node(node) for name, node in
                    (("NCCT", p.inputVolume), ("sCECT (synthetic)", p.outputVolume), ("CECT", p.referenceVolume)) if node}
         rows = measure_cnr(volumes, lesions)
-        for node in mrml._nodes(slicer.mrmlScene, "vtkMRMLMarkupsClosedCurveNode"):
+        for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsClosedCurveNode"):
             if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "measured-circle":
                 slicer.mrmlScene.RemoveNode(node)
         for lesion in lesions:

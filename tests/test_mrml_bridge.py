@@ -116,7 +116,7 @@ def test_layout_registers_and_views_link(scene):
         comp = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
         comp.SetLayoutName(name)
     link = mrml.show_linked(scene, nodes)
-    comps = [c for c in mrml._nodes(scene, "vtkMRMLSliceCompositeNode")]
+    comps = [c for c in mrml.nodes_of_class(scene, "vtkMRMLSliceCompositeNode")]
     assert [c.GetBackgroundVolumeID() for c in comps] == [n.GetID() for n in nodes]
     assert all(c.GetLinkedControl() for c in comps)
     mrml.apply_window(nodes[0], *mrml.WINDOW_PRESETS["lung"])  # a preset click, or a W/L drag (auto off)

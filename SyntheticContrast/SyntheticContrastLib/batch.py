@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError, SyntheticContrastError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_write_csv, atomic_write_text
 from .volume_io import READ_SUFFIXES, dicom_series_in
 
 MANIFEST_FIELDS = ("case", "input", "status", "output", "dicom_output", "model_id", "model_sha256", "seconds", "rank", "error", "finished")
@@ -163,9 +163,5 @@ class BatchRunner:
             row = json.loads(path.read_text()) if path.exists() else {"case": case.name, "input": case.input, "status": "pending"}
             rows.append({k: row.get(k, "") for k in MANIFEST_FIELDS})
         target = self.out_dir / "manifest.csv"
-        with atomic_path(target) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, MANIFEST_FIELDS)
-                writer.writeheader()
-                writer.writerows(rows)
+        atomic_write_csv(target, rows, MANIFEST_FIELDS)
         return target

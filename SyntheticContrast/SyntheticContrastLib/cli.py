@@ -340,7 +340,6 @@ def phantom_pairs(seeds, slices: int = 48):
 def cmd_train(args) -> int:
     import dataclasses
 
-    from .networks import GeneratorConfig
     from .training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
 
     cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
@@ -423,10 +422,8 @@ def cnr_report(rows, summary) -> str:
 
 
 def cmd_cnr(args) -> int:
-    import csv
-
     from .cnr import measure_cnr, summarize_cnr
-    from .fileio import atomic_path, atomic_write_text
+    from .fileio import atomic_write_csv, atomic_write_text
     from .rois import read_rois
     from .volume_io import read_volume
 
@@ -440,12 +437,7 @@ def cmd_cnr(args) -> int:
     summary = summarize_cnr(rows)
     print(cnr_report(rows, summary))
     if args.output:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with atomic_path(args.output / "cnr_per_lesion.csv") as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, keys)
-                writer.writeheader()
-                writer.writerows(rows)
+        atomic_write_csv(args.output / "cnr_per_lesion.csv", rows)
         atomic_write_text(args.output / "cnr.json", json.dumps({"rows": rows, "summary": summary}, indent=2, default=float) + "\n")
         print(f"wrote {args.output / 'cnr_per_lesion.csv'}")
     failed = sum(1 for r in rows if r["error"])

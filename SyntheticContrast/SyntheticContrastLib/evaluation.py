@@ -7,7 +7,6 @@ table laid out like the paper's Table 2, and box plots like its Fig. 4.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from scipy import ndimage
 
 from . import metrics
 from .encoding import MEDIASTINAL_WINDOW
-from .fileio import atomic_path, atomic_write_text
+from .figures import save_figure
+from .fileio import atomic_write_csv, atomic_write_text
 from .stats import format_median_iqr, format_p, median_iqr, paired_comparison
 from .volume_io import Volume
 
@@ -136,11 +136,7 @@ def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NC
     out_dir = Path(out_dir)
     summary = summarize(cases)
     rows = [{"case": c["case"], "ct": key, **c[key]} for c in cases for key in ("input", "sCECT")]
-    with atomic_path(out_dir / "metrics_per_case.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, ["case", "ct", *METRICS])
-            writer.writeheader()
-            writer.writerows(rows)
+    atomic_write_csv(out_dir / "metrics_per_case.csv", rows, ["case", "ct", *METRICS])
     atomic_write_text(out_dir / "metrics.json", json.dumps({"cases": cases, "summary": summary}, indent=2, default=float) + "\n")
     atomic_write_text(out_dir / "table2.md", table2_markdown(summary, input_label))
     _box_plots(cases, out_dir / "metrics_boxplots.png", input_label)
@@ -162,7 +158,4 @@ def _box_plots(cases, path, input_label):
         for x, y in zip(a, b):
             ax.plot([1, 2], [x, y], color="0.6", lw=0.7, zorder=0)
         ax.set_title(METRIC_LABELS[m])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -24,6 +24,13 @@ def side_by_side(slices, titles, path, suptitle: str = "", window=MEDIASTINAL_WI
         ax.set_title(title)
         ax.axis("off")
     fig.suptitle(f"{suptitle}  [W{window[0]:.0f}/L{window[1]:.0f}]".strip())
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """Lay out, write atomically as PNG, and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -50,3 +50,15 @@ def _umask() -> int:
 def atomic_write_text(final: str | Path, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_csv(final: str | Path, rows: list[dict], fields=None) -> None:
+    """A CSV of dict rows; columns are ``fields`` or every key in order of first appearance."""
+    import csv
+
+    fields = list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(final) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fields)
+            writer.writeheader()
+            writer.writerows(rows)

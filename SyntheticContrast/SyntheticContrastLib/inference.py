@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 

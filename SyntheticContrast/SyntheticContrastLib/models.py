@@ -124,13 +124,19 @@ def _check_not_pickle(path: Path) -> None:
         raise ModelError(path, "is not a safetensors file (looks like a pickle/zip checkpoint or is truncated); refusing to load it")
 
 
-def read_card(card_path: str | Path) -> ModelCard:
+def _card_file(card_path: str | Path) -> Path:
+    """The card itself, also when given the folder that holds exactly one card."""
     card_path = Path(card_path)
     if card_path.is_dir():
         cards = sorted(card_path.glob("*.json"))
         if len(cards) != 1:
             raise ModelError(card_path, f"folder holds {len(cards)} model cards (.json); name one")
-        card_path = cards[0]
+        return cards[0]
+    return card_path
+
+
+def read_card(card_path: str | Path) -> ModelCard:
+    card_path = _card_file(card_path)
     if not card_path.exists():
         raise ModelError(card_path, "model card not found")
     if card_path.suffix.lower() in _PICKLE_SUFFIXES:
@@ -146,10 +152,8 @@ def read_card(card_path: str | Path) -> ModelCard:
 
 def load_model(card_path: str | Path = DEFAULT_MODEL_CARD, device: str | torch.device = "cpu") -> LoadedModel:
     """Read the card, verify the weights' sha256, refuse pickles, and build the generator in eval mode."""
-    card_path = Path(card_path)
+    card_path = _card_file(card_path)
     card = read_card(card_path)
-    if card_path.is_dir():
-        card_path = next(iter(sorted(card_path.glob("*.json"))))
     weights = (card_path.parent / card.weights_file).resolve()
     if not weights.exists():
         raise ModelError(weights, f"weights file named by {card_path.name} not found")

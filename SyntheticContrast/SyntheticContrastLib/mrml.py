@@ -11,11 +11,11 @@ import math
 import xml.etree.ElementTree as ET
 
 import numpy as np
-import slicer
+import slicer  # noqa: F401  (loads the MRML libraries this bridge works with)
 import vtk
 from vtk.util import numpy_support
 
-from .rois import REFERENCE_NAMES, ROI_FORMAT, LesionROI
+from .rois import ROI_FORMAT, LesionROI
 from .volume_io import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -186,7 +186,7 @@ def show_linked(scene, volume_nodes, coronal_row: bool = False) -> WindowLevelLi
     """Show each volume in its own view column, link slice navigation and window/level across them."""
     names = view_names(len(volume_nodes), coronal_row)
     composites = {}
-    for composite in _nodes(scene, "vtkMRMLSliceCompositeNode"):
+    for composite in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         composites[composite.GetLayoutName()] = composite
     for n, name in enumerate(names):
         composite = composites.get(name)
@@ -198,7 +198,8 @@ def show_linked(scene, volume_nodes, coronal_row: bool = False) -> WindowLevelLi
     return WindowLevelLink(volume_nodes)
 
 
-def _nodes(scene, cls):
+def nodes_of_class(scene, cls) -> list:
+    """Every node of an MRML class in the scene, as a Python list."""
     collection = scene.GetNodesByClass(cls)
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
@@ -220,7 +221,7 @@ def add_lesion_line(scene, p1_ras, p2_ras, lesion_id: str):
 
 def reference_points_node(scene):
     """The one point list holding DTA and right/left subcutaneous fat, created on first use."""
-    for node in _nodes(scene, "vtkMRMLMarkupsFiducialNode"):
+    for node in nodes_of_class(scene, "vtkMRMLMarkupsFiducialNode"):
         if node.GetAttribute(ROLE_ATTRIBUTE) == "references":
             return node
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CNR reference points")
@@ -259,7 +260,7 @@ def rois_from_markups(scene, fraction: float = 0.9) -> dict:
     points = dict(_control_points(reference_points_node(scene)))
     shared = {key: points[label] for key, label in REFERENCE_LABELS.items() if label in points}
     lesions = []
-    for line in _nodes(scene, "vtkMRMLMarkupsLineNode"):
+    for line in nodes_of_class(scene, "vtkMRMLMarkupsLineNode"):
         if line.GetAttribute(ROLE_ATTRIBUTE) != "lesion" or line.GetNumberOfControlPoints() != 2:
             continue
         lesion = {"id": line.GetName(), "short_axis": [p for _, p in _control_points(line)]}

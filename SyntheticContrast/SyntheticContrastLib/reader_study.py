@@ -9,7 +9,6 @@ random-reader random-case test is not implemented; the report says so.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import hashlib
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_write_csv, atomic_write_text
 from .rois import parse_rois
 
 STUDY_FORMAT = "synthetic-contrast-reader-study/1"
@@ -384,11 +383,7 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "lesion_conspicuity.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, ["reader", "condition", "case", "lesion", "conspicuity"])
-            writer.writeheader()
-            writer.writerows(rows)
+    atomic_write_csv(out_dir / "lesion_conspicuity.csv", rows, ["reader", "condition", "case", "lesion", "conspicuity"])
     atomic_write_text(out_dir / "reader_study.json", json.dumps(summary, indent=2, default=float) + "\n")
     atomic_write_text(out_dir / "reader_study.md", summary_markdown(summary))
     _plots(summary, rating, readers, conditions, out_dir)
@@ -420,6 +415,8 @@ def _plots(summary, rating, readers, conditions, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .figures import save_figure
+
     colours = ["white", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]
     fig, axes = plt.subplots(1, len(readers), figsize=(4.5 * len(readers), 4), squeeze=False)
     for ax, reader in zip(axes[0], readers):
@@ -432,10 +429,7 @@ def _plots(summary, rating, readers, conditions, out_dir):
         ax.set_title(f"Reader {reader}: conspicuity")
         ax.set_ylabel("lymph nodes")
     axes[0][-1].legend(title="rating", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out_dir / "conspicuity_bars.png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "conspicuity_bars.png")
     fig, axes = plt.subplots(1, len(readers), figsize=(4.5 * len(readers), 4), squeeze=False)
     for ax, reader in zip(axes[0], readers):
         for r in summary["per_reader"]:
@@ -446,10 +440,7 @@ def _plots(summary, rating, readers, conditions, out_dir):
         ax.set_ylabel("lesion localisation fraction")
         ax.set_title(f"Reader {reader}: FROC")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out_dir / "froc_curves.png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "froc_curves.png")
 
 
 # --- simulated readers (pipeline checks and demos only) -----------------------------------------

@@ -23,7 +23,7 @@ from torch import nn
 
 from .encoding import PAPER_WINDOWS, WindowEncoding
 from .errors import InputError
-from .fileio import atomic_path
+from .fileio import atomic_path, atomic_write_csv
 from .inference import SynthesisOptions, autocast_dtype, resolve_device, synthesize_array
 from .metrics import mae, psnr
 from .models import ModelCard, save_model
@@ -333,12 +333,7 @@ class Trainer:
 
     def _log(self, row: dict, val) -> None:
         self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        keys = list(dict.fromkeys(k for r in self.history for k in r))
-        with atomic_path(self.out_dir / "training_log.csv") as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, keys)
-                writer.writeheader()
-                writer.writerows(self.history)
+        atomic_write_csv(self.out_dir / "training_log.csv", self.history)
         if val and self.cfg.sample_every and row["epoch"] % self.cfg.sample_every == 0:
             from .figures import side_by_side
 
