@@ -360,7 +360,10 @@ def cmd_train(args) -> int:
     if args.resume:
         trainer.load_checkpoint()
         print(f"resumed after epoch {trainer.epoch}")
-    trainer.fit(train, val)
+    try:
+        trainer.fit(train, val)
+    finally:
+        trainer.close()
     if trainer.rank == 0:
         print(f"model card: {args.output / (cfg.model_id + '.json')}")
     return EXIT_OK

@@ -173,7 +173,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, progress: Callable[[str], None] | None = None):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed and not dist.is_initialized():
+        self._owns_group = self.distributed and not dist.is_initialized()
+        if self._owns_group:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
@@ -203,6 +204,13 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.say = progress or (lambda msg: log.info(msg))
+
+    def close(self) -> None:
+        """Tear down the process group this trainer created; exiting with a live gloo group can abort."""
+        if self._owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self._owns_group = False
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
