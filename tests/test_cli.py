@@ -89,3 +89,26 @@ def test_every_verb_has_help():
         assert res.returncode == 0 and "usage:" in res.stdout
     res = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "synthesize"], capture_output=True, text=True)
     assert res.returncode == 2 and "required" in res.stderr
+
+
+def test_progress_json_prints_one_event_per_line_for_a_calling_program(tmp_path, ncct, tiny_model_card, capsys):
+    out = tmp_path / "case1_synthetic.nrrd"
+    code = main(["synthesize", str(ncct), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--stride", "2", "--progress-json"])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "done" and kinds.count("progress") >= 2
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["windows_done"] for e in progress] == list(range(1, progress[-1]["windows_total"] + 1))
+    assert progress[-1]["fraction"] == 1.0 and progress[-1]["device"] == "cpu" and progress[-1]["eta_s"] == 0.0
+    assert events[-1]["output"] == str(out) and events[-1]["windows"] == progress[-1]["windows_total"]
+    assert read_volume(out, check_hu=False).metadata["SyntheticContrast.model_id"] == "tiny-test"  # provenance read back
+
+
+def test_progress_json_reports_errors_as_an_event_too(tmp_path, tiny_model_card, capsys):
+    missing = tmp_path / "missing.nii.gz"
+    code = main(["synthesize", str(missing), str(tmp_path / "x_synthetic.nii.gz"), "--model", str(tiny_model_card), "--progress-json"])
+    captured = capsys.readouterr()
+    assert code == 1 and "does not exist" in captured.err
+    (event,) = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert event["event"] == "error" and str(missing) in event["message"]

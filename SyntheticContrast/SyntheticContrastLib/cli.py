@@ -44,6 +44,8 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="autocast precision; accumulation stays fp32")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
     p.add_argument("--tile-overlap", type=float, default=0.5, help="in-plane tile overlap for models with a smaller in-plane window (default 0.5)")
+    p.add_argument("--progress-json", action="store_true",
+                   help="print one JSON object per line on stdout (progress, notes, result, error) for a calling program; hides the bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
 DEMO_SEED = 9001
 
 
+def emit_event(event: str, **fields) -> None:
+    """One JSON line on stdout for a calling program (the Slicer module reads these from the log file)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class ProgressEvents:
+    """Turns the engine's (done, total) callback into 'progress' events with the fraction and an ETA."""
+
+    def __init__(self, device: str):
+        import time
+
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self.device = device
+
+    def progress(self, done: int, total: int) -> None:
+        elapsed = self._clock() - self._start
+        eta = elapsed / done * (total - done) if done else None
+        emit_event("progress", fraction=done / total if total else 1.0, windows_done=done, windows_total=total,
+                   eta_s=None if eta is None else round(eta, 1), device=self.device)
+
+
 def _synthesis_options(args, device: str | None = None):
     from .inference import SynthesisOptions
 
@@ -167,11 +191,17 @@ def _synthesis_options(args, device: str | None = None):
 
 
 def _synthesize_with_progress(volume, model, args):
-    """Synthesis with a tqdm bar counting windows (hidden by --no-progress)."""
+    """Synthesis with a tqdm bar counting windows (hidden by --no-progress), or JSON progress lines."""
     from tqdm import tqdm
 
-    from .inference import synthesize_volume
+    from .inference import resolve_device, synthesize_volume
 
+    if getattr(args, "progress_json", False):
+        events = ProgressEvents(str(resolve_device(args.device)))
+        result, report = synthesize_volume(volume, model, _synthesis_options(args), progress=events.progress)
+        for note in report.notes:
+            emit_event("warning", message=note)
+        return result, report
     with tqdm(total=None, unit="window", desc="synthesizing", disable=args.no_progress) as bar:
         def progress(done, total):
             bar.total = total
@@ -195,10 +225,14 @@ def cmd_synthesize(args) -> int:
         return EXIT_USAGE
     model = load_model(args.model)
     volume = read_volume(args.input, series_uid=args.series)
+    if args.progress_json:
+        emit_event("started", input=str(args.input), output=str(out), model_id=model.card.model_id)
     result, report = _synthesize_with_progress(volume, model, args)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     write_volume(result, out)
+    if args.progress_json:
+        emit_event("done", output=str(out), windows=report.windows, stride=report.stride, device=report.device, notes=report.notes)
     if args.dicom_out:
         from .dicom_export import export_dicom_series, source_files_of
 
@@ -489,17 +523,19 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    as_json = getattr(args, "progress_json", False)
     try:
         return args.func(args)
     except (SynthesisCancelled, KeyboardInterrupt):
         print("cancelled; nothing was written", file=sys.stderr)
+        if as_json:
+            emit_event("cancelled")
         return EXIT_CANCELLED
-    except SyntheticContrastError as exc:
+    except (SyntheticContrastError, ValueError) as exc:  # ValueError: option combinations the engine refuses (fp16 on CPU)
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except ValueError as exc:  # option combinations the engine refuses (e.g. fp16 on CPU)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        if as_json:
+            emit_event("error", message=str(exc))
+        return EXIT_FAILED if isinstance(exc, SyntheticContrastError) else EXIT_USAGE
 
 
 if __name__ == "__main__":

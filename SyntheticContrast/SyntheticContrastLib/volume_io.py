@@ -19,6 +19,10 @@ READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
+#: Header keys that carry a synthetic volume's provenance; reading keeps them in ``Volume.metadata``.
+PROVENANCE_PREFIX = "SyntheticContrast."
+
+
 @dataclass
 class Volume:
     """A 3D image in HU with its LPS geometry; ``array`` is (z, y, x) float32."""
@@ -218,7 +222,8 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
             raise InputError(path, f"is a {image.GetDimension()}D image; a 3D CT volume is needed")
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is needed")
-        volume = Volume.from_sitk(image, str(path))
+        provenance = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if k.startswith(PROVENANCE_PREFIX)}
+        volume = Volume.from_sitk(image, str(path), provenance)
     if check_hu:
         check_hu_volume(volume, path)
     return volume
