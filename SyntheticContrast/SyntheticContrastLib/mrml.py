@@ -16,7 +16,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .rois import ROI_FORMAT, LesionROI
-from .volume_io import Volume
+from .volume_io import PROVENANCE_PREFIX, Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 WINDOW_PRESETS = {
@@ -28,6 +28,7 @@ WINDOW_PRESETS = {
 ROLE_ATTRIBUTE = "SyntheticContrast.role"
 REFERENCE_LABELS = {"dta": "DTA", "right_fat": "Right fat", "left_fat": "Left fat"}
 SYNTHETIC_NAME_SUFFIX = " - sCECT (synthetic)"
+OVERLAY_ROLE = "enhancement-overlay"
 
 
 # --- volumes ------------------------------------------------------------------------------------
@@ -45,7 +46,8 @@ def volume_from_node(node) -> Volume:
     d_ras = np.array([[ras_dir.GetElement(r, c) for c in range(3)] for r in range(3)])
     d_lps = LPS_TO_RAS @ d_ras
     origin_lps = LPS_TO_RAS @ np.array(node.GetOrigin())
-    return Volume(array, tuple(node.GetSpacing()), tuple(origin_lps), tuple(d_lps.ravel()), source=node.GetName())
+    provenance = {name: node.GetAttribute(name) for name in node.GetAttributeNames() if name.startswith(PROVENANCE_PREFIX)}
+    return Volume(array, tuple(node.GetSpacing()), tuple(origin_lps), tuple(d_lps.ravel()), provenance, source=node.GetName())
 
 
 def node_from_volume(scene, volume: Volume, name: str, node=None):
@@ -70,12 +72,16 @@ def node_from_volume(scene, volume: Volume, name: str, node=None):
     return node
 
 
-def add_synthetic_volume(scene, source_node, volume: Volume, metadata: dict):
-    """Add the sCECT beside its source: synthetic name, provenance attributes, mediastinal window."""
-    node = node_from_volume(scene, volume, source_node.GetName() + SYNTHETIC_NAME_SUFFIX)
+def add_synthetic_volume(scene, source_node, volume: Volume, metadata: dict, source_name: str | None = None):
+    """Add the sCECT beside its source: synthetic name, provenance attributes, mediastinal window.
+
+    ``source_name`` is the input's name when the run started, so renaming the input meanwhile cannot rename the output.
+    """
+    node = node_from_volume(scene, volume, (source_name or source_node.GetName()) + SYNTHETIC_NAME_SUFFIX)
+    for key, value in metadata.items():
+        if key.startswith(PROVENANCE_PREFIX):
+            node.SetAttribute(key, str(value))
     node.SetAttribute("SyntheticContrast.synthetic", "true")
-    for key in ("model_id", "model_sha256", "stride", "blend", "date"):
-        node.SetAttribute(f"SyntheticContrast.{key}", str(metadata.get(f"SyntheticContrast.{key}", "")))
     node.SetAttribute("SyntheticContrast.source", source_node.GetID())
     place_beside(scene, node, source_node)
     apply_window(node, *WINDOW_PRESETS["mediastinal"])
@@ -129,14 +135,17 @@ class WindowLevelLink:
         self._tags = []
 
 
-def enhancement_volume(scene, ncct_node, scect_node):
-    """sCECT minus NCCT as its own node (named synthetic), for a colour overlay on the NCCT."""
+def enhancement_volume(scene, ncct_node, scect_node, node=None):
+    """sCECT minus NCCT as its own node (named synthetic), for a colour overlay on the NCCT; refills ``node`` if given."""
     ncct, scect = volume_from_node(ncct_node), volume_from_node(scect_node)
     if ncct.array.shape != scect.array.shape:
         raise ValueError("NCCT and sCECT grids differ; the enhancement map needs one grid")
     diff = ncct.with_array(scect.array - ncct.array)
-    node = node_from_volume(scene, diff, ncct_node.GetName() + " - enhancement (synthetic)")
+    node = node_from_volume(scene, diff, ncct_node.GetName() + " - enhancement (synthetic)", node)
     node.SetAttribute("SyntheticContrast.synthetic", "true")
+    node.SetAttribute(ROLE_ATTRIBUTE, OVERLAY_ROLE)
+    # The overlay remembers what it was made from, so a stale one (new synthesis, other input) is recognised.
+    node.SetAttribute("SyntheticContrast.overlayOf", f"{ncct_node.GetID()} {scect_node.GetID()} {scect_node.GetImageData().GetMTime()}")
     display = node.GetDisplayNode()
     rainbow = scene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
     if rainbow is not None:
@@ -201,7 +210,39 @@ def show_linked(scene, volume_nodes, coronal_row: bool = False) -> WindowLevelLi
 def nodes_of_class(scene, cls) -> list:
     """Every node of an MRML class in the scene, as a Python list."""
     collection = scene.GetNodesByClass(cls)
+    # GetNodesByClass returns a new reference that the Python wrapping adds its own to: without this, every call leaks it.
+    collection.UnRegister(None)
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+# --- placing markups by click -------------------------------------------------------------------
+
+def start_placement(scene, markups_node) -> None:
+    """Put the views in place mode for ``markups_node`` (one click per point), whatever its class.
+
+    The selection node's active place class must be the node's own class: the markups displayable manager
+    ignores an active node of another class and creates a new point list for the click instead.
+    """
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    if selection is None or interaction is None:
+        raise RuntimeError("the scene has no selection or interaction node; markups cannot be placed")
+    selection.SetReferenceActivePlaceNodeClassName(markups_node.GetClassName())
+    selection.SetReferenceActivePlaceNodeID(markups_node.GetID())
+    interaction.SetPlaceModePersistence(0)
+    interaction.SetCurrentInteractionMode(interaction.Place)
+
+
+def defined_points(node) -> list[tuple[int, list[float]]]:
+    """(index, RAS world position) of every control point whose position is defined (not a preview)."""
+    out = []
+    for i in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(i) != node.PositionDefined:
+            continue
+        p = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(i, p)
+        out.append((i, p))
+    return out
 
 
 # --- ROIs ---------------------------------------------------------------------------------------
@@ -310,19 +351,32 @@ def draw_measured_circles(scene, lesion: LesionROI, segments: int = 48) -> list:
     return curves
 
 
-def cnr_table(scene, rows: list[dict], name: str = "Lymph-node CNR"):
-    """A table node with one row per (lesion, volume): ROI means/SDs, areas, voxel counts, noise, CNR, error."""
-    table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def cnr_table(scene, rows: list[dict], name: str = "Lymph-node CNR", table=None):
+    """A table node with one row per (lesion, volume): ROI means/SDs, areas, voxel counts, noise, CNR, error.
+
+    Columns whose values are numbers stay numbers (a row that failed gets NaN there, and its reason in the
+    'error' column), so the table sorts and exports as numbers. An existing ``table`` is refilled in place.
+    """
+    if table is None:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     columns = list(dict.fromkeys(k for r in rows for k in r))
+    numeric = {c: all(_is_number(r[c]) for r in rows if r.get(c) not in (None, "")) for c in columns}
+    vtable = vtk.vtkTable()
     for column in columns:
-        numeric = all(isinstance(r.get(column), (int, float)) for r in rows)
-        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+        array = vtk.vtkDoubleArray() if numeric[column] else vtk.vtkStringArray()
         array.SetName(column)
-        table.AddColumn(array)
-    for r in rows:
-        row = table.AddEmptyRow()
-        for c, column in enumerate(columns):
-            value = r.get(column, "")
-            table.SetCellText(row, c, f"{value:.4g}" if isinstance(value, float) else str(value))
+        array.SetNumberOfValues(len(rows))
+        for i, r in enumerate(rows):
+            value = r.get(column)
+            if numeric[column]:
+                array.SetValue(i, float(value) if _is_number(value) else math.nan)
+            else:
+                array.SetValue(i, "" if value is None else str(value))
+        vtable.AddColumn(array)
+    table.SetAndObserveTable(vtable)
     table.SetAttribute("SyntheticContrast.created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     return table
