@@ -1,18 +1,19 @@
-"""3D Slicer module: synthetic contrast-enhanced CT from a non-contrast CT, linked views, and lymph-node CNR.
+"""3D Slicer module: synthetic contrast-enhanced CT from a non-contrast CT, linked views, lymph-node CNR, blinded reading.
 
-The widget only wires the .ui to a parameter node and the Logic; the Logic calls the engine
-(SyntheticContrastLib) through its MRML bridge. Synthesis runs in-process, with Qt events processed
-between window batches, so the panel stays responsive and Cancel takes effect at the next batch.
+The widget only wires the .ui to a parameter node and the Logic. The Logic is a small facade over one collaborator
+per concern (SyntheticContrastSlicer): synthesis in a child process, dependencies, views, ROIs and CNR, reading.
 """
 
-import json
+import importlib
 import pathlib
+import sys
 from typing import Annotated, Optional
 
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -22,24 +23,32 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Python packages the engine needs beyond Slicer's own, as pip requirement strings.
-ENGINE_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.60", "scipy": "scipy>=1.10"}
+HELP_URL = "https://github.com/SyntheticContrast/SlicerSyntheticContrast#3d-slicer"
+ENGINE_PACKAGES = ("SyntheticContrastLib", "SyntheticContrastSlicer")
 
 
 class SyntheticContrast(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Synthetic Contrast"
-        self.parent.categories = ["Imaging"]
+        self.parent.title = _("Synthetic Contrast")
+        # "Filtering": the Extensions Index category for image-to-image processing; "Imaging" is not an accepted one.
+        self.parent.categories = [_("Filtering")]
         self.parent.dependencies = []
         self.parent.contributors = ["SyntheticContrast contributors"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Makes a SYNTHETIC contrast-enhanced CT from a non-contrast chest CT with a 3D pix2pix GAN "
             "(Choi et al., Sci Rep 2021), shows it in linked views, and measures lymph-node CNR from ROIs. "
             "Synthetic images are research results, not acquired scans. The bundled model was trained on "
             "phantoms only and is not for diagnosis."
-        )
-        self.parent.acknowledgementText = "Method: Choi JW et al., Sci Rep 11, 20403 (2021)."
+        ) + f' <a href="{HELP_URL}">{_("Documentation")}</a>'
+        self.parent.acknowledgementText = _("Method: Choi JW et al., Sci Rep 11, 20403 (2021).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    from SyntheticContrastSlicer import sampledata
+
+    sampledata.register(pathlib.Path(__file__).parent / "Resources" / "Icons" / "SyntheticContrast.png")
 
 
 @parameterNodeWrapper
@@ -77,40 +86,59 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SyntheticContrast.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.cnrTableView.setMRMLScene(slicer.mrmlScene)
+        uiWidget.setMRMLScene(slicer.mrmlScene)  # the .ui passes the scene on to every qMRML widget
         self.logic = SyntheticContrastLogic()
 
-        self.ui.applyButton.connect("clicked(bool)", self.onApply)
-        self.ui.cancelButton.connect("clicked(bool)", self.logic.requestCancel)
-        self.ui.showViewsButton.connect("clicked(bool)", self.onShowViews)
-        for button, preset in (
-            (self.ui.presetMediastinalButton, "mediastinal"),
-            (self.ui.presetSoftTissueButton, "soft tissue"),
-            (self.ui.presetLungButton, "lung"),
-            (self.ui.presetVascularButton, "vascular"),
-        ):
-            button.connect("clicked(bool)", lambda _checked, p=preset: self.logic.applyWindowPreset(p))
-        self.ui.addLymphNodeButton.connect("clicked(bool)", self.logic.startLymphNodeLine)
-        self.ui.markDTAButton.connect("clicked(bool)", lambda: self.logic.startReferencePoint("dta"))
-        self.ui.markRightFatButton.connect("clicked(bool)", lambda: self.logic.startReferencePoint("right_fat"))
-        self.ui.markLeftFatButton.connect("clicked(bool)", lambda: self.logic.startReferencePoint("left_fat"))
-        self.ui.computeCNRButton.connect("clicked(bool)", self.onComputeCNR)
-        self.ui.importROIsButton.connect("clicked(bool)", self.onImportROIs)
-        self.ui.exportROIsButton.connect("clicked(bool)", self.onExportROIs)
-        self.ui.exportDICOMButton.connect("clicked(bool)", self.onExportDICOM)
-        self.ui.startReadingButton.connect("clicked(bool)", self.onStartReading)
-        self.ui.placeMarkButton.connect("clicked(bool)", self.logic.startReadingMark)
-        self.ui.rerateMarkButton.connect("clicked(bool)", lambda: self.logic.rerateLastMark(self._parameterNode))
-        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        ui, logic = self.ui, self.logic
+        self._connect(ui.applyButton, _("Synthetic contrast could not start."), self.onApply)
+        self._connect(ui.cancelButton, _("Cancel failed."), self.onCancel)
+        self._connect(ui.showViewsButton, _("Could not show the linked views."), lambda: logic.showLinkedViews(self._parameterNode))
+        for button, preset in ((ui.presetMediastinalButton, "mediastinal"), (ui.presetSoftTissueButton, "soft tissue"),
+                               (ui.presetLungButton, "lung"), (ui.presetVascularButton, "vascular")):
+            self._connect(button, _("Could not apply the window preset."), lambda p=preset: logic.applyWindowPreset(p, self._parameterNode))
+        self._connect(ui.addLymphNodeButton, _("Could not start the lymph node line."), logic.startLymphNodeLine)
+        for button, name in ((ui.markDTAButton, "dta"), (ui.markRightFatButton, "right_fat"), (ui.markLeftFatButton, "left_fat")):
+            self._connect(button, _("Could not start placing the reference point."), lambda n=name: logic.startReferencePoint(n))
+        self._connect(ui.computeCNRButton, _("CNR could not be computed."), self.onComputeCNR)
+        self._connect(ui.importROIsButton, _("ROI file could not be imported."), self.onImportROIs)
+        self._connect(ui.exportROIsButton, _("ROI file could not be written."), self.onExportROIs)
+        self._connect(ui.exportDICOMButton, _("DICOM export failed."), self.onExportDICOM)
+        self._connect(ui.startReadingButton, _("The reading session could not start."),
+                      lambda: self._setReadingText(logic.startReading(self._parameterNode)))
+        self._connect(ui.placeMarkButton, _("Could not start placing a mark."), logic.startReadingMark)
+        self._connect(ui.rerateMarkButton, _("Could not change the rating."),
+                      lambda: self._setReadingText(logic.rerateLastMark(self._parameterNode)))
+        self._connect(ui.nextCaseButton, _("Could not go to the next case."), lambda: self._setReadingText(logic.nextReadingCase()))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
+        qt.QTimer.singleShot(0, lambda: setattr(self.ui.environmentLabel, "text", logic.describeEnvironment()))
+
+    @staticmethod
+    def _connect(button, failure: str, action):
+        """Every button's action reports its own errors in a dialog; nothing is left to reach only the console."""
+
+        def run(_checked=False):
+            try:
+                with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+                    action()
+            except Exception:
+                pass  # already shown to the user by tryWithErrorDisplay
+
+        button.connect("clicked(bool)", run)
+
+    def onReload(self):
+        """Developer mode: reload the engine and the Slicer-side package too, not only this file."""
+        for name in sorted((n for n in sys.modules if n.split(".")[0] in ENGINE_PACKAGES and "." in n), reverse=True):
+            importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
         self.removeObservers()
         self._releaseParameterNode()
+        if self.logic:
+            self.logic.cancelSynthesis()
 
     def enter(self):
         self.initializeParameterNode()
@@ -120,6 +148,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
+        self.logic.sceneClosed()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -150,147 +179,142 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         state = self.logic.panelState(self._parameterNode)
         self.ui.applyButton.enabled = state["canApply"]
         self.ui.applyButton.toolTip = state["applyHint"]
+        self.ui.cancelButton.enabled = state["running"]
         self.logic.updateOverlay(self._parameterNode)
 
     def onApply(self):
-        self.ui.applyButton.enabled = False
-        self.ui.cancelButton.enabled = True
+        self.ui.environmentLabel.text = self.logic.ensureDependencies()
         self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting the synthesis process...")
+        self.logic.startSynthesis(self._parameterNode, self._onSynthesisEvent, self._onSynthesisFinished)
+        self._onParameterChanged()
 
-        def progress(done, total):
-            self.ui.progressBar.maximum = total
-            self.ui.progressBar.value = done
-            slicer.app.processEvents()
+    def onCancel(self):
+        self.logic.cancelSynthesis()
 
-        try:
-            with slicer.util.tryWithErrorDisplay("Synthetic contrast failed.", waitCursor=True):
-                self.ui.environmentLabel.text = self.logic.ensureDependencies()
-                message = self.logic.synthesize(self._parameterNode, progress)
-                self.ui.statusLabel.text = message
-        finally:
-            self.ui.cancelButton.enabled = False
-            self._onParameterChanged()
+    def _onSynthesisEvent(self, event):
+        text = self.logic.describeEvent(event)
+        if event.get("event") == "progress":
+            self.ui.progressBar.value = int(round(100 * event.get("fraction", 0)))
+        if text:
+            self.ui.statusLabel.text = text
 
-    def onShowViews(self):
-        with slicer.util.tryWithErrorDisplay("Could not show the linked views."):
-            self.logic.showLinkedViews(self._parameterNode)
+    def _onSynthesisFinished(self, result, node):
+        self._onParameterChanged()
+        if result.state == "done":
+            self.ui.progressBar.value = 100
+            self.ui.statusLabel.text = self.logic.describeResult(result, node)
+        elif result.state == "cancelled":
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Cancelled. Nothing was written.")
+        else:
+            self.ui.statusLabel.text = _("Synthetic contrast failed: {message}").format(message=result.message)
+            slicer.util.errorDisplay(_("Synthetic contrast failed.") + f"\n\n{result.message}",
+                                     detailedText=self.logic.logText(result))
 
     def onComputeCNR(self):
-        with slicer.util.tryWithErrorDisplay("CNR could not be computed.", waitCursor=True):
-            table, message = self.logic.computeCNR(self._parameterNode)
-            self.ui.cnrTableView.setMRMLTableNode(table)
-            self.ui.statusLabel.text = message
+        table, message = self.logic.computeCNR(self._parameterNode)
+        self.ui.cnrTableView.setMRMLTableNode(table)
+        self.ui.statusLabel.text = message
 
     def onExportDICOM(self):
-        folder = qt.QFileDialog.getExistingDirectory(None, "Folder to create the synthetic series in")
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Folder to create the synthetic series in"))
         if folder:
-            with slicer.util.tryWithErrorDisplay("DICOM export failed.", waitCursor=True):
-                self.ui.statusLabel.text = self.logic.exportDICOM(self._parameterNode, folder)
+            self.ui.statusLabel.text = self.logic.exportDICOM(self._parameterNode, folder)
 
-    def onStartReading(self):
-        with slicer.util.tryWithErrorDisplay("The reading session could not start."):
-            self.ui.readingCaseLabel.text = self.logic.startReading(self._parameterNode)
-
-    def onNextCase(self):
-        with slicer.util.tryWithErrorDisplay("Could not go to the next case."):
-            self.ui.readingCaseLabel.text = self.logic.nextReadingCase(self._parameterNode)
+    def _setReadingText(self, text):
+        self.ui.readingCaseLabel.text = text
 
     def onImportROIs(self):
-        path = qt.QFileDialog.getOpenFileName(None, "Import ROI JSON", "", "ROI JSON (*.json)")
+        path = qt.QFileDialog.getOpenFileName(None, _("Import ROI JSON"), "", "ROI JSON (*.json)")
         if path:
-            with slicer.util.tryWithErrorDisplay("ROI file could not be imported."):
-                self.logic.importROIs(path)
+            self.logic.importROIs(path)
 
     def onExportROIs(self):
-        path = qt.QFileDialog.getSaveFileName(None, "Export ROI JSON", "rois.json", "ROI JSON (*.json)")
+        path = qt.QFileDialog.getSaveFileName(None, _("Export ROI JSON"), "rois.json", "ROI JSON (*.json)")
         if path:
-            with slicer.util.tryWithErrorDisplay("ROI file could not be written."):
-                self.logic.exportROIs(path)
+            self.logic.exportROIs(path)
 
 
 class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
-    """Every decision of the panel: dependencies, synthesis, views, ROIs. Usable from headless scripts."""
+    """A facade over one collaborator per concern; every method is usable from headless scripts and tests."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._cancelRequested = False
-        self._windowLevelLink = None
-        self._overlayNode = None
-        self._reading = None  # (ReadingSession, case code, loaded nodes, marks node)
+        from SyntheticContrastSlicer.annotation import AnnotationController
+        from SyntheticContrastSlicer.dependencies import DependencyChecker
+        from SyntheticContrastSlicer.reading import ReadingController
+        from SyntheticContrastSlicer.synthesis import SynthesisController
+        from SyntheticContrastSlicer.views import ViewsController
+
+        self.dependencies = DependencyChecker()
+        self.synthesis = SynthesisController()
+        self.views = ViewsController()
+        self.annotation = AnnotationController()
+        self.reading = ReadingController(self.views, lambda: self.getParameterNode().readingRating)
 
     def getParameterNode(self):
         return SyntheticContrastParameterNode(super().getParameterNode())
 
-    # -- dependencies (asked for on first use, never at import) -----------------------------------
+    def sceneClosed(self):
+        """Nothing the controllers hold may outlive the scene; a running synthesis is cancelled."""
+        self.cancelSynthesis()
+        for controller in (self.views, self.annotation, self.reading):
+            controller.reset()
+
+    # -- dependencies ---------------------------------------------------------------------------------
     def ensureDependencies(self, askConfirmation: bool = True) -> str:
-        """Install torch (PyTorch extension if present, else pip) and the engine's packages; report versions."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                "Synthetic contrast needs PyTorch, which is not installed. Install it now? (This can take minutes.)"
-            ):
-                raise RuntimeError("PyTorch is required; installation was declined.")
-            try:
-                import PyTorchUtils  # the PyTorch extension picks a CUDA build that matches the driver
-            except ImportError:
-                slicer.util.pip_install("torch>=2.1")
-            else:
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.1") is None:
-                    raise RuntimeError("PyTorch could not be installed through the PyTorch extension.")
-        for module, requirement in ENGINE_REQUIREMENTS.items():
-            try:
-                __import__(module)
-            except ImportError:
-                slicer.util.pip_install(requirement)
-        import torch
+        return self.dependencies.ensure(askConfirmation)
 
-        from SyntheticContrastLib.inference import resolve_device
+    def describeEnvironment(self) -> str:
+        return self.dependencies.describe()
 
-        return f"torch {torch.__version__}; device {resolve_device('auto')} (auto)"
-
-    # -- synthesis -------------------------------------------------------------------------------
+    # -- synthesis --------------------------------------------------------------------------------------
     def panelState(self, p) -> dict:
+        running = self.synthesis.running
+        if running:
+            return {"canApply": False, "running": True, "applyHint": _("A synthesis is running; Cancel stops it.")}
         if p is None or not p.inputVolume:
-            return {"canApply": False, "applyHint": "Select a non-contrast CT volume"}
-        return {"canApply": True, "applyHint": f"Synthesise contrast for {p.inputVolume.GetName()}"}
+            return {"canApply": False, "running": False, "applyHint": _("Select a non-contrast CT volume")}
+        return {"canApply": True, "running": False, "applyHint": _("Synthesise contrast for {name}").format(name=p.inputVolume.GetName())}
 
-    def requestCancel(self):
-        self._cancelRequested = True
+    def startSynthesis(self, p, onEvent=None, onFinished=None):
+        """Start the engine CLI in a child process; ``onFinished(result, node)`` runs when it has ended."""
+        return self.synthesis.start(p, onEvent, onFinished)
 
-    def modelCardPath(self, p) -> str:
-        from SyntheticContrastLib.models import DEFAULT_MODEL_CARD
+    def cancelSynthesis(self):
+        return self.synthesis.cancel()
 
-        chosen = str(p.modelPath) if p.modelPath else ""
-        return chosen if chosen not in ("", ".") else str(DEFAULT_MODEL_CARD)
-
-    def synthesize(self, p, progress=None) -> str:
-        """Run the engine on the input node; the new node is named, attributed and windowed as synthetic."""
-        from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
-        from SyntheticContrastLib.models import load_model
-
-        self._cancelRequested = False
-        model = load_model(self.modelCardPath(p), device="cpu")
-        options = SynthesisOptions(p.stride or None, p.blend, p.batchSize, p.precision, p.device)
-        try:
-            result, report = synthesize_volume(
-                mrml.volume_from_node(p.inputVolume), model, options, progress=progress, cancel=lambda: self._cancelRequested
-            )
-        finally:
-            del model
-            self.releaseGPUMemory()
-        output = mrml.add_synthetic_volume(slicer.mrmlScene, p.inputVolume, result, result.metadata)
-        p.outputVolume = output
+    def synthesize(self, p, progress=None, cancel=None) -> str:
+        """In this process (headless scripts, the self-test): blocks until done; returns the status line."""
+        node, report = self.synthesis.synthesize_in_process(p, progress, cancel)
         notes = "; ".join(report.notes)
-        return f"{output.GetName()}: {report.windows} windows, stride {report.stride}, {report.device}." + (f" {notes}" if notes else "")
+        return f"{node.GetName()}: {report.windows} windows, stride {report.stride}, {report.device}." + (f" {notes}" if notes else "")
 
     @staticmethod
-    def releaseGPUMemory():
-        import torch
+    def describeEvent(event) -> str:
+        kind = event.get("event")
+        if kind == "progress":
+            eta = event.get("eta_s")
+            return _("Synthesising on {device}: window {done} of {total}").format(
+                device=event.get("device", "?"), done=event.get("windows_done"), total=event.get("windows_total")
+            ) + (f", {eta:.0f} s left" if eta is not None else "")
+        if kind == "warning":
+            return _("Note: {message}").format(message=event.get("message", ""))
+        return ""
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    @staticmethod
+    def describeResult(result, node) -> str:
+        done = result.done_event
+        notes = "; ".join(done.get("notes", []))
+        return (f"{node.GetName()}: {done.get('windows')} windows, stride {done.get('stride')}, {done.get('device')}. "
+                + _("SYNTHETIC image, not acquired.") + (f" {notes}" if notes else ""))
+
+    @staticmethod
+    def logText(result) -> str:
+        path = pathlib.Path(result.log_path)
+        text = path.read_text("utf-8", "replace") if path.exists() else ""
+        return f"Full log: {path}\n\n{text}"
 
     def exportDICOM(self, p, parentFolder) -> str:
         """Write the sCECT as a derived DICOM series (new folder) in the study of the DICOM input it came from."""
@@ -299,10 +323,10 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         from SyntheticContrastLib.volume_io import check_dicom_series
 
         if not p.outputVolume or p.outputVolume.GetAttribute("SyntheticContrast.synthetic") != "true":
-            raise ValueError("Run the synthesis first: only a synthetic volume made here can be exported.")
+            raise ValueError(_("Run the synthesis first: only a synthetic volume made here can be exported."))
         uids = (p.inputVolume.GetAttribute("DICOM.instanceUIDs") or "").split()
         if not uids:
-            raise ValueError("The input was not loaded from DICOM, so there is no study to add the synthetic series to.")
+            raise ValueError(_("The input was not loaded from DICOM, so there is no study to add the synthetic series to."))
         files = check_dicom_series([slicer.dicomDatabase.fileForInstance(uid) for uid in uids], p.inputVolume.GetName())
         out = pathlib.Path(parentFolder) / f"{p.inputVolume.GetName()}_SYNTHETIC_CONTRAST".replace(" ", "_")
         written = export_dicom_series(mrml.volume_from_node(p.outputVolume), out, files,
@@ -310,217 +334,57 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
                                       p.outputVolume.GetAttribute("SyntheticContrast.model_sha256"))
         return f"Wrote {len(written)} slices of a SYNTHETIC CONTRAST series to {out}."
 
-    # -- views -----------------------------------------------------------------------------------
-    def _viewedVolumes(self, p):
+    # -- views -------------------------------------------------------------------------------------------
+    def showLinkedViews(self, p):
         volumes = [v for v in (p.inputVolume, p.outputVolume, p.referenceVolume) if v]
         if len(volumes) < 2:
-            raise ValueError("Run the synthesis first: the linked views need the NCCT and its sCECT.")
-        return volumes
+            raise ValueError(_("Run the synthesis first: the linked views need the NCCT and its sCECT."))
+        self.views.show_linked(volumes, ["NCCT", "sCECT", "CECT"][: len(volumes)], p.coronalRow)
 
-    def showLinkedViews(self, p):
-        from SyntheticContrastLib import mrml
-
-        volumes = self._viewedVolumes(p)
-        labels = ["NCCT", "sCECT", "CECT"][: len(volumes)]
-        layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
-        layoutId = mrml.register_layout(layoutNode, labels, p.coronalRow)
-        slicer.app.layoutManager().setLayout(layoutId)
-        slicer.app.processEvents()  # the layout manager creates the views' slice nodes now
-        if self._windowLevelLink:
-            self._windowLevelLink.remove()
-        self._windowLevelLink = mrml.show_linked(slicer.mrmlScene, volumes, p.coronalRow)
-        self.applyWindowPreset("mediastinal", volumes[0])
-
-    def applyWindowPreset(self, name, node=None):
-        from SyntheticContrastLib import mrml
-
-        parameters = self.getParameterNode()
-        node = node or parameters.inputVolume
-        if node:
-            mrml.apply_window(node, *mrml.WINDOW_PRESETS[name])  # the W/L link carries it to the other views
+    def applyWindowPreset(self, name, p):
+        self.views.apply_preset(name, p.inputVolume)
 
     def updateOverlay(self, p):
-        """Show or hide sCECT - NCCT in colour over the NCCT (first view column) with the chosen opacity."""
-        from SyntheticContrastLib import mrml
+        if p is not None:
+            self.views.update_overlay(p.inputVolume, p.outputVolume, p.showOverlay, p.overlayOpacity)
 
-        if p is None or not (p.inputVolume and p.outputVolume):
-            return
-        if p.showOverlay and self._overlayNode is None:
-            self._overlayNode = mrml.enhancement_volume(slicer.mrmlScene, p.inputVolume, p.outputVolume)
-        for composite in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLSliceCompositeNode"):
-            if composite.GetBackgroundVolumeID() == p.inputVolume.GetID():
-                composite.SetForegroundVolumeID(self._overlayNode.GetID() if p.showOverlay and self._overlayNode else None)
-                composite.SetForegroundOpacity(p.overlayOpacity)
-
-    # -- ROIs and CNR ----------------------------------------------------------------------------
+    # -- ROIs and CNR ------------------------------------------------------------------------------------
     def startLymphNodeLine(self):
-        """Let the annotator click the two ends of a node's short axis on the current axial slice."""
-        from SyntheticContrastLib import mrml
+        return self.annotation.start_lymph_node_line()
 
-        count = len([n for n in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsLineNode") if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "lesion"])
-        line = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"LN{count + 1}")
-        line.SetAttribute(mrml.ROLE_ATTRIBUTE, "lesion")
-        line.CreateDefaultDisplayNodes()
-        slicer.modules.markups.logic().StartPlaceMode(False)
-        slicer.app.applicationLogic().GetSelectionNode().SetActivePlaceNodeID(line.GetID())
-
-    def startReferencePoint(self, name):
-        """Place one DTA / right fat / left fat point; an earlier point of the same name is replaced."""
-        from SyntheticContrastLib import mrml
-
-        points = mrml.reference_points_node(slicer.mrmlScene)
-        label = mrml.REFERENCE_LABELS[name]
-
-        def onPlaced(caller, event):
-            last = caller.GetNumberOfControlPoints() - 1
-            for i in range(last - 1, -1, -1):
-                if caller.GetNthControlPointLabel(i) == label:
-                    caller.RemoveNthControlPoint(i)
-            caller.SetNthControlPointLabel(caller.GetNumberOfControlPoints() - 1, label)
-            caller.RemoveObserver(tag)
-
-        tag = points.AddObserver(points.PointPositionDefinedEvent, onPlaced)
-        slicer.app.applicationLogic().GetSelectionNode().SetActivePlaceNodeID(points.GetID())
-        slicer.modules.markups.logic().StartPlaceMode(False)
+    def startReferencePoint(self, name, lesionId=None):
+        return self.annotation.start_reference_point(name, lesionId)
 
     def computeCNR(self, p):
-        """CNR on NCCT, sCECT and the reference CECT from the scene's ROIs; draws the circles measured."""
-        from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.cnr import measure_cnr, summarize_cnr
-        from SyntheticContrastLib.rois import parse_rois
-
-        lesions = parse_rois(mrml.rois_from_markups(slicer.mrmlScene), "scene markups")
-        if not lesions:
-            raise ValueError("Add at least one lymph node line and the DTA, right fat and left fat points first.")
-        volumes = {name: mrml.volume_from_node(node) for name, node in
-                   (("NCCT", p.inputVolume), ("sCECT (synthetic)", p.outputVolume), ("CECT", p.referenceVolume)) if node}
-        rows = measure_cnr(volumes, lesions)
-        for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsClosedCurveNode"):
-            if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "measured-circle":
-                slicer.mrmlScene.RemoveNode(node)
-        for lesion in lesions:
-            mrml.draw_measured_circles(slicer.mrmlScene, lesion)
-        table = mrml.cnr_table(slicer.mrmlScene, rows)
-        summary = summarize_cnr(rows)
-        medians = ", ".join(f"{name} {s['cnr']['median']:.2f}" for name, s in summary["volumes"].items())
-        errors = sum(1 for r in rows if r["error"])
-        return table, f"CNR median: {medians}." + (f" {errors} ROI measurement(s) failed; see the table's error column." if errors else "")
+        """CNR on NCCT, sCECT and the reference CECT from the scene's ROIs, into this case's one table."""
+        if not p.inputVolume:
+            raise ValueError(_("Select the non-contrast CT first."))
+        volumes = {name: node for name, node in (("NCCT", p.inputVolume), ("sCECT (synthetic)", p.outputVolume),
+                                                 ("CECT", p.referenceVolume)) if node}
+        return self.annotation.compute_cnr(volumes, p.inputVolume)
 
     def importROIs(self, path):
-        from SyntheticContrastLib import mrml
-
-        with open(path, encoding="utf-8") as fh:
-            mrml.markups_from_rois(slicer.mrmlScene, json.load(fh))
+        return self.annotation.import_rois(path)
 
     def exportROIs(self, path):
-        from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.rois import write_rois
+        self.annotation.export_rois(path)
 
-        write_rois(mrml.rois_from_markups(slicer.mrmlScene), path)
-
-
-    # -- blinded reading ---------------------------------------------------------------------------
+    # -- blinded reading ---------------------------------------------------------------------------------
     def startReading(self, p) -> str:
-        """Open (or resume) a reader's session and load its first incomplete case."""
-        from SyntheticContrastLib.reader_study import ReadingSession
-
-        if not p.readingStudyDir or not p.readingReader:
-            raise ValueError("Choose the study folder and enter your reader id.")
-        session = ReadingSession(p.readingStudyDir, p.readingReader, p.readingSession)
-        warning = session.state.get("washout_warning")
-        if warning:
-            slicer.util.warningDisplay(f"Washout: {warning}.")
-        return self._loadReadingCase(session, session.current_code())
-
-    def _clearReadingCase(self):
-        if self._reading:
-            for node in self._reading[2] + [self._reading[3]]:
-                if node is not None and node.GetScene():
-                    slicer.mrmlScene.RemoveNode(node)
-        self._reading = None
-
-    def _loadReadingCase(self, session, code) -> str:
-        """Volumes appear under the case code and neutral names only; paths and patient names stay hidden."""
-        from SyntheticContrastLib import mrml
-
-        self._clearReadingCase()
-        if code is None:
-            done, total = session.progress()
-            return f"Session {session.entry['session']} complete ({done}/{total} cases). Thank you."
-        labels = {"ncct": "NCCT", "scect": "sCECT", "cect": "CECT"}
-        nodes = []
-        for role, path in session.volumes(code).items():
-            node = slicer.util.loadVolume(path, properties={"name": f"{code} {labels.get(role, role)}", "show": False})
-            node.SetAttribute("SyntheticContrast.reading", code)
-            nodes.append(node)
-        layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
-        slicer.app.layoutManager().setLayout(mrml.register_layout(layoutNode, [labels.get(r, r) for r in session.volumes(code)]))
-        slicer.app.processEvents()
-        if self._windowLevelLink:
-            self._windowLevelLink.remove()
-        self._windowLevelLink = mrml.show_linked(slicer.mrmlScene, nodes)
-        mrml.apply_window(nodes[0], *mrml.WINDOW_PRESETS["mediastinal"])
-        marks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{code} marks")
-        marks.SetAttribute(mrml.ROLE_ATTRIBUTE, "reading-marks")
-        for mark in session.case_record(code)["marks"]:  # resuming: show what was saved
-            i = marks.AddControlPoint(vtk.vtkVector3d(*mrml._ras(mark["point_lps"])), f"#{mark['id']} ({mark['rating']})")
-            marks.SetNthControlPointDescription(i, str(mark["id"]))
-        for event in (marks.PointPositionDefinedEvent, marks.PointModifiedEvent, marks.PointRemovedEvent):
-            marks.AddObserver(event, lambda caller, ev: self._syncMarks())
-        self._reading = (session, code, nodes, marks)
-        done, total = session.progress()
-        return f"Case {code} ({done + 1} of {total}), condition {session.condition}. Mark each mediastinal node > 5 mm."
-
-    def _syncMarks(self):
-        """Make the saved marks equal the points on screen: new points are saved, moves and deletions too."""
-        from SyntheticContrastLib import mrml
-
-        session, code, _, marks = self._reading
-        saved = {m["id"]: m for m in session.case_record(code)["marks"]}
-        shown = set()
-        rating = int(self.getParameterNode().readingRating)
-        for i in range(marks.GetNumberOfControlPoints()):
-            if not marks.GetNthControlPointPositionVisibility(i) or not marks.GetNthControlPointPositionDefined(i):
-                continue
-            p = [0.0, 0.0, 0.0]
-            marks.GetNthControlPointPositionWorld(i, p)
-            lps = list(mrml.LPS_TO_RAS @ p)
-            mark_id = marks.GetNthControlPointDescription(i)
-            if not mark_id:
-                mark_id = session.add_mark(code, lps, rating)
-                marks.SetNthControlPointDescription(i, str(mark_id))
-                marks.SetNthControlPointLabel(i, f"#{mark_id} ({rating})")
-            else:
-                mark_id = int(mark_id)
-                if list(saved[mark_id]["point_lps"]) != lps:
-                    session.edit_mark(code, mark_id, point_lps=lps)
-            shown.add(int(mark_id))
-        for mark_id in set(saved) - shown:
-            session.delete_mark(code, mark_id)
+        return self.reading.start(p.readingStudyDir, p.readingReader, p.readingSession)
 
     def startReadingMark(self):
-        if not self._reading:
-            raise ValueError("Start a reading session first.")
-        slicer.app.applicationLogic().GetSelectionNode().SetActivePlaceNodeID(self._reading[3].GetID())
-        slicer.modules.markups.logic().StartPlaceMode(False)
+        self.reading.start_mark()
 
-    def rerateLastMark(self, p):
-        session, code, _, marks = self._reading
-        n = marks.GetNumberOfControlPoints()
-        if n:
-            mark_id, rating = int(marks.GetNthControlPointDescription(n - 1)), int(p.readingRating)
-            session.edit_mark(code, mark_id, rating=rating)
-            marks.SetNthControlPointLabel(n - 1, f"#{mark_id} ({rating})")
+    def rerateLastMark(self, p) -> str:
+        return self.reading.rerate_last(int(p.readingRating))
 
-    def nextReadingCase(self, p) -> str:
-        if not self._reading:
-            raise ValueError("Start a reading session first.")
-        session, code, _, _ = self._reading
-        return self._loadReadingCase(session, session.complete_case(code))
+    def nextReadingCase(self) -> str:
+        return self.reading.next_case()
 
 
 class SyntheticContrastTest(ScriptedLoadableModuleTest):
-    """Slicer self-test: phantom -> demo-model synthesis -> geometry and synthetic marking -> ROIs -> CNR."""
+    """Slicer self-test: phantom -> demo-model synthesis (child process) -> synthetic marking -> ROIs -> CNR."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -533,7 +397,7 @@ class SyntheticContrastTest(ScriptedLoadableModuleTest):
         from SyntheticContrastLib import mrml
         from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
 
-        self.delayDisplay("Generating a phantom and synthesising contrast with the demo model")
+        self.delayDisplay("Generating a phantom and synthesising contrast with the demo model in a child process")
         logic = SyntheticContrastLogic()
         logic.ensureDependencies(askConfirmation=False)
         case = make_phantom(9001, PhantomSpec(slices=24))
@@ -541,27 +405,23 @@ class SyntheticContrastTest(ScriptedLoadableModuleTest):
         cect = mrml.node_from_volume(slicer.mrmlScene, case.cect, "Phantom CECT")
         p = logic.getParameterNode()
         p.inputVolume, p.referenceVolume, p.device = ncct, cect, "cpu"
-        logic.synthesize(p)
+        finished = []
+        logic.startSynthesis(p, None, lambda result, node: finished.append(result))
+        while not finished:
+            self.delayDisplay("waiting for the synthesis process", 200)  # the module's QTimer polls meanwhile
+        self.assertEqual(finished[0].state, "done", finished[0].message)
         out = p.outputVolume
         self.assertIn("synthetic", out.GetName().lower())
         self.assertEqual(out.GetAttribute("SyntheticContrast.synthetic"), "true")
         self.assertEqual(out.GetImageData().GetDimensions(), ncct.GetImageData().GetDimensions())
-        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        out.GetIJKToRASMatrix(a)
-        ncct.GetIJKToRASMatrix(b)
-        for r in range(4):
-            for c in range(4):
-                self.assertAlmostEqual(a.GetElement(r, c), b.GetElement(r, c), places=6)
 
         self.delayDisplay("Placing ROIs from the phantom annotations and computing CNR")
         mrml.markups_from_rois(slicer.mrmlScene, case.annotations)
         table, message = logic.computeCNR(p)
         self.assertEqual(table.GetNumberOfRows(), 3 * len(case.annotations["lesions"]))
-        cols = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
         cnr = {}
         for r in range(table.GetNumberOfRows()):
-            volume = table.GetCellText(r, cols.index("volume"))
-            cnr.setdefault(volume, []).append(float(table.GetCellText(r, cols.index("cnr"))))
+            cnr.setdefault(table.GetCellText(r, table.GetColumnIndex("volume")), []).append(float(table.GetCellText(r, table.GetColumnIndex("cnr"))))
         # Real contrast makes the DTA bright: node CNR on CECT must exceed NCCT's on average.
         self.assertGreater(sum(cnr["CECT"]) / len(cnr["CECT"]), sum(cnr["NCCT"]) / len(cnr["NCCT"]))
         logic.showLinkedViews(p)

@@ -2,7 +2,8 @@
 
     Slicer --no-main-window --python-script scripts/slicer_batch_synthesize.py -- IN_DIR OUT_DIR [--model CARD] [--stride N] [--device cpu]
 
-Each input gets OUT_DIR/<name>_sCECT_synthetic.nrrd (the header keeps the provenance attributes).
+Each input gets OUT_DIR/<name>_sCECT_synthetic.nrrd, whose header says SYNTHETIC and carries the model's
+provenance (SyntheticContrast.* keys). Synthesis runs in this process: a headless batch has no panel to keep alive.
 """
 
 import argparse
@@ -12,6 +13,8 @@ import sys
 import slicer
 
 from SyntheticContrast import SyntheticContrastLogic
+from SyntheticContrastLib import mrml
+from SyntheticContrastLib.volume_io import write_volume
 
 SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
@@ -43,10 +46,9 @@ def main(argv):
             if args.model:
                 p.modelPath = args.model
             print(f"[{n}/{len(inputs)}] {stem}: {logic.synthesize(p)}")
-            partial = target.with_name(f".{target.name}.partial.nrrd")
-            if not slicer.util.saveNode(p.outputVolume, str(partial)):
-                raise RuntimeError(f"could not write {partial}")
-            partial.replace(target)
+            # The engine's writer, not slicer.util.saveNode: Slicer's volume storage node writes no node
+            # attributes, and the header must say SYNTHETIC with the model's provenance. It writes atomically.
+            write_volume(mrml.volume_from_node(p.outputVolume), target)
         except Exception as exc:  # one bad case is reported and the batch goes on
             failures += 1
             print(f"[{n}/{len(inputs)}] {stem}: FAILED: {exc}", file=sys.stderr)

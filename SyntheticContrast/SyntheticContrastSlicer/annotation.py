@@ -1,0 +1,139 @@
+"""Lymph-node ROIs by click and their CNR: lesion lines, DTA / fat reference points, one CNR table per case."""
+
+from __future__ import annotations
+
+import json
+
+import slicer
+
+CNR_TABLE_ATTRIBUTE = "SyntheticContrast.cnrFor"
+
+
+class ReferencePointPlacement:
+    """One pending DTA / right fat / left fat click. The new point gets the label and replaces an older point of
+    that label; if place mode ends without a click, the observers go too, so a later click is never relabelled."""
+
+    def __init__(self, points, label: str, interaction):
+        self.points, self.label, self.interaction = points, label, interaction
+        self._known = {points.GetNthControlPointID(i) for i in range(points.GetNumberOfControlPoints())}
+        self._tags = [
+            (points, points.AddObserver(points.PointPositionDefinedEvent, self._on_defined)),
+            (interaction, interaction.AddObserver(interaction.InteractionModeChangedEvent, self._on_mode_changed)),
+        ]
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._tags)
+
+    def _on_defined(self, caller, event):
+        from SyntheticContrastLib import mrml
+
+        new = [i for i, _ in mrml.defined_points(caller) if caller.GetNthControlPointID(i) not in self._known]
+        if not new:
+            return
+        self.stop()
+        placed_id = caller.GetNthControlPointID(new[-1])
+        for i in range(caller.GetNumberOfControlPoints() - 1, -1, -1):
+            if caller.GetNthControlPointLabel(i) == self.label and caller.GetNthControlPointID(i) != placed_id:
+                caller.RemoveNthControlPoint(i)
+        caller.SetNthControlPointLabel(caller.GetNthControlPointIndexByID(placed_id), self.label)
+
+    def _on_mode_changed(self, caller, event):
+        if caller.GetCurrentInteractionMode() != caller.Place:
+            self.stop()
+
+    def stop(self) -> None:
+        for node, tag in self._tags:
+            node.RemoveObserver(tag)
+        self._tags = []
+
+
+class AnnotationController:
+    def __init__(self):
+        self._pending: ReferencePointPlacement | None = None
+
+    def reset(self) -> None:
+        self.cancel_pending()
+
+    def cancel_pending(self) -> None:
+        if self._pending:
+            self._pending.stop()
+        self._pending = None
+
+    def start_lymph_node_line(self):
+        """A new line 'LN<n>' whose two clicks are the ends of the node's short axis on an axial slice."""
+        from SyntheticContrastLib import mrml
+
+        self.cancel_pending()
+        lines = [n for n in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsLineNode") if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "lesion"]
+        names = {n.GetName() for n in lines}
+        number = len(lines) + 1
+        while f"LN{number}" in names:
+            number += 1
+        line = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"LN{number}")
+        line.SetAttribute(mrml.ROLE_ATTRIBUTE, "lesion")
+        line.CreateDefaultDisplayNodes()
+        mrml.start_placement(slicer.mrmlScene, line)
+        return line
+
+    def start_reference_point(self, name: str, lesion_id: str | None = None) -> ReferencePointPlacement:
+        """One click places the DTA / right fat / left fat point (shared, or for one lesion)."""
+        from SyntheticContrastLib import mrml
+
+        if name not in mrml.REFERENCE_LABELS:
+            raise ValueError(f"Unknown reference point {name!r}; choose one of {', '.join(mrml.REFERENCE_LABELS)}.")
+        self.cancel_pending()
+        points = mrml.reference_points_node(slicer.mrmlScene)
+        if points.GetDisplayNode() is None:
+            points.CreateDefaultDisplayNodes()
+        label = f"{lesion_id} {mrml.REFERENCE_LABELS[name]}" if lesion_id else mrml.REFERENCE_LABELS[name]
+        self._pending = ReferencePointPlacement(points, label, slicer.app.applicationLogic().GetInteractionNode())
+        mrml.start_placement(slicer.mrmlScene, points)
+        return self._pending
+
+    @staticmethod
+    def _case_table(input_node):
+        from SyntheticContrastLib import mrml
+
+        for table in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLTableNode"):
+            if table.GetAttribute(CNR_TABLE_ATTRIBUTE) == input_node.GetID():
+                return table
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{input_node.GetName()} - lymph-node CNR")
+        table.SetAttribute(CNR_TABLE_ATTRIBUTE, input_node.GetID())
+        return table
+
+    def compute_cnr(self, volumes: dict, input_node):
+        """CNR of every lesion on each named volume node; fills this case's table in place and draws the circles."""
+        from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.cnr import measure_cnr, summarize_cnr
+        from SyntheticContrastLib.rois import parse_rois
+
+        lesions = parse_rois(mrml.rois_from_markups(slicer.mrmlScene), "scene markups")
+        if not lesions:
+            raise ValueError("Add at least one lymph node line and the DTA, right fat and left fat points first.")
+        rows = measure_cnr({name: mrml.volume_from_node(node) for name, node in volumes.items()}, lesions)
+        for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsClosedCurveNode"):
+            if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "measured-circle":
+                slicer.mrmlScene.RemoveNode(node)
+        for lesion in lesions:
+            mrml.draw_measured_circles(slicer.mrmlScene, lesion)
+        table = mrml.cnr_table(slicer.mrmlScene, rows, table=self._case_table(input_node))
+        summary = summarize_cnr(rows)
+        medians = ", ".join(f"{name} {s['cnr']['median']:.2f}" for name, s in summary["volumes"].items())
+        errors = sum(1 for r in rows if r["error"])
+        return table, f"CNR median: {medians}." + (f" {errors} ROI measurement(s) failed; see the table's error column." if errors else "")
+
+    @staticmethod
+    def import_rois(path) -> list:
+        from SyntheticContrastLib import mrml
+
+        with open(path, encoding="utf-8") as fh:
+            return mrml.markups_from_rois(slicer.mrmlScene, json.load(fh))
+
+    @staticmethod
+    def export_rois(path) -> None:
+        from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.rois import write_rois
+
+        write_rois(mrml.rois_from_markups(slicer.mrmlScene), path)
+

@@ -1,0 +1,150 @@
+"""Synthesis for the panel (the engine CLI in a child process) and for headless scripts (the engine in process).
+
+Both paths end the same way: an output node named from the input as it was when the run started, marked
+synthetic, with the model's provenance as node attributes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import slicer
+
+from .process import ProcessRunner, python_slicer
+
+MODULE_DIR = Path(__file__).resolve().parents[1]
+
+
+def chosen_path(value) -> str:
+    """A path parameter as text, '' when unset: Slicer's wrapper gives ``Path('.')`` for an empty field."""
+    text = str(value) if value is not None else ""
+    return "" if text in ("", ".") else text
+
+
+@dataclass
+class SynthesisJob:
+    """What one run was asked to do, captured at start so later edits of the panel cannot change it."""
+
+    input_id: str
+    input_name: str
+    workdir: Path
+    input_path: Path
+    output_path: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "synthesis.log"
+
+
+def synthesis_arguments(p) -> list[str]:
+    """The CLI options for the panel's settings; an empty model field means the CLI's default (the demo model)."""
+    args = ["--blend", p.blend, "--batch", str(p.batchSize), "--precision", p.precision, "--device", p.device]
+    if p.stride:
+        args += ["--stride", str(p.stride)]
+    if chosen_path(p.modelPath):
+        args += ["--model", chosen_path(p.modelPath)]
+    return args
+
+
+class SynthesisController:
+    """Starts, follows and cancels one synthesis; on success adds the output node and sets ``p.outputVolume``."""
+
+    def __init__(self, runner: ProcessRunner | None = None):
+        self.runner = runner or ProcessRunner()
+        self.job: SynthesisJob | None = None
+        self._on_finished = None
+        self._parameters = None
+
+    @property
+    def running(self) -> bool:
+        return self.runner.running
+
+    def start(self, p, on_event, on_finished) -> SynthesisJob:
+        """Write the input to a private folder and start ``PythonSlicer -m SyntheticContrastLib.cli synthesize``."""
+        from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.volume_io import write_volume
+
+        if self.running:
+            raise RuntimeError("A synthesis is already running; wait for it or cancel it first.")
+        if not p.inputVolume:
+            raise ValueError("Select a non-contrast CT volume first.")
+        workdir = Path(tempfile.mkdtemp(prefix="SyntheticContrast-"))
+        job = SynthesisJob(p.inputVolume.GetID(), p.inputVolume.GetName(), workdir, workdir / "input.nrrd",
+                           workdir / "output_synthetic.nrrd")
+        try:
+            write_volume(mrml.volume_from_node(p.inputVolume), job.input_path)
+            command = [python_slicer(), "-m", "SyntheticContrastLib.cli", "synthesize", str(job.input_path),
+                       str(job.output_path), "--progress-json", *synthesis_arguments(p)]
+            pythonpath = os.pathsep.join(filter(None, [str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
+            self.job, self._on_finished, self._parameters = job, on_finished, p
+            self.runner.start(command, job.log_path, on_event, self._finished, env={"PYTHONPATH": pythonpath})
+        except Exception:
+            self.job = None
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return job
+
+    def cancel(self):
+        """Kill the child; the private folder goes with it, so no partial output is left anywhere."""
+        return self.runner.cancel()
+
+    def _finished(self, result) -> None:
+        job, callback, p = self.job, self._on_finished, self._parameters
+        self.job = self._on_finished = self._parameters = None
+        node = None
+        if result.state == "done":
+            try:
+                node = self._load_output(job)
+                p.outputVolume = node
+            except Exception as exc:  # the run worked but its result cannot be shown: say why, keep the log
+                result.state, result.message = "failed", str(exc)
+        if result.state == "failed":
+            handle, kept = tempfile.mkstemp(prefix="SyntheticContrast-failed-", suffix=".log")
+            os.close(handle)
+            kept = Path(kept)
+            shutil.copyfile(job.log_path, kept)  # the private folder goes; the log a user may open stays
+            result.log_path = kept
+        shutil.rmtree(job.workdir, ignore_errors=True)
+        if callback:
+            callback(result, node)
+
+    @staticmethod
+    def _load_output(job: SynthesisJob):
+        from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.volume_io import read_volume
+
+        source = slicer.mrmlScene.GetNodeByID(job.input_id)
+        if source is None:
+            raise RuntimeError(f"the input volume {job.input_name!r} was removed from the scene during synthesis")
+        volume = read_volume(job.output_path, check_hu=False)
+        return mrml.add_synthetic_volume(slicer.mrmlScene, source, volume, volume.metadata, job.input_name)
+
+    @staticmethod
+    def synthesize_in_process(p, progress=None, cancel=None):
+        """For headless scripts and tests: the engine in this process; returns (output node, report)."""
+        from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
+        from SyntheticContrastLib.models import DEFAULT_MODEL_CARD, load_model
+
+        source, name = p.inputVolume, p.inputVolume.GetName()
+        model = load_model(chosen_path(p.modelPath) or DEFAULT_MODEL_CARD, device="cpu")
+        options = SynthesisOptions(p.stride or None, p.blend, p.batchSize, p.precision, p.device)
+        try:
+            result, report = synthesize_volume(mrml.volume_from_node(source), model, options, progress=progress, cancel=cancel)
+        finally:
+            del model
+            _release_gpu_memory()
+        node = mrml.add_synthetic_volume(slicer.mrmlScene, source, result, result.metadata, name)
+        p.outputVolume = node
+        return node, report
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
