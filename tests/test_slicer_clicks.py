@@ -1,0 +1,482 @@
+"""The Slicer module driven as a user drives it: real clicks in an offscreen slice view on slicer-core's MRML,
+the synthesis CLI as a real child process followed by the module's QTimer, and the .ui's scene wiring."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is installed by the test extra")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the 'slicer' module found is not slicer-core", allow_module_level=True)
+
+import SimpleITK as sitk  # noqa: E402
+
+import slicer_harness  # noqa: E402
+from conftest import chest_like  # noqa: E402
+from SyntheticContrastLib import mrml  # noqa: E402
+from SyntheticContrastLib.volume_io import Volume, write_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def harness():
+    with slicer_harness.installed() as h:
+        h.module = slicer_harness.import_module_fresh()
+        h.logic = h.module.SyntheticContrastLogic()
+        yield h
+        h.logic.cancelSynthesis()
+
+
+def _volume_node(name="Patient CT", shape=(20, 32, 32), value_offset=0.0):
+    vol = Volume(chest_like(shape) + value_offset, (1.0, 1.0, 2.5), (-16.0, -16.0, 0.0))
+    return mrml.node_from_volume(slicer.mrmlScene, vol, name)
+
+
+def _defined_indices(node):
+    """Control points a click has placed (not the preview point that follows the mouse), straight from MRML."""
+    return [i for i in range(node.GetNumberOfControlPoints()) if node.GetNthControlPointPositionStatus(i) == node.PositionDefined]
+
+
+def _defined(node):
+    return [np.array(node.GetNthControlPointPositionWorld(i)) for i in _defined_indices(node)]
+
+
+def _labels(node):
+    return [node.GetNthControlPointLabel(i) for i in _defined_indices(node)]
+
+
+# --- R1: the .ui hands the scene to every qMRML widget -----------------------------------------------------
+
+def test_ui_connects_the_scene_to_every_qmrml_widget():
+    tree = slicer_harness.ui_tree()
+    root = tree.getroot().find("widget")
+    assert root.get("class") == "qMRMLWidget"
+    mrml_widgets = {w.get("name") for w in root.iter("widget") if w is not root and w.get("class", "").startswith(("qMRML", "qSlicer"))}
+    assert {"inputSelector", "referenceSelector", "cnrTableView"} <= mrml_widgets
+    wired = {
+        c.findtext("receiver")
+        for c in tree.getroot().iter("connection")
+        if c.findtext("sender") == root.get("name") and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert mrml_widgets <= wired, f"widgets that never get the scene: {sorted(mrml_widgets - wired)}"
+
+
+# --- R9: the path fields browse for what they hold ------------------------------------------------------
+
+def test_path_fields_browse_for_a_folder_and_for_model_cards():
+    root = slicer_harness.ui_tree().getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+
+    def prop(name, prop_name):
+        element = widgets[name].find(f"property[@name='{prop_name}']")
+        return "" if element is None else "".join(element.itertext())
+
+    assert "ctkPathLineEdit::Dirs" in prop("studyDirLineEdit", "filters")
+    assert "ctkPathLineEdit::Files" not in prop("studyDirLineEdit", "filters")
+    assert "ctkPathLineEdit::Files" in prop("modelPathLineEdit", "filters")
+    assert "*.json" in prop("modelPathLineEdit", "nameFilters")
+
+
+# --- R2: "Add lymph node" clicks land in that lesion's line --------------------------------------------------
+
+def test_two_clicks_after_add_lymph_node_land_in_that_line(harness):
+    view = harness.slice_view()
+    harness.logic.startLymphNodeLine()
+    line = harness.scene.GetFirstNodeByName("LN1")
+    a, b = np.array([10.0, 20.0, 30.0]), np.array([22.0, 20.0, 30.0])
+    view.click(a)
+    view.click(b)
+    points = _defined(line)
+    assert len(points) == 2, "the clicks did not land in the lesion line"
+    np.testing.assert_allclose(points[0], a, atol=1.0)  # one pixel is 1 mm in this view
+    np.testing.assert_allclose(points[1], b, atol=1.0)
+    assert not slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode", harness.scene), "a stray point list was made"
+    lesions = mrml.rois_from_markups(harness.scene)["lesions"]
+    assert [lesion["id"] for lesion in lesions] == ["LN1"]
+    assert harness.interaction.GetCurrentInteractionMode() != harness.interaction.Place  # place mode ended
+
+
+def test_second_lymph_node_gets_its_own_line(harness):
+    view = harness.slice_view()
+    harness.logic.startLymphNodeLine()
+    view.click((0.0, 0.0, 30.0))
+    view.click((8.0, 0.0, 30.0))
+    harness.logic.startLymphNodeLine()
+    view.click((40.0, 10.0, 35.0))
+    view.click((46.0, 10.0, 35.0))
+    first, second = harness.scene.GetFirstNodeByName("LN1"), harness.scene.GetFirstNodeByName("LN2")
+    assert len(_defined(first)) == len(_defined(second)) == 2
+    np.testing.assert_allclose(_defined(second)[0], (40.0, 10.0, 35.0), atol=1.0)
+
+
+# --- R13: reference points: the click gets the label; a cancelled placement leaves nothing behind ----------------
+
+def test_reference_point_click_is_labelled_and_replaces_the_older_one(harness):
+    view = harness.slice_view()
+    harness.logic.startReferencePoint("dta")
+    view.click((-25.0, 40.0, 30.0))
+    harness.logic.startReferencePoint("dta")
+    view.click((-24.0, 41.0, 30.0))
+    points = mrml.reference_points_node(harness.scene)
+    assert _labels(points) == ["DTA"]
+    np.testing.assert_allclose(_defined(points)[0], (-24.0, 41.0, 30.0), atol=1.0)
+
+
+def test_cancelled_reference_placement_does_not_relabel_the_next_point(harness):
+    view = harness.slice_view()
+    harness.logic.startReferencePoint("dta")
+    harness.interaction.SetCurrentInteractionMode(harness.interaction.ViewTransform)  # the user pressed Esc
+    harness.logic.startReferencePoint("right_fat")
+    view.click((-140.0, 0.0, 30.0))
+    points = mrml.reference_points_node(harness.scene)
+    assert _labels(points) == ["Right fat"]
+    view.click((140.0, 0.0, 30.0))  # not in place mode any more: no point, and nothing relabelled
+    assert _labels(points) == ["Right fat"]
+
+
+# --- R3 and R15: blinded reading -----------------------------------------------------------------------------
+
+def _reading_study(tmp_path, cases=2):
+    from SyntheticContrastLib.reader_study import write_plan
+
+    entries = []
+    for k in range(cases):
+        paths = {}
+        for role, offset in (("ncct", 0.0), ("scect", 80.0), ("cect", 100.0)):
+            path = tmp_path / "data" / f"Mueller_Hans_{k}_{role}.nrrd"
+            write_volume(Volume(chest_like((8, 32, 32), seed=k) + offset, (1.0, 1.0, 2.5), (-16.0, -16.0, 0.0)), path)
+            paths[role] = str(path)
+        rois = {"format": "synthetic-contrast-rois/1", "coordinate_system": "LPS", "lesions": [
+            {"id": "LN1", "center": [0.0, 0.0, 10.0], "short_axis_mm": 8.0}], "references": {}}
+        roi_path = tmp_path / "data" / f"case{k}_rois.json"
+        roi_path.write_text(json.dumps(rois))
+        entries.append({"id": f"case{k}", **paths, "truth": str(roi_path)})
+    study = {"format": "synthetic-contrast-reader-study/1", "cases": entries, "readers": ["R1"], "seed": 5}
+    study_file = tmp_path / "study_input.json"
+    study_file.write_text(json.dumps(study))
+    write_plan(study_file, tmp_path / "study")
+    return tmp_path / "study"
+
+
+def _start_reading(harness, study_dir):
+    p = harness.logic.getParameterNode()
+    p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = study_dir, "R1", 1, "4"
+    return harness.logic.startReading(p)
+
+
+def _saved_marks(study_dir):
+    records = [json.loads(f.read_text()) for f in (study_dir / "marks" / "R1" / "session1").glob("*.json") if f.name != "session.json"]
+    return [m for r in records for m in r["marks"]]
+
+
+def test_reading_mark_placed_by_click_is_saved(harness, tmp_path):
+    study_dir = _reading_study(tmp_path)
+    _start_reading(harness, study_dir)
+    view = harness.slice_view()
+    harness.logic.startReadingMark()
+    view.click((3.0, -4.0, 10.0))
+    marks = _saved_marks(study_dir)
+    assert len(marks) == 1, "the click was not saved to the session"
+    np.testing.assert_allclose(marks[0]["point_lps"], (-3.0, 4.0, 10.0), atol=1.0)  # LPS on disk
+    assert marks[0]["rating"] == 4
+    p = harness.logic.getParameterNode()
+    p.readingRating = "2"
+    harness.logic.rerateLastMark(p)
+    assert _saved_marks(study_dir)[0]["rating"] == 2
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import slicer_harness
+    with slicer_harness.installed() as h:
+        module = slicer_harness.import_module_fresh()
+        logic = module.SyntheticContrastLogic()
+        p = logic.getParameterNode()
+        p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = {study!r}, "R1", 1, "3"
+        logic.startReading(p)
+        view = h.slice_view()
+        logic.startReadingMark()
+        view.click((5.0, 6.0, 10.0))
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash right after the click: nothing gets a chance to flush
+""")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
+def test_reading_mark_survives_a_crash_and_is_shown_on_resume(harness, tmp_path):
+    study_dir = _reading_study(tmp_path)
+    child = subprocess.run([sys.executable, "-c", CHILD.format(tests=str(TESTS), study=str(study_dir))],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "SyntheticContrast"), str(TESTS)])})
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    marks = _saved_marks(study_dir)
+    assert len(marks) == 1 and marks[0]["rating"] == 3
+    _start_reading(harness, study_dir)  # resume in a fresh "Slicer"
+    shown = [n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode", harness.scene)
+             if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "reading-marks"]
+    assert len(shown) == 1 and len(_defined(shown[0])) == 1
+    np.testing.assert_allclose(_defined(shown[0])[0], (5.0, 6.0, 10.0), atol=1.0)
+
+
+def test_reading_scene_holds_no_file_path_or_patient_name(harness, tmp_path):
+    study_dir = _reading_study(tmp_path)
+    text = _start_reading(harness, study_dir)
+    assert "Case " in text
+    harness.scene.SetSaveToXMLString(1)
+    harness.scene.Commit()
+    xml = harness.scene.GetSceneXMLString()
+    assert "Mueller" not in xml and str(tmp_path / "data") not in xml  # the study folder itself is the reader's own
+    assert not slicer.util.getNodesByClass("vtkMRMLStorageNode", harness.scene)
+
+
+def test_reading_without_a_study_folder_says_so(harness):
+    p = harness.logic.getParameterNode()
+    p.readingReader = "R1"
+    with pytest.raises(ValueError, match="Choose the study folder"):
+        harness.logic.startReading(p)  # the empty field reads as Path('.'), which must not count as chosen
+    with pytest.raises(ValueError, match="Start a reading session first"):
+        harness.logic.rerateLastMark(p)
+    with pytest.raises(ValueError, match="Start a reading session first"):
+        harness.logic.startReadingMark()
+
+
+# --- R7: every button reports its errors in a dialog ----------------------------------------------------------
+
+def test_every_button_goes_through_the_error_display(harness):
+    import ast
+
+    tree = ast.parse((ROOT / "SyntheticContrast" / "SyntheticContrast.py").read_text())
+    direct = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+              and n.func.attr == "connect" and n.args and isinstance(n.args[0], ast.Constant)
+              and n.args[0].value == "clicked(bool)" and not (isinstance(n.func.value, ast.Name) and n.func.value.id == "button")]
+    assert not direct, f"buttons connected around _connect at lines {direct}"
+    button = slicer_harness.Signal()
+    button.connect = button.connect  # PythonQt style: button.connect("clicked(bool)", slot)
+    harness.module.SyntheticContrastWidget._connect(button, "Could not do it.", lambda: harness.logic.rerateLastMark(harness.logic.getParameterNode()))
+    button.emit(False)
+    assert harness.messages and harness.messages[-1][0] == "error"
+    assert "Could not do it." in harness.messages[-1][1] and "Start a reading session first" in harness.messages[-1][1]
+
+
+# --- R5 and R10: the overlay ------------------------------------------------------------------------------------
+
+def _show_in_views(harness, p):
+    harness.logic.showLinkedViews(p)
+    return [c for c in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode", harness.scene) if c.GetBackgroundVolumeID() == p.inputVolume.GetID()]
+
+
+def _overlay_shown(harness, p):
+    """Turn the overlay on and return the voxels the NCCT view shows over it."""
+    composites = _show_in_views(harness, p)
+    p.showOverlay = True
+    harness.logic.updateOverlay(p)
+    return mrml.volume_from_node(harness.scene.GetNodeByID(composites[0].GetForegroundVolumeID())).array
+
+
+def test_overlay_follows_a_new_synthesis_and_a_closed_scene(harness):
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.outputVolume = _volume_node("ncct"), _volume_node("ncct - sCECT (synthetic)", value_offset=100.0)
+    np.testing.assert_allclose(_overlay_shown(harness, p), 100.0, atol=1e-3)
+    p.outputVolume = _volume_node("second - sCECT (synthetic)", value_offset=40.0)  # a second synthesis
+    np.testing.assert_allclose(_overlay_shown(harness, p), 40.0, atol=1e-3)
+
+    harness.logic.sceneClosed()
+    harness.scene.Clear(0)  # node IDs are reused after this
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.outputVolume = _volume_node("ncct"), _volume_node("ncct - sCECT (synthetic)", value_offset=7.0)
+    np.testing.assert_allclose(_overlay_shown(harness, p), 7.0, atol=1e-3)
+
+
+def test_parameter_changes_leave_the_users_foreground_alone(harness):
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.outputVolume = _volume_node("ncct"), _volume_node("ncct - sCECT (synthetic)", value_offset=100.0)
+    composites = _show_in_views(harness, p)
+    users_choice = _volume_node("PET")
+    composites[0].SetForegroundVolumeID(users_choice.GetID())
+    for stride in (2, 3, 4):  # unrelated panel edits
+        p.stride = stride
+        harness.logic.updateOverlay(p)
+    assert composites[0].GetForegroundVolumeID() == users_choice.GetID()
+
+
+# --- R11: one CNR table per case, numbers stay numbers ----------------------------------------------------------
+
+def test_cnr_table_is_numeric_and_updated_in_place(harness):
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+
+    case = make_phantom(5, PhantomSpec(size=256, slices=20, pixel_mm=1.4, slice_mm=5.0))
+    p = harness.logic.getParameterNode()
+    p.inputVolume = mrml.node_from_volume(harness.scene, case.ncct, "ncct")
+    p.referenceVolume = mrml.node_from_volume(harness.scene, case.cect, "cect")
+    annotations = json.loads(json.dumps(case.annotations))
+    annotations["lesions"].append({"id": "OUT", "center": [900.0, 900.0, 900.0], "short_axis_mm": 8.0,  # off the image
+                                   "references": {k: [900.0, 900.0, 900.0] for k in ("dta", "right_fat", "left_fat")}})
+    mrml.markups_from_rois(harness.scene, annotations)
+    table, message = harness.logic.computeCNR(p)
+    assert "failed" in message
+    cnr = table.GetTable().GetColumnByName("cnr")
+    assert cnr.IsNumeric() and cnr.GetClassName() == "vtkDoubleArray"
+    errors = table.GetTable().GetColumnByName("error")
+    rows = {table.GetCellText(r, table.GetColumnIndex("lesion")): r for r in range(table.GetNumberOfRows())}
+    assert np.isnan(cnr.GetValue(rows["OUT"])) and errors.GetValue(rows["OUT"])
+    assert cnr.GetValue(rows[case.annotations["lesions"][0]["id"]]) > 0
+    again, _ = harness.logic.computeCNR(p)
+    assert again is table and len(slicer.util.getNodesByClass("vtkMRMLTableNode", harness.scene)) == 1
+
+
+# --- R14 -----------------------------------------------------------------------------------------------------
+
+def test_nodes_of_class_does_not_leak_the_collection(harness):
+    held = []
+
+    class Scene:  # passes the real collection through and keeps it, to read its reference count afterwards
+        def GetNodesByClass(self, cls):
+            held.append(harness.scene.GetNodesByClass(cls))
+            return held[-1]
+
+    mrml.nodes_of_class(Scene(), "vtkMRMLScalarVolumeNode")
+    assert held[0].GetReferenceCount() == 1  # only our Python reference is left
+
+
+# --- out of process: the CLI child, its progress, cancel, and R6 re-entrancy ----------------------------------------
+
+def _pump(harness, until, limit_s=120.0):
+    """What Qt's event loop does for the module: fire its QTimer until ``until()``."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while not until():
+        assert time.monotonic() < deadline, "the synthesis process did not finish in time"
+        for timer in slicer_harness.QTimer.instances:
+            timer.fire()
+        time.sleep(0.05)
+
+
+def test_synthesis_runs_out_of_process_and_names_the_output_from_the_input_at_start(harness, tiny_model_card):
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.modelPath, p.device = _volume_node("Patient CT"), tiny_model_card, "cpu"
+    events, finished = [], []
+    job = harness.logic.startSynthesis(p, events.append, lambda result, node: finished.append((result, node)))
+    with pytest.raises(RuntimeError, match="already running"):
+        harness.logic.startSynthesis(p, None, None)
+    assert harness.logic.panelState(p)["canApply"] is False
+    p.inputVolume.SetName("renamed meanwhile")
+    _pump(harness, lambda: finished)
+    result, node = finished[0]
+    assert result.state == "done", result.message
+    assert node.GetName() == "Patient CT - sCECT (synthetic)" and p.outputVolume.GetID() == node.GetID()
+    assert node.GetAttribute("SyntheticContrast.synthetic") == "true"
+    assert node.GetAttribute("SyntheticContrast.model_id") == "tiny-test"
+    assert len(node.GetAttribute("SyntheticContrast.model_sha256")) == 64
+    assert any(e["event"] == "progress" for e in events) and events[-1]["event"] == "done"
+    assert not job.workdir.exists()
+    assert harness.app.process_events_calls == 0
+
+
+def test_failed_synthesis_reports_the_clis_message_and_keeps_the_log(harness, tmp_path):
+    bad = tmp_path / "model.json"
+    bad.write_text("{not json")
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.modelPath, p.device = _volume_node(), bad, "cpu"
+    finished = []
+    harness.logic.startSynthesis(p, None, lambda result, node: finished.append((result, node)))
+    _pump(harness, lambda: finished)
+    result, node = finished[0]
+    assert result.state == "failed" and node is None
+    assert str(bad) in result.message
+    assert "Full log" in harness.logic.logText(result) and Path(result.log_path).exists()
+    assert not [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", harness.scene) if "synthetic" in n.GetName()]
+
+
+def test_cancel_kills_the_running_child_and_leaves_nothing(harness):
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.device = _volume_node("big", shape=(48, 256, 256)), "cpu"  # the demo model: many windows
+    events, finished = [], []
+    job = harness.logic.startSynthesis(p, events.append, lambda result, node: finished.append((result, node)))
+    pid = harness.logic.synthesis.runner._popen.pid
+    _pump(harness, lambda: any(e["event"] == "progress" for e in events))  # the child is inside the network now
+    result = harness.logic.cancelSynthesis()
+    assert result.state == "cancelled" and result.message == "Cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the child is gone when cancel returns (2 s at most, by its deadline)
+    assert finished and finished[0][0].state == "cancelled" and finished[0][1] is None
+    assert not job.workdir.exists()
+    assert not [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", harness.scene) if "synthetic" in n.GetName()]
+    assert harness.logic.panelState(p)["canApply"] is True
+
+
+# --- R4: the headless batch script keeps provenance in the header ------------------------------------------------------
+
+def test_batch_script_output_header_has_provenance(harness, tmp_path, tiny_model_card):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        sys.modules.pop("slicer_batch_synthesize", None)
+        import slicer_batch_synthesize
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_volume(Volume(chest_like((20, 32, 32)), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0)), src / "case1.nii.gz")
+    code = slicer_batch_synthesize.main([str(src), str(out), "--model", str(tiny_model_card), "--device", "cpu"])
+    assert code == 0
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(out / "case1_sCECT_synthetic.nrrd"))
+    reader.ReadImageInformation()
+    keys = set(reader.GetMetaDataKeys())
+    assert {"SyntheticContrast.synthetic", "SyntheticContrast.model_id", "SyntheticContrast.model_sha256"} <= keys
+    assert reader.GetMetaData("SyntheticContrast.model_id") == "tiny-test"
+
+
+# --- Slicer conventions -------------------------------------------------------------------------------------------
+
+def test_module_registers_the_phantom_in_sample_data_without_any_download(harness, monkeypatch):
+    import types
+
+    registered = []
+    sample_data = types.ModuleType("SampleData")
+    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    parent = types.SimpleNamespace()
+    harness.module.SyntheticContrast(parent)
+    assert parent.categories == ["Filtering"] and harness.module.HELP_URL in parent.helpText
+    (signal, slot), = harness.app.connections
+    assert signal == "startupCompleted()"
+    slot()
+    (source,) = registered
+    assert source["uris"] == [] and callable(source["customDownloader"]) and Path(source["thumbnailFileName"]).is_file()
+
+
+def test_dependencies_are_offered_once_and_never_replace_slicers_packages(harness, monkeypatch):
+    import importlib.util
+
+    from SyntheticContrastSlicer import dependencies
+
+    assert dependencies.version_tuple("2.13.0+cpu") == (2, 13, 0) and dependencies.version_tuple("2.1.0a0") == (2, 1, 0)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "safetensors" else real_find_spec(name, *a))
+    checker = dependencies.DependencyChecker()
+    assert checker.install_plan() == ["safetensors>=0.4 with pip"]
+    harness.confirm_answers = [False]
+    with pytest.raises(RuntimeError, match="declined"):
+        checker.ensure()
+    with pytest.raises(RuntimeError, match="declined"):
+        checker.ensure()  # asked once: a decline is not asked again
+    assert [kind for kind, _ in harness.messages].count("confirm") == 1
+    assert "safetensors>=0.4" in harness.messages[0][1]
+    checker = dependencies.DependencyChecker()
+    harness.confirm_answers = [True]
+    text = checker.ensure()
+    (installed,) = [msg for kind, msg in harness.messages if kind == "pip_install"]
+    constraints = Path(installed.split(" -c ")[1].rstrip("',)"))
+    assert "safetensors>=0.4" in installed and "torch" not in installed
+    assert f"numpy=={np.__version__}" in constraints.read_text().splitlines()
+    assert text.startswith("torch ") and "device: CPU" in text
