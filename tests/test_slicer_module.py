@@ -94,3 +94,21 @@ def test_icon_is_128_px():
 
     with Image.open(MODULE_DIR / "Resources" / "Icons" / "SyntheticContrast.png") as icon:
         assert icon.size == (128, 128)
+
+
+def test_every_engine_module_the_slicer_code_imports_is_shipped():
+    """A module imported by the Slicer module or its collaborators but missing from CMake breaks only in Slicer."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    listed = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    sources = [MODULE_PY, *sorted((MODULE_DIR / "SyntheticContrastSlicer").glob("*.py"))]
+    imported = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("SyntheticContrastLib", "SyntheticContrastSlicer"):
+                imported |= {f"{node.module}/{alias.name}.py" for alias in node.names}  # from package import submodule
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("SyntheticContrastLib", "SyntheticContrastSlicer"):
+                imported.add(node.module.replace(".", "/") + ".py")
+            elif isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:  # relative, inside the Slicer package
+                imported.add(f"SyntheticContrastSlicer/{node.module}.py")
+    assert "SyntheticContrastSlicer/process.py" in imported and "SyntheticContrastLib/mrml.py" in imported
+    assert imported <= listed, f"imported but not shipped: {sorted(imported - listed)}"
