@@ -42,6 +42,8 @@ class SynthesisOptions:
     device: str = "auto"
     sigma_scale: float = 0.125
     tile_overlap: float = 0.5  # in-plane, only for models whose window is smaller than the slice
+    samples: int = 1  # > 1: MC dropout + test-time shifted passes, combined into a mean and an SD
+    seed: int = 0  # seeds the samples' dropout masks and shifts
 
 
 @dataclass
@@ -56,6 +58,7 @@ class SynthesisReport:
     precision: str
     padded_slices: int = 0
     notes: list[str] = field(default_factory=list)
+    samples: int = 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -134,6 +137,209 @@ def _inplane_plan(size: int, tile: int | None, multiple: int, overlap: float) ->
     return size, window_starts(size, tile, step), tile
 
 
+@dataclass
+class _Grid:
+    """Where the windows of one pass start along z, y and x (shifted passes start elsewhere)."""
+
+    z: list[int]
+    y: list[int]
+    x: list[int]
+
+    @property
+    def windows(self) -> int:
+        return len(self.z) * len(self.y) * len(self.x)
+
+
+def shifted_starts(size: int, window: int, step: int, offset: int) -> list[int]:
+    """Window starts on a grid moved by ``offset`` (0 <= offset < step), still covering every position."""
+    if offset == 0:
+        return window_starts(size, window, step)
+    last = size - window
+    return sorted({0, last, *range(offset, last + 1, step)})
+
+
+class _SlidingWindow:
+    """The geometry of one volume's sliding window and the device state that OOM fallbacks change."""
+
+    def __init__(self, hu, generator, encoding, window, options, default_stride, inplane_multiple, tile):
+        if hu.ndim != 3:
+            raise ValueError(f"expected a (z, y, x) array, got shape {hu.shape}")
+        self.generator, self.encoding, self.window = generator, encoding, window
+        self.device = resolve_device(options.device)
+        self.amp = autocast_dtype(options.precision, self.device)
+        self.stride = options.stride or default_stride
+        self.weights = blend_weights(options.blend, window, options.sigma_scale)
+        self.batch_size = max(1, int(options.batch_size))
+        self.notes: list[str] = []
+        self.n_slices, self.height, self.width = hu.shape
+        self.pad_z = max(0, window - self.n_slices)
+        if self.pad_z:
+            # Replicating the edge slices keeps anatomy plausible for the network; the padding is cropped away again.
+            self.z_before = self.pad_z // 2
+            hu = np.pad(hu, ((self.z_before, self.pad_z - self.z_before), (0, 0), (0, 0)), mode="edge")
+            self.notes.append(f"volume has {self.n_slices} slices, fewer than the {window}-slice window: padded by repeating edge slices")
+        else:
+            self.z_before = 0
+        self.hu = hu
+        if not 0 <= options.tile_overlap < 1:
+            raise ValueError(f"tile overlap must be in [0, 1), got {options.tile_overlap}")
+        self.padded_y, tiles_y, self.tile_y = _inplane_plan(self.height, tile, inplane_multiple, options.tile_overlap)
+        self.padded_x, tiles_x, self.tile_x = _inplane_plan(self.width, tile, inplane_multiple, options.tile_overlap)
+        self.pad_y, self.pad_x = _pad_amounts(self.height, self.padded_y), _pad_amounts(self.width, self.padded_x)
+        if self.padded_y != self.height or self.padded_x != self.width:
+            self.notes.append(f"in-plane size {self.height}x{self.width} padded with air to {self.padded_y}x{self.padded_x}")
+        self.tiled = len(tiles_y) * len(tiles_x) > 1
+        if self.tiled:
+            self.notes.append(f"in-plane tiled {len(tiles_y)}x{len(tiles_x)} at the model's {tile}-px window")
+        self.step_y = tiles_y[1] - tiles_y[0] if len(tiles_y) > 1 else 1
+        self.step_x = tiles_x[1] - tiles_x[0] if len(tiles_x) > 1 else 1
+        self.w_y = blend_weights("gaussian", self.tile_y) if len(tiles_y) > 1 else np.ones(self.tile_y, np.float32)
+        self.w_x = blend_weights("gaussian", self.tile_x) if len(tiles_x) > 1 else np.ones(self.tile_x, np.float32)
+        if self.tiled:
+            self.weight_3d = torch.from_numpy(self.weights[:, None, None] * self.w_y[None, :, None] * self.w_x[None, None, :])
+        else:  # one tile: in-plane weights are all ones, so only z needs weighting (no full-size weight array)
+            self.weight_3d = torch.from_numpy(self.weights[:, None, None].copy())
+
+    def grid(self, dz: int = 0, dy: int = 0, dx: int = 0) -> _Grid:
+        return _Grid(shifted_starts(self.hu.shape[0], self.window, self.stride, dz),
+                     shifted_starts(self.padded_y, self.tile_y, self.step_y, dy) if self.padded_y > self.tile_y else [0],
+                     shifted_starts(self.padded_x, self.tile_x, self.step_x, dx) if self.padded_x > self.tile_x else [0])
+
+    def shift_range(self) -> tuple[int, int, int]:
+        """How far a test-time shift can move the grid along z, y and x (1 = not at all)."""
+        return (self.stride, self.step_y if self.tiled and self.padded_y > self.tile_y else 1,
+                self.step_x if self.tiled and self.padded_x > self.tile_x else 1)
+
+    def run(self, grid: _Grid, progress, cancel, done: int, total: int) -> np.ndarray:
+        """One blended pass over ``grid``: the output channel in [-1, 1], cropped to the input's shape."""
+        starts = [(z, y, x) for z in grid.z for y in grid.y for x in grid.x]
+        # The window grid is a product of per-axis grids, so the summed weight is separable: three 1D sums.
+        accum = np.zeros((self.hu.shape[0], self.padded_y, self.padded_x), np.float32)
+        sum_z, sum_y, sum_x = np.zeros(self.hu.shape[0], np.float32), np.zeros(self.padded_y, np.float32), np.zeros(self.padded_x, np.float32)
+        for z in grid.z:
+            sum_z[z : z + self.window] += self.weights
+        for y in grid.y:
+            sum_y[y : y + self.tile_y] += self.w_y
+        for x in grid.x:
+            sum_x[x : x + self.tile_x] += self.w_x
+        self.generator.to(self.device)
+        air = float(self.encoding.air_hu)
+        i = 0
+        while i < len(starts):
+            if cancel is not None and cancel():
+                raise SynthesisCancelled(f"cancelled after {done + i} of {total} windows")
+            batch = starts[i : i + self.batch_size]
+            try:
+                pred = _predict_batch(self.hu, batch, (self.window, self.tile_y, self.tile_x), self.generator, self.encoding,
+                                      self.device, self.amp, (self.pad_y, self.pad_x), air)
+            except torch.cuda.OutOfMemoryError:
+                self._out_of_memory()
+                continue
+            pred = (pred * self.weight_3d.to(pred.device)).cpu().numpy()
+            for (z, y, x), window_pred in zip(batch, pred):
+                accum[z : z + self.window, y : y + self.tile_y, x : x + self.tile_x] += window_pred
+            i += len(batch)
+            if progress is not None:
+                progress(done + i, total)
+        accum /= sum_z[:, None, None]
+        accum /= sum_y[None, :, None]
+        accum /= sum_x[None, None, :]
+        return accum[self.z_before : self.z_before + self.n_slices, self.pad_y[0] : self.pad_y[0] + self.height,
+                     self.pad_x[0] : self.pad_x[0] + self.width]
+
+    def _out_of_memory(self) -> None:
+        torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            self.notes.append(f"CUDA out of memory: batch halved to {self.batch_size} windows")
+        else:
+            self.device = torch.device("cpu")
+            self.amp = None if self.amp is torch.float16 else self.amp
+            self.generator.to(self.device)
+            self.notes.append("CUDA out of memory with one window per batch: continued on the CPU")
+        log.warning(self.notes[-1])
+
+
+def _dropout_layers(generator: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in generator.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def sample_grids(plan: _SlidingWindow, samples: int, seed: int) -> list[_Grid]:
+    """Sample 0 uses the ordinary grid; each further sample a grid shifted by a seeded random offset."""
+    rng = np.random.default_rng(seed)
+    ranges = plan.shift_range()
+    grids = [plan.grid()]
+    for _ in range(1, samples):
+        grids.append(plan.grid(*(int(rng.integers(0, r)) if r > 1 else 0 for r in ranges)))
+    return grids
+
+
+def iter_samples(hu, generator, encoding, window, options, default_stride=1, inplane_multiple=1, progress=None,
+                 cancel=None, tile=None, plan: _SlidingWindow | None = None):
+    """Yield each of ``options.samples`` stochastic passes as HU: MC dropout (where the generator has dropout)
+    plus a test-time shift of the window grid along z and in-plane. No flips: anatomy is not symmetric.
+
+    Pass k draws its dropout masks from ``options.seed + k``, so the same options give the same samples.
+    """
+    plan = plan or _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
+    grids = sample_grids(plan, options.samples, options.seed)
+    total, done = sum(g.windows for g in grids), 0
+    dropout = _dropout_layers(generator)
+    generator.eval()
+    lo, hi = encoding.output_range_hu
+    try:
+        for k, grid in enumerate(grids):
+            for layer in dropout:
+                layer.train(True)  # MC dropout: only the dropout layers sample; InstanceNorm stays as it is
+            cuda = [plan.device.index or 0] if plan.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # the caller's random state is left as it was
+                torch.manual_seed(options.seed + k)
+                sample = plan.run(grid, progress, cancel, done, total)
+            done += grid.windows
+            # Decoding is linear, so it is done in place: no second volume-sized array per sample.
+            sample += 1.0
+            sample *= (hi - lo) / 2.0
+            sample += lo
+            yield sample
+    finally:
+        generator.eval()
+
+
+def _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile):
+    """(mean HU, SD HU or None, report). One sample is today's deterministic pass; more are combined by Welford."""
+    plan = _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
+    samples = int(options.samples)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    blend_name = options.blend if isinstance(options.blend, str) else "explicit"
+    if samples == 1:
+        generator.eval()
+        grid = plan.grid()
+        result = np.ascontiguousarray(encoding.decode(plan.run(grid, progress, cancel, 0, grid.windows)), dtype=np.float32)
+        sd = None
+    else:
+        if not _dropout_layers(generator):
+            plan.notes.append("the model has no dropout: the samples differ only by test-time shifts of the window grid")
+        if plan.shift_range() == (1, 1, 1):
+            plan.notes.append("stride 1 and no in-plane tiling leave no room for test-time shifts")
+        mean = m2 = None
+        for k, sample in enumerate(iter_samples(hu, generator, encoding, window, options, progress=progress, cancel=cancel, plan=plan), 1):
+            if mean is None:
+                mean, m2 = np.array(sample, dtype=np.float32), np.zeros(sample.shape, np.float32)
+                continue
+            for z in range(sample.shape[0]):  # Welford, a slice at a time: no volume-sized temporaries
+                delta = sample[z] - mean[z]
+                mean[z] += delta / k
+                m2[z] += delta * (sample[z] - mean[z])
+        np.maximum(m2, 0.0, out=m2)
+        m2 /= samples - 1
+        sd = np.sqrt(m2, out=m2)
+        result = mean
+    report = SynthesisReport(len(plan.grid().z), plan.stride, blend_name, str(plan.device), plan.batch_size, options.precision,
+                             plan.pad_z, plan.notes, samples)
+    return result, sd, report
+
+
 def synthesize_array(
     hu: np.ndarray,
     generator: torch.nn.Module,
@@ -149,92 +355,17 @@ def synthesize_array(
     """Synthesise a (z, y, x) HU array; returns float32 HU of the same shape and a report of what ran.
 
     ``tile`` is the model's in-plane window: slices larger than it are tiled with ``options.tile_overlap``
-    and Gaussian-blended in-plane; smaller ones are padded with air up to it.
+    and Gaussian-blended in-plane; smaller ones are padded with air up to it. With ``options.samples`` > 1
+    the result is the mean of the samples (see ``synthesize_array_with_uncertainty`` for their SD).
     """
-    if hu.ndim != 3:
-        raise ValueError(f"expected a (z, y, x) array, got shape {hu.shape}")
-    device = resolve_device(options.device)
-    amp = autocast_dtype(options.precision, device)
-    stride = options.stride or default_stride
-    blend_name = options.blend if isinstance(options.blend, str) else "explicit"
-    weights = blend_weights(options.blend, window, options.sigma_scale)
-    notes: list[str] = []
+    result, _, report = _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile)
+    return result, report
 
-    n_slices, height, width = hu.shape
-    pad_z = max(0, window - n_slices)
-    if pad_z:
-        # Replicating the edge slices keeps anatomy plausible for the network; the padding is cropped away again.
-        z_before = pad_z // 2
-        hu = np.pad(hu, ((z_before, pad_z - z_before), (0, 0), (0, 0)), mode="edge")
-        notes.append(f"volume has {n_slices} slices, fewer than the {window}-slice window: padded by repeating edge slices")
-    else:
-        z_before = 0
-    if not 0 <= options.tile_overlap < 1:
-        raise ValueError(f"tile overlap must be in [0, 1), got {options.tile_overlap}")
-    padded_y, tiles_y, tile_y = _inplane_plan(height, tile, inplane_multiple, options.tile_overlap)
-    padded_x, tiles_x, tile_x = _inplane_plan(width, tile, inplane_multiple, options.tile_overlap)
-    pad_y, pad_x = _pad_amounts(height, padded_y), _pad_amounts(width, padded_x)
-    if padded_y != height or padded_x != width:
-        notes.append(f"in-plane size {height}x{width} padded with air to {padded_y}x{padded_x}")
-    if len(tiles_y) * len(tiles_x) > 1:
-        notes.append(f"in-plane tiled {len(tiles_y)}x{len(tiles_x)} at the model's {tile}-px window")
-    w_y = blend_weights("gaussian", tile_y) if len(tiles_y) > 1 else np.ones(tile_y, np.float32)
-    w_x = blend_weights("gaussian", tile_x) if len(tiles_x) > 1 else np.ones(tile_x, np.float32)
 
-    z_starts = window_starts(hu.shape[0], window, stride)
-    starts = [(z, y, x) for z in z_starts for y in tiles_y for x in tiles_x]
-    total = len(starts)
-    # The window grid is a product of per-axis grids, so the summed weight is separable: three 1D sums.
-    accum = np.zeros((hu.shape[0], padded_y, padded_x), np.float32)
-    sum_z, sum_y, sum_x = np.zeros(hu.shape[0], np.float32), np.zeros(padded_y, np.float32), np.zeros(padded_x, np.float32)
-    for z in z_starts:
-        sum_z[z : z + window] += weights
-    for y in tiles_y:
-        sum_y[y : y + tile_y] += w_y
-    for x in tiles_x:
-        sum_x[x : x + tile_x] += w_x
-    if len(tiles_y) * len(tiles_x) > 1:
-        weight_3d = torch.from_numpy(weights[:, None, None] * w_y[None, :, None] * w_x[None, None, :])
-    else:  # one tile: in-plane weights are all ones, so only z needs weighting (no full-size weight array)
-        weight_3d = torch.from_numpy(weights[:, None, None].copy())
-    batch_size = max(1, int(options.batch_size))
-    generator.eval()
-    generator.to(device)
-    air = float(encoding.air_hu)
-
-    done = 0
-    while done < total:
-        if cancel is not None and cancel():
-            raise SynthesisCancelled(f"cancelled after {done} of {total} windows")
-        batch = starts[done : done + batch_size]
-        try:
-            pred = _predict_batch(hu, batch, (window, tile_y, tile_x), generator, encoding, device, amp, (pad_y, pad_x), air)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if batch_size > 1:
-                batch_size //= 2
-                notes.append(f"CUDA out of memory: batch halved to {batch_size} windows")
-            else:
-                device = torch.device("cpu")
-                amp = None if amp is torch.float16 else amp
-                generator.to(device)
-                notes.append("CUDA out of memory with one window per batch: continued on the CPU")
-            log.warning(notes[-1])
-            continue
-        pred = (pred * weight_3d.to(pred.device)).cpu().numpy()
-        for (z, y, x), window_pred in zip(batch, pred):
-            accum[z : z + window, y : y + tile_y, x : x + tile_x] += window_pred
-        done += len(batch)
-        if progress is not None:
-            progress(done, total)
-
-    accum /= sum_z[:, None, None]
-    accum /= sum_y[None, :, None]
-    accum /= sum_x[None, None, :]
-    crop = accum[z_before : z_before + n_slices, pad_y[0] : pad_y[0] + height, pad_x[0] : pad_x[0] + width]
-    result = encoding.decode(crop)
-    report = SynthesisReport(len(z_starts), stride, blend_name, str(device), batch_size, options.precision, pad_z, notes)
-    return np.ascontiguousarray(result, dtype=np.float32), report
+def synthesize_array_with_uncertainty(hu, generator, encoding, window, options=SynthesisOptions(), default_stride=1,
+                                      inplane_multiple=1, progress=None, cancel=None, tile=None):
+    """As ``synthesize_array``, plus the per-voxel SD in HU of ``options.samples`` passes (None for one pass)."""
+    return _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile)
 
 
 @torch.inference_mode()
@@ -254,14 +385,16 @@ def _predict_batch(hu, starts, size, generator, encoding, device, amp, pads, air
     return out[:, encoding.output_channel].float()
 
 
-def synthesize_volume(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None, cancel=None):
-    """Synthesise an engine Volume with a loaded model; the result carries provenance saying it is synthetic."""
+def synthesize_volume_with_uncertainty(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None,
+                                      cancel=None):
+    """(sCECT Volume, SD Volume or None, report). Both volumes carry provenance saying they are synthetic; the SD
+    map also says it is an uncertainty map, in HU, and from how many samples."""
     card = model.card
     _, inplane_multiple = model.generator.config.size_multiple()
     tile = int(card.window.get("y", 0)) or None
     if tile is not None and int(card.window.get("x", tile)) != tile:
         raise ValueError(f"model window {card.window} is not square in-plane; only square in-plane windows are supported")
-    array, report = synthesize_array(
+    array, sd, report = synthesize_array_with_uncertainty(
         volume.array,
         model.generator,
         card.encoding,
@@ -274,7 +407,24 @@ def synthesize_volume(volume: Volume, model, options: SynthesisOptions = Synthes
         tile=tile,
     )
     metadata = synthetic_metadata(card, report)
-    return volume.with_array(array, **metadata), report
+    sd_volume = None if sd is None else volume.with_array(sd, **uncertainty_metadata(card, report))
+    return volume.with_array(array, **metadata), sd_volume, report
+
+
+def synthesize_volume(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None, cancel=None):
+    """Synthesise an engine Volume with a loaded model; the result carries provenance saying it is synthetic."""
+    result, _, report = synthesize_volume_with_uncertainty(volume, model, options, progress, cancel)
+    return result, report
+
+
+def uncertainty_metadata(card, report: SynthesisReport) -> dict:
+    """Header fields of the SD map: synthetic, an uncertainty map in HU, and how it was made."""
+    return {
+        **synthetic_metadata(card, report),
+        "ITK_FileNotes": f"{SYNTHETIC_LABEL} UNCERTAINTY (SD HU, {report.samples} samples), model {card.model_id}"[:79],
+        "SyntheticContrast.map": "uncertainty",
+        "SyntheticContrast.label": f"{SYNTHETIC_LABEL} uncertainty map: per-voxel SD in HU of {report.samples} samples - not an image",
+    }
 
 
 def synthetic_metadata(card, report: SynthesisReport) -> dict:
@@ -289,6 +439,7 @@ def synthetic_metadata(card, report: SynthesisReport) -> dict:
         "SyntheticContrast.stride": str(report.stride),
         "SyntheticContrast.blend": report.blend,
         "SyntheticContrast.windows": str(report.windows),
+        "SyntheticContrast.samples": str(report.samples),
         "SyntheticContrast.date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
