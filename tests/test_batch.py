@@ -99,20 +99,20 @@ def test_two_rank_torchrun_splits_cases_without_overlap(tmp_path, tiny_model_car
 
 
 def test_an_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, tiny_model_card, monkeypatch):
-    from SyntheticContrastLib import inference
+    from SyntheticContrastLib import case as case_module
     from SyntheticContrastLib.batch import BatchRunner
     from SyntheticContrastLib.inference import SynthesisOptions
     from SyntheticContrastLib.models import load_model
 
     make_cases(tmp_path / "in", 3)
-    real = inference.synthesize_volume
+    real = case_module.synthesize_volume_with_uncertainty
 
     def flaky(volume, *args, **kwargs):
         if "case1" in volume.source:
             raise RuntimeError("simulated ITK failure")
         return real(volume, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "synthesize_volume", flaky)
+    monkeypatch.setattr(case_module, "synthesize_volume_with_uncertainty", flaky)
     runner = BatchRunner(tmp_path / "out", load_model(tiny_model_card), SynthesisOptions(device="cpu"))
     results = {r["case"]: r for r in runner.run(discover_cases(tmp_path / "in"))}
     assert results["site1__case1"]["status"] == "failed"

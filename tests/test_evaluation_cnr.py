@@ -217,3 +217,20 @@ def test_evaluate_uses_lpips_when_weights_are_given(tmp_path):
 
     res = evaluate_case(vol(ref + rng.normal(0, 5, ref.shape)), vol(ref + rng.normal(0, 50, ref.shape)), vol(ref), settings, lpips_metric(settings))
     assert "lpips_note" not in res and 0 < res["sCECT"]["lpips"] < res["input"]["lpips"]
+
+
+def test_cnr_uncertainty_from_an_sd_map_by_hand():
+    vol, pts = _cnr_volume()
+    sd = vol.with_array(np.zeros_like(vol.array))
+    lesions = parse_rois({"format": ROI_FORMAT, "coordinate_system": "LPS", "roi_diameter_fraction": 0.9,
+                          "lesions": [{"id": "LN1", "center": pts["lesion"], "short_axis_mm": 4.0 / 0.9,
+                                       "references": {k: pts[k] for k in ("dta", "right_fat", "left_fat")}}]})
+    for name, value in (("lesion", 3.0), ("dta", 4.0)):
+        k = int(round(vol.physical_to_index(pts[name])[2]))
+        sd.array[k] = np.where(np.abs(vol.array[k] - (60 if name == "lesion" else 300)) < 1e-3, value, sd.array[k])
+    plain, with_sd = measure_cnr({"s": vol}, lesions), measure_cnr({"s": vol}, lesions, {"s": sd})
+    assert "cnr_uncertainty" not in plain[0]
+    row = with_sd[0]
+    assert row["lesion_sd_map_mean"] == pytest.approx(3.0) and row["dta_sd_map_mean"] == pytest.approx(4.0)
+    assert row["cnr_uncertainty"] == pytest.approx(5.0 / math.sqrt(250))
+    assert row["cnr"] == plain[0]["cnr"]

@@ -21,7 +21,8 @@ from .errors import InputError, SyntheticContrastError
 from .fileio import atomic_write_csv, atomic_write_text
 from .volume_io import READ_SUFFIXES, dicom_series_in
 
-MANIFEST_FIELDS = ("case", "input", "status", "output", "dicom_output", "model_id", "model_sha256", "seconds", "rank", "error", "finished")
+MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "model_id", "model_sha256", "seconds", "rank",
+                   "error", "finished")
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class BatchRunner:
     """Runs cases of one shard; ``run`` returns the statuses of this rank's cases."""
 
     def __init__(self, out_dir, model, options, dicom: bool = False, rank: int = 0, world: int = 1,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, strict: bool = False):
         self.out_dir = Path(out_dir)
-        self.model, self.options, self.dicom = model, options, dicom
+        self.model, self.options, self.dicom, self.strict = model, options, dicom, strict
         self.rank, self.world = rank, world
         self.say = say or (lambda msg: None)
         for sub in ("outputs", "status", "logs"):
@@ -96,9 +97,9 @@ class BatchRunner:
         return cases[self.rank :: self.world]
 
     def run_case(self, case: Case) -> dict:
-        from .dicom_export import export_dicom_series, source_files_of
-        from .inference import synthesize_volume
-        from .volume_io import read_volume, write_volume
+        from .case import check_input, refuse_if_strict, synthesize_case, write_case
+        from .dicom_export import source_files_of
+        from .volume_io import read_volume
 
         log = logging.getLogger(f"batch.{case.name}")
         handler = logging.FileHandler(self.out_dir / "logs" / f"{case.name}.log")
@@ -109,25 +110,31 @@ class BatchRunner:
         for stale in (self.out_dir / "outputs").glob(f".{case.name}_sCECT_synthetic.*partial*"):
             stale.unlink()  # a temporary file left by a killed earlier attempt; never a finished output
         status = {"case": case.name, "input": case.input, "model_id": self.model.card.model_id,
-                  "model_sha256": self.model.card.sha256, "rank": self.rank, "output": "", "dicom_output": "", "error": ""}
+                  "model_sha256": self.model.card.sha256, "rank": self.rank, "output": "", "sd_output": "", "dicom_output": "",
+                  "ood": "", "error": ""}
         try:
             log.info("reading %s", case.input)
             volume = read_volume(case.input, series_uid=case.series_uid)
-            result, report = synthesize_volume(volume, self.model, self.options)
-            for note in report.notes:
+            findings = check_input(volume, self.model)
+            status["ood"] = "; ".join(f.message for f in findings) if findings else "none"
+            for finding in findings:
+                log.warning("%s", finding.line())
+            refuse_if_strict(volume, findings, self.strict)
+            result = synthesize_case(volume, self.model, self.options, findings)
+            for note in result.report.notes:
                 log.info("note: %s", note)
-            out = write_volume(result, self.output_path(case))
-            status["output"] = str(out)
+            dicom_dir = None
             if self.dicom:
                 dicom_dir = self.out_dir / "dicom" / f"{case.name}_SYNTHETIC"
-                if dicom_dir.exists():  # left by an earlier, interrupted attempt at this case
-                    import shutil
+                for left in (dicom_dir, dicom_dir.with_name(dicom_dir.name + "_SD")):
+                    if left.exists():  # left by an earlier, interrupted attempt at this case
+                        import shutil
 
-                    shutil.rmtree(dicom_dir)
-                export_dicom_series(result, dicom_dir, source_files_of(volume), self.model.card.model_id, self.model.card.sha256)
-                status["dicom_output"] = str(dicom_dir)
+                        shutil.rmtree(left)
+            written = write_case(result, self.output_path(case), dicom_dir, source_files_of(volume) if self.dicom else None, self.model)
+            status.update({key: str(path) for key, path in written.items() if key in status})
             status["status"] = "done"
-            log.info("done: %s (%d windows, %s)", out, report.windows, report.device)
+            log.info("done: %s (%d windows, %s)", written["output"], result.report.windows, result.report.device)
         except Exception as exc:  # one bad case must never stop the batch; Ctrl-C (KeyboardInterrupt) still does
             message = str(exc) if isinstance(exc, SyntheticContrastError) else f"{case.input}: {type(exc).__name__}: {exc}"
             status.update(status="failed", error=message)

@@ -1,6 +1,7 @@
 """Command line ``synthetic-contrast <verb>``: synthesize, demo, phantom, train, evaluate, cnr, batch, export-dicom, reader-study.
 
-Exit codes: 0 success, 1 the work failed (bad input, bad model, write error), 2 usage error, 130 cancelled.
+Exit codes: 0 success, 1 the work failed (bad input, bad model, write error), 2 usage error, 3 refused as
+out of distribution (--strict), 130 cancelled.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUT_OF_DISTRIBUTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
 def _seed_list(text: str) -> list[int]:
@@ -44,6 +45,11 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="autocast precision; accumulation stays fp32")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
     p.add_argument("--tile-overlap", type=float, default=0.5, help="in-plane tile overlap for models with a smaller in-plane window (default 0.5)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="stochastic passes (MC dropout + test-time shifts); > 1 also writes the per-voxel SD as <output>_sd. "
+                        "Time grows N-fold (default 1)")
+    p.add_argument("--samples-seed", type=int, default=0, help="seed of the samples' dropout masks and shifts (default 0)")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 3, nothing written) when the input is out of the model's training distribution")
     p.add_argument("--progress-json", action="store_true",
                    help="print one JSON object per line on stdout (progress, notes, result, error) for a calling program; hides the bar")
 
@@ -125,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-mask", help="'auto' (largest body region, holes filled) or a mask volume; MAE/PSNR only")
     p.add_argument("--input-label", default="NCCT", help="name of the input in the table (NCCT or VNC)")
     p.add_argument("--lpips-weights", type=Path, help="local AlexNet+LPIPS weights (.safetensors); without it LPIPS is skipped")
+    p.add_argument("--sd", type=Path, help="the sCECT's SD map (synthesize --samples N): adds Spearman(SD, |error|), AUSE and a sparsification plot")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cnr", help="lesion CNR (paper definition) from ROI JSON on one or more volumes")
     p.add_argument("volumes", nargs="+", type=Path, help="volumes to measure, e.g. NCCT sCECT CECT")
     p.add_argument("--rois", type=Path, required=True, help="ROI JSON (phantom annotations or Slicer export)")
     p.add_argument("--names", help="comma-separated names for the volumes (default: file names)")
+    p.add_argument("--sd", action="append", default=[], metavar="NAME=PATH",
+                   help="SD map of the volume called NAME (synthesize --samples N): adds the CNR's uncertainty; repeatable")
     p.add_argument("--output", type=Path, help="folder for cnr_per_lesion.csv and cnr.json")
     p.set_defaults(func=cmd_cnr)
 
@@ -187,33 +196,23 @@ class ProgressEvents:
 def _synthesis_options(args, device: str | None = None):
     from .inference import SynthesisOptions
 
-    return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device, tile_overlap=args.tile_overlap)
+    return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device, tile_overlap=args.tile_overlap,
+                            samples=args.samples, seed=args.samples_seed)
 
 
 def _synthesize_with_progress(volume, model, args):
     """Synthesis with a tqdm bar counting windows (hidden by --no-progress), or JSON progress lines."""
-    from tqdm import tqdm
+    from .inference import synthesize_volume
 
-    from .inference import resolve_device, synthesize_volume
-
-    if getattr(args, "progress_json", False):
-        events = ProgressEvents(str(resolve_device(args.device)))
-        result, report = synthesize_volume(volume, model, _synthesis_options(args), progress=events.progress)
-        for note in report.notes:
-            emit_event("warning", message=note)
-        return result, report
-    with tqdm(total=None, unit="window", desc="synthesizing", disable=args.no_progress) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        return synthesize_volume(volume, model, _synthesis_options(args), progress=progress)
+    progress, cancel = _progress_callbacks(args)
+    return synthesize_volume(volume, model, _synthesis_options(args), progress=progress, cancel=cancel)
 
 
 def cmd_synthesize(args) -> int:
+    from .case import synthesize_case, uncertainty_path, write_case
+    from .dicom_export import source_files_of
     from .models import load_model
-    from .volume_io import read_volume, write_volume
+    from .volume_io import read_volume
 
     out = synthetic_output_path(args.input, args.output)
     if "synthetic" not in out.name.lower():
@@ -227,19 +226,62 @@ def cmd_synthesize(args) -> int:
     volume = read_volume(args.input, series_uid=args.series)
     if args.progress_json:
         emit_event("started", input=str(args.input), output=str(out), model_id=model.card.model_id)
-    result, report = _synthesize_with_progress(volume, model, args)
-    for note in report.notes:
+    findings = _report_findings(volume, model, args)
+    case = synthesize_case(volume, model, _synthesis_options(args), findings, *_progress_callbacks(args))
+    for note in case.report.notes:
         print(f"note: {note}", file=sys.stderr)
-    write_volume(result, out)
+        if args.progress_json:
+            emit_event("warning", message=note)
+    written = write_case(case, out, args.dicom_out, source_files_of(volume) if args.dicom_out else None, model)
     if args.progress_json:
-        emit_event("done", output=str(out), windows=report.windows, stride=report.stride, device=report.device, notes=report.notes)
+        emit_event("done", windows=case.report.windows, stride=case.report.stride, device=case.report.device,
+                   notes=case.report.notes, ood=case.ood_summary, **{k: str(v) for k, v in written.items()})
     if args.dicom_out:
-        from .dicom_export import export_dicom_series, source_files_of
-
-        files = export_dicom_series(result, args.dicom_out, source_files_of(volume), model.card.model_id, model.card.sha256)
-        print(f"wrote DICOM series {args.dicom_out} ({len(files)} slices, SeriesDescription 'SYNTHETIC CONTRAST - ...')")
-    print(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {report.windows} windows, stride {report.stride}, {report.blend} blending, {report.device})")
+        print(f"wrote DICOM series {args.dicom_out} (SeriesDescription 'SYNTHETIC CONTRAST - ...')"
+              + (f" and its SD map {written['dicom_sd_output']}" if "dicom_sd_output" in written else ""))
+    if case.sd is not None:
+        print(f"wrote {uncertainty_path(out)} (SYNTHETIC uncertainty map: per-voxel SD in HU of {case.report.samples} samples)")
+    warning = f"; {len(findings)} out-of-distribution finding(s)" if findings else ""
+    print(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {case.report.windows} windows, stride {case.report.stride}, "
+          f"{case.report.blend} blending, {case.report.device}{warning})")
     return EXIT_OK
+
+
+def _report_findings(volume, model, args) -> list:
+    """Out-of-distribution findings, one stderr line each (and one JSON event); --strict stops here."""
+    from .case import check_input, refuse_if_strict
+
+    findings = check_input(volume, model)
+    for finding in findings:
+        print(finding.line(), file=sys.stderr)
+    if args.progress_json:
+        from .ood import as_dicts
+
+        emit_event("ood", findings=as_dicts(findings), checked=bool(model.card.input_statistics))
+    refuse_if_strict(volume, findings, args.strict)
+    return findings
+
+
+def _progress_callbacks(args):
+    """(progress, cancel) for the engine: JSON events, or a tqdm bar closed by the caller's end of run."""
+    from .inference import resolve_device
+
+    if args.progress_json:
+        return ProgressEvents(str(resolve_device(args.device))).progress, None
+    if args.no_progress:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="window", desc="synthesizing")
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
+    return progress, None
 
 
 def cmd_batch(args) -> int:
@@ -261,7 +303,7 @@ def cmd_batch(args) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     cases = discover_cases(args.input)
     model = load_model(args.model)
-    runner = BatchRunner(args.output, model, _synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world)
+    runner = BatchRunner(args.output, model, _synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict)
     mine = runner.shard(cases)
     desc = f"rank {rank}/{world}" if world > 1 else "cases"
     with tqdm(total=len(mine), unit="case", desc=desc, disable=args.no_progress, position=rank) as bar:
@@ -367,7 +409,7 @@ def phantom_pairs(seeds, slices: int = 48):
     pairs = []
     for seed in seeds:
         case = make_phantom(seed, PhantomSpec(slices=slices))
-        pairs.append(PairedVolume(f"phantom{seed:04d}", case.ncct.array, case.cect.array))
+        pairs.append(PairedVolume(f"phantom{seed:04d}", case.ncct.array, case.cect.array, tuple(case.ncct.spacing)))
     return pairs
 
 
@@ -424,19 +466,24 @@ def cmd_evaluate(args) -> int:
         with open(args.cases, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         base = args.cases.parent
-        cases = [(r["case"], base / r["pred"], base / r["input"], base / r["reference"]) for r in rows]
+        cases = [(r["case"], base / r["pred"], base / r["input"], base / r["reference"], base / r["sd"] if r.get("sd") else None) for r in rows]
     elif args.pred and args.input and args.reference:
-        cases = [(args.input.name.split(".")[0], args.pred, args.input, args.reference)]
+        cases = [(args.input.name.split(".")[0], args.pred, args.input, args.reference, args.sd)]
     else:
         print("error: give --pred, --input and --reference, or --cases CSV", file=sys.stderr)
         return EXIT_USAGE
     results = []
-    for name, pred, src, ref in cases:
-        res = evaluate_case(read_volume(pred), read_volume(src), read_volume(ref), settings, lpips)
+    for name, pred, src, ref, sd in cases:
+        res = evaluate_case(read_volume(pred), read_volume(src), read_volume(ref), settings, lpips,
+                            read_volume(sd, check_hu=False) if sd else None)
         res["case"] = name
         results.append(res)
     summary = write_reports(results, args.output, args.input_label)
     print(table2_markdown(summary, args.input_label))
+    if "calibration" in summary:
+        c = summary["calibration"]
+        print(f"uncertainty: Spearman(SD, |error|) median {c['spearman_rho']['median']:.3f}, AUSE median {c['ause_hu']['median']:.2f} HU "
+              f"({c['ause_relative']['median']:.1%} of the MAE); see uncertainty_calibration.csv and sparsification.png")
     if "lpips_note" in results[0]:
         print(results[0]["lpips_note"])
     print(f"reports in {args.output}")
@@ -446,7 +493,8 @@ def cmd_evaluate(args) -> int:
 def cnr_report(rows, summary) -> str:
     lines = [f"{'lesion':10s} {'volume':12s} {'CNR':>7s} {'noise':>7s} {'lesion HU':>10s} {'DTA HU':>8s}  error"]
     for r in rows:
-        lines.append(f"{r['lesion']:10s} {r['volume']:12s} {r['cnr']:7.2f} {r['noise']:7.2f} "
+        plus = f" +-{r['cnr_uncertainty']:.2f}" if "cnr_uncertainty" in r else ""
+        lines.append(f"{r['lesion']:10s} {r['volume']:12s} {r['cnr']:7.2f}{plus} {r['noise']:7.2f} "
                      f"{r.get('lesion_mean', float('nan')):10.1f} {r.get('dta_mean', float('nan')):8.1f}  {r['error']}")
     lines.append("")
     for name, s in summary["volumes"].items():
@@ -470,7 +518,14 @@ def cmd_cnr(args) -> int:
         return EXIT_USAGE
     lesions = read_rois(args.rois)
     volumes = {n: read_volume(v, check_hu=False) for n, v in zip(names, args.volumes)}
-    rows = measure_cnr(volumes, lesions)
+    sd_maps = {}
+    for item in args.sd:
+        name, _, path = item.partition("=")
+        if name not in volumes or not path:
+            print(f"error: --sd {item!r}: give NAME=PATH with NAME one of {', '.join(volumes)}", file=sys.stderr)
+            return EXIT_USAGE
+        sd_maps[name] = read_volume(path, check_hu=False)
+    rows = measure_cnr(volumes, lesions, sd_maps)
     summary = summarize_cnr(rows)
     print(cnr_report(rows, summary))
     if args.output:
@@ -518,7 +573,7 @@ def cmd_demo(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .errors import SynthesisCancelled, SyntheticContrastError
+    from .errors import OutOfDistributionError, SynthesisCancelled, SyntheticContrastError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -531,6 +586,11 @@ def main(argv=None) -> int:
         if as_json:
             emit_event("cancelled")
         return EXIT_CANCELLED
+    except OutOfDistributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if as_json:
+            emit_event("error", message=str(exc), out_of_distribution=True)
+        return EXIT_OUT_OF_DISTRIBUTION
     except (SyntheticContrastError, ValueError) as exc:  # ValueError: option combinations the engine refuses (fp16 on CPU)
         print(f"error: {exc}", file=sys.stderr)
         if as_json:

@@ -84,8 +84,23 @@ def measure_lesion(volume: Volume, lesion: LesionROI) -> dict:
     return {"stats": stats, "noise": noise, "cnr": cnr}
 
 
-def measure_cnr(volumes: dict[str, Volume], lesions: list[LesionROI]) -> list[dict]:
-    """One row per (lesion, volume); an unmeasurable lesion gets its error and the others are still measured."""
+def cnr_uncertainty(sd_map: Volume, lesion: LesionROI, noise: float) -> dict:
+    """The CNR's uncertainty from a synthetic image's SD map: the mean SD in the lesion and DTA circles, combined
+    in quadrature and divided by the noise. Taking the mean voxel SD as the SD of the ROI mean assumes the
+    samples' errors are fully correlated inside a circle, so it is an upper bound."""
+    points = {"lesion": lesion.center, "dta": lesion.references["dta"]}
+    means = {}
+    for name, point in points.items():
+        roi = circle_roi(sd_map, point, lesion.diameter_mm, name)
+        means[name] = float(sd_map.array[roi.slice_index][roi.mask].mean())
+    return {"lesion_sd_map_mean": means["lesion"], "dta_sd_map_mean": means["dta"],
+            "cnr_uncertainty": math.hypot(means["lesion"], means["dta"]) / noise}
+
+
+def measure_cnr(volumes: dict[str, Volume], lesions: list[LesionROI], sd_maps: dict[str, Volume] | None = None) -> list[dict]:
+    """One row per (lesion, volume); an unmeasurable lesion gets its error and the others are still measured.
+    Volumes with an SD map in ``sd_maps`` (same name) also get the CNR's uncertainty (``cnr_uncertainty``)."""
+    sd_maps = sd_maps or {}
     rows = []
     for lesion in lesions:
         for vol_name, volume in volumes.items():
@@ -96,6 +111,8 @@ def measure_cnr(volumes: dict[str, Volume], lesions: list[LesionROI]) -> list[di
                     for key, value in s.items():
                         row[f"{roi}_{key}"] = value
                 row.update(noise=m["noise"], cnr=m["cnr"])
+                if vol_name in sd_maps:
+                    row.update(cnr_uncertainty(sd_maps[vol_name], lesion, m["noise"]))
             except ROIError as exc:
                 row.update(noise=float("nan"), cnr=float("nan"), error=str(exc))
             rows.append(row)

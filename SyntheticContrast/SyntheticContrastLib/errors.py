@@ -48,3 +48,12 @@ class OutputError(SyntheticContrastError):
 
 class SynthesisCancelled(SyntheticContrastError):
     """The caller's cancel callable asked to stop; nothing partial was returned or written."""
+
+
+class OutOfDistributionError(InputError):
+    """With --strict: the input lies outside the model's training data, so no synthetic image is made."""
+
+    def __init__(self, path, findings: list):
+        self.findings = findings
+        super().__init__(path, "out of the model's training distribution (--strict, nothing written): "
+                         + "; ".join(f.message for f in findings))

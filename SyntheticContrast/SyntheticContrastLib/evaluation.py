@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from . import metrics
+from .anatomy import body_mask
 from .encoding import MEDIASTINAL_WINDOW
 from .figures import save_figure
 from .fileio import atomic_write_csv, atomic_write_text
@@ -33,17 +33,6 @@ class EvaluationSettings:
     z_range_mm: tuple[float, float] | None = None  # alternatively a physical z range (LPS mm)
     body_mask: str | None = None  # None, 'auto', or a mask volume path
     lpips_weights: str | None = None
-
-
-def body_mask(hu: np.ndarray) -> np.ndarray:
-    """Largest connected region above -500 HU with its holes (lungs, airway) filled slice by slice."""
-    tissue = hu > -500
-    labels, n = ndimage.label(tissue)
-    if n == 0:
-        return tissue
-    sizes = ndimage.sum(tissue, labels, range(1, n + 1))
-    body = labels == (int(np.argmax(sizes)) + 1)
-    return np.stack([ndimage.binary_fill_holes(s) for s in body])
 
 
 def slice_selection(volume: Volume, settings: EvaluationSettings) -> slice:
@@ -70,8 +59,10 @@ def lpips_metric(settings: EvaluationSettings):
     return lambda pred, ref, window: lpips_volume(model, pred, ref, window)
 
 
-def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: EvaluationSettings = EvaluationSettings(), lpips=None) -> dict:
-    """Metrics of sCECT and of the input against the reference; all three must share one grid."""
+def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: EvaluationSettings = EvaluationSettings(), lpips=None,
+                  sd: Volume | None = None) -> dict:
+    """Metrics of sCECT and of the input against the reference; all three must share one grid. With the sCECT's
+    SD map, also how well it ranks the errors (inside the body, or the given mask)."""
     for name, vol in (("sCECT", pred), ("input", source)):
         if vol.array.shape != reference.array.shape or not np.allclose(vol.spacing, reference.spacing, atol=1e-3):
             raise ValueError(f"{name} grid {vol.array.shape} differs from the reference grid {reference.array.shape}; resample first")
@@ -99,6 +90,13 @@ def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: Eva
         out[name] = values
     if lpips is None:
         out["lpips_note"] = "LPIPS skipped: no local LPIPS/AlexNet weights given (they cannot be downloaded at run time)"
+    if sd is not None:
+        from .calibration import calibrate
+
+        if sd.array.shape != reference.array.shape:
+            raise ValueError(f"SD map grid {sd.array.shape} differs from the reference grid {reference.array.shape}")
+        region = mask if mask is not None else body_mask(source.array[sel])
+        out["calibration"] = calibrate(pred.array[sel], sd.array[sel], ref, region, settings.window)
     return out
 
 
@@ -140,6 +138,14 @@ def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NC
     atomic_write_text(out_dir / "metrics.json", json.dumps({"cases": cases, "summary": summary}, indent=2, default=float) + "\n")
     atomic_write_text(out_dir / "table2.md", table2_markdown(summary, input_label))
     _box_plots(cases, out_dir / "metrics_boxplots.png", input_label)
+    calibrated = {c["case"]: c["calibration"] for c in cases if "calibration" in c}
+    if calibrated:
+        from .calibration import sparsification_plot
+
+        keys = ("voxels", "spearman_rho", "spearman_p", "mae", "ause_hu", "ause_relative")
+        atomic_write_csv(out_dir / "uncertainty_calibration.csv", [{"case": name, **{k: r[k] for k in keys}} for name, r in calibrated.items()])
+        sparsification_plot(calibrated, out_dir / "sparsification.png")
+        summary["calibration"] = {k: median_iqr([r[k] for r in calibrated.values()]) for k in ("spearman_rho", "ause_hu", "ause_relative")}
     return summary
 
 

@@ -40,6 +40,7 @@ class ModelCard:
     sha256: str = ""
     training: dict = field(default_factory=dict)
     created: str = ""
+    input_statistics: dict = field(default_factory=dict)  # what the training inputs looked like (ood.py)
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig.from_dict(self.architecture["parameters"])
@@ -63,6 +64,7 @@ class ModelCard:
             "weights_file": self.weights_file,
             "sha256": self.sha256,
             "created": self.created,
+            **({"input_statistics": self.input_statistics} if self.input_statistics else {}),
         }
 
     @classmethod
@@ -82,6 +84,7 @@ class ModelCard:
                 sha256=data["sha256"],
                 training=data.get("training", {}),
                 created=data.get("created", ""),
+                input_statistics=data.get("input_statistics", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(path, f"model card is missing or has a bad field: {exc}") from exc

@@ -28,7 +28,7 @@ from .inference import SynthesisOptions, autocast_dtype, resolve_device, synthes
 from .metrics import mae, psnr
 from .models import ModelCard, save_model
 from .networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
-from .volume_io import read_volume
+from .volume_io import Volume, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class PairedVolume:
     name: str
     source: np.ndarray  # HU (z, y, x)
     target: np.ndarray
+    spacing: tuple = (1.0, 1.0, 1.0)  # (x, y, z) mm of the source, for the card's input statistics
 
 
 def register_rigid(fixed_path, moving_path):
@@ -116,7 +117,7 @@ def load_pairs(pairs: Sequence[tuple[str, str]], register: bool = False) -> list
             if t.array.shape != s.array.shape or not np.allclose(t.spacing, s.spacing, atol=1e-3) or not np.allclose(t.origin, s.origin, atol=1e-2):
                 raise InputError(tgt, f"grid differs from its input {src} (shape {t.array.shape} vs {s.array.shape}); align the pair or use --register")
             t_arr = t.array
-        out.append(PairedVolume(Path(src).name, s.array, t_arr))
+        out.append(PairedVolume(Path(src).name, s.array, t_arr, tuple(s.spacing)))
     return out
 
 
@@ -337,7 +338,7 @@ class Trainer:
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return
         if self.rank == 0:
-            self.export_model()
+            self.export_model(train)
 
     def _log(self, row: dict, val) -> None:
         self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -353,13 +354,17 @@ class Trainer:
                 f"{val[0].name}, epoch {row['epoch']}, slice {k}",
             )
 
-    def export_model(self) -> Path:
+    def export_model(self, train: list[PairedVolume] | None = None) -> Path:
+        """Weights and card; the card keeps what the training inputs looked like, for out-of-distribution checks."""
+        from . import ood
+
         cfg = self.cfg
         card = ModelCard(
             model_id=cfg.model_id, architecture={}, encoding=self.encoding,
             window={"z": cfg.window_z, "y": cfg.crop or 512, "x": cfg.crop or 512},
             default_stride=cfg.default_stride, intended_use=cfg.intended_use, training_data=cfg.training_data,
             weights_file="", training={"config": cfg.to_dict(), "final_epoch": self.epoch, "history": self.history[-3:]},
+            input_statistics=ood.training_statistics([Volume(p.source, p.spacing, (0.0, 0.0, 0.0)) for p in train]) if train else {},
         )
         return save_model(self.G, card, self.out_dir / f"{cfg.model_id}.json")
 

@@ -1,0 +1,51 @@
+"""Add the training inputs' statistics (for out-of-distribution checks) to an existing model card.
+
+Cards written by `synthetic-contrast train` have them already; this is for cards made before, such as the bundled
+demo model, whose training inputs are reproducible phantoms:
+
+    python scripts/add_input_statistics.py SyntheticContrast/Resources/Models/demo_phantom_small.json --phantom-seeds 1000-1015
+
+The weights and their sha256 are not touched; the card is rewritten atomically.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SyntheticContrast"))
+
+from SyntheticContrastLib import ood  # noqa: E402
+from SyntheticContrastLib.cli import _seed_list  # noqa: E402
+from SyntheticContrastLib.fileio import atomic_write_text  # noqa: E402
+from SyntheticContrastLib.models import read_card  # noqa: E402
+from SyntheticContrastLib.phantom import PhantomSpec, make_phantom  # noqa: E402
+from SyntheticContrastLib.volume_io import read_volume  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("card", type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--phantom-seeds", help="the phantom seeds the model was trained on, e.g. '1000-1015'")
+    source.add_argument("--inputs", type=Path, nargs="+", help="the training input volumes (NCCT)")
+    parser.add_argument("--phantom-slices", type=int, default=48)
+    args = parser.parse_args(argv)
+    read_card(args.card)  # refuse anything that is not a valid card before rewriting it
+    if args.phantom_seeds:
+        volumes = [make_phantom(seed, PhantomSpec(slices=args.phantom_slices)).ncct for seed in _seed_list(args.phantom_seeds)]
+    else:
+        volumes = [read_volume(path) for path in args.inputs]
+    data = json.loads(args.card.read_text())
+    data["input_statistics"] = ood.training_statistics(volumes)
+    atomic_write_text(args.card, json.dumps(data, indent=2) + "\n")
+    stats = data["input_statistics"]
+    print(f"{args.card}: statistics of {stats['volumes']} training inputs; HU distance threshold {stats['hu_distance_threshold']:.2f}")
+    for key, (lo, hi) in stats["ranges"].items():
+        print(f"  {key}: {lo:.4g} - {hi:.4g}")
+    print(f"  blood_pool_hu: {stats['blood_pool_hu']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
