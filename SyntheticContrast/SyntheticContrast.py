@@ -58,14 +58,17 @@ class SyntheticContrastParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode  # the sCECT's SD map, when Samples > 1
     modelPath: pathlib.Path  # ctkPathLineEdit binds to a Path; empty means the bundled demo model
     device: Annotated[str, Choice(["auto", "cuda", "cpu", "mps"])] = "auto"
     stride: Annotated[int, WithinRange(0, 64)] = 0
     blend: Annotated[str, Choice(["gaussian", "mean"])] = "gaussian"
     batchSize: Annotated[int, WithinRange(1, 64)] = 1
     precision: Annotated[str, Choice(["fp32", "fp16", "bf16"])] = "fp32"
+    samples: Annotated[int, WithinRange(1, 64)] = 1
     coronalRow: bool = False
     showOverlay: bool = False
+    showUncertainty: bool = False
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     readingStudyDir: pathlib.Path
     readingReader: str = ""
@@ -180,7 +183,13 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.enabled = state["canApply"]
         self.ui.applyButton.toolTip = state["applyHint"]
         self.ui.cancelButton.enabled = state["running"]
+        self._showOutOfDistribution(state["outOfDistribution"])
         self.logic.updateOverlay(self._parameterNode)
+
+    def _showOutOfDistribution(self, text):
+        """The yellow warning: the sCECT shown comes from an input unlike the model's training data."""
+        self.ui.oodLabel.text = text
+        self.ui.oodLabel.visible = bool(text)
 
     def onApply(self):
         self.ui.environmentLabel.text = self.logic.ensureDependencies()
@@ -194,6 +203,8 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _onSynthesisEvent(self, event):
         text = self.logic.describeEvent(event)
+        if event.get("event") == "ood":
+            self._showOutOfDistribution(self.logic.outOfDistributionText([f["message"] for f in event.get("findings", [])]))
         if event.get("event") == "progress":
             self.ui.progressBar.value = int(round(100 * event.get("fraction", 0)))
         if text:
@@ -272,11 +283,22 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
     # -- synthesis --------------------------------------------------------------------------------------
     def panelState(self, p) -> dict:
         running = self.synthesis.running
+        findings = (p.outputVolume.GetAttribute("SyntheticContrast.ood") or "") if p is not None and p.outputVolume else ""
+        ood = self.outOfDistributionText([findings]) if findings and findings != "none" and not findings.startswith("not checked") else ""
         if running:
-            return {"canApply": False, "running": True, "applyHint": _("A synthesis is running; Cancel stops it.")}
+            return {"canApply": False, "running": True, "applyHint": _("A synthesis is running; Cancel stops it."), "outOfDistribution": ""}
         if p is None or not p.inputVolume:
-            return {"canApply": False, "running": False, "applyHint": _("Select a non-contrast CT volume")}
-        return {"canApply": True, "running": False, "applyHint": _("Synthesise contrast for {name}").format(name=p.inputVolume.GetName())}
+            return {"canApply": False, "running": False, "applyHint": _("Select a non-contrast CT volume"), "outOfDistribution": ood}
+        return {"canApply": True, "running": False, "outOfDistribution": ood,
+                "applyHint": _("Synthesise contrast for {name}").format(name=p.inputVolume.GetName())}
+
+    @staticmethod
+    def outOfDistributionText(messages) -> str:
+        """The panel's warning for out-of-distribution findings; empty when there are none."""
+        if not messages:
+            return ""
+        return (_("Do not trust this synthetic image: the input is unlike the model's training data.") + "\n- "
+                + "\n- ".join(messages))
 
     def startSynthesis(self, p, onEvent=None, onFinished=None):
         """Start the engine CLI in a child process; ``onFinished(result, node)`` runs when it has ended."""
@@ -287,13 +309,15 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
 
     def synthesize(self, p, progress=None, cancel=None) -> str:
         """In this process (headless scripts, the self-test): blocks until done; returns the status line."""
-        node, report = self.synthesis.synthesize_in_process(p, progress, cancel)
-        notes = "; ".join(report.notes)
+        node, report, findings = self.synthesis.synthesize_in_process(p, progress, cancel)
+        notes = "; ".join(report.notes + [f.line() for f in findings])
         return f"{node.GetName()}: {report.windows} windows, stride {report.stride}, {report.device}." + (f" {notes}" if notes else "")
 
     @staticmethod
     def describeEvent(event) -> str:
         kind = event.get("event")
+        if kind == "ood" and not event.get("checked", True):
+            return _("Note: this model card has no training statistics, so out-of-distribution checks were not run.")
         if kind == "progress":
             eta = event.get("eta_s")
             return _("Synthesising on {device}: window {done} of {total}").format(
@@ -347,6 +371,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
     def updateOverlay(self, p):
         if p is not None:
             self.views.update_overlay(p.inputVolume, p.outputVolume, p.showOverlay, p.overlayOpacity)
+            self.views.update_uncertainty(p.outputVolume, p.uncertaintyVolume, p.showUncertainty, p.overlayOpacity)
 
     # -- ROIs and CNR ------------------------------------------------------------------------------------
     def startLymphNodeLine(self):
@@ -361,7 +386,8 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select the non-contrast CT first."))
         volumes = {name: node for name, node in (("NCCT", p.inputVolume), ("sCECT (synthetic)", p.outputVolume),
                                                  ("CECT", p.referenceVolume)) if node}
-        return self.annotation.compute_cnr(volumes, p.inputVolume)
+        sd_maps = {"sCECT (synthetic)": p.uncertaintyVolume} if p.outputVolume and p.uncertaintyVolume else {}
+        return self.annotation.compute_cnr(volumes, p.inputVolume, sd_maps)
 
     def importROIs(self, path):
         return self.annotation.import_rois(path)

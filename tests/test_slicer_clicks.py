@@ -480,3 +480,76 @@ def test_dependencies_are_offered_once_and_never_replace_slicers_packages(harnes
     assert "safetensors>=0.4" in installed and "torch" not in installed
     assert f"numpy=={np.__version__}" in constraints.read_text().splitlines()
     assert text.startswith("torch ") and "device: CPU" in text
+
+
+# --- issue 13 in the panel: samples, the SD map, the out-of-distribution warning ---------------------------------
+
+def test_samples_bring_an_sd_map_node_and_its_overlay(harness, tiny_model_card):
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.modelPath, p.device, p.samples = _volume_node("Patient CT"), tiny_model_card, "cpu", 2
+    finished = []
+    harness.logic.startSynthesis(p, None, lambda result, node: finished.append(result))
+    _pump(harness, lambda: finished)
+    assert finished[0].state == "done", finished[0].message
+    sd = p.uncertaintyVolume
+    assert sd is not None and sd.GetName() == "Patient CT - sCECT uncertainty SD (synthetic)"
+    assert sd.GetAttribute("SyntheticContrast.map") == "uncertainty" and sd.GetAttribute("SyntheticContrast.synthetic") == "true"
+    assert p.outputVolume.GetAttribute("SyntheticContrast.samples") == "2"
+    harness.logic.views.show_linked([p.inputVolume, p.outputVolume], ["NCCT", "sCECT"])
+    p.showUncertainty = True
+    harness.logic.updateOverlay(p)
+    over_scect = [c for c in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode", harness.scene)
+                  if c.GetBackgroundVolumeID() == p.outputVolume.GetID()]
+    assert over_scect and all(c.GetForegroundVolumeID() == sd.GetID() for c in over_scect)
+    p.showUncertainty = False
+    harness.logic.updateOverlay(p)
+    assert all(c.GetForegroundVolumeID() is None for c in over_scect)
+
+
+def test_out_of_distribution_input_raises_the_panels_warning(harness, tmp_path):
+    from test_uncertainty import real_ct_series
+    from SyntheticContrastLib.volume_io import read_volume
+
+    real = read_volume(real_ct_series(tmp_path / "ct"))
+    p = harness.logic.getParameterNode()
+    p.inputVolume, p.device = mrml.node_from_volume(harness.scene, real, "real CT"), "cpu"
+    events, finished = [], []
+    harness.logic.startSynthesis(p, events.append, lambda result, node: finished.append(result))
+    _pump(harness, lambda: finished)
+    assert finished[0].state == "done", finished[0].message
+    (ood_event,) = [e for e in events if e["event"] == "ood"]
+    assert ood_event["checked"] and any("body width" in f["message"] for f in ood_event["findings"])
+    warning = harness.logic.panelState(p)["outOfDistribution"]
+    assert warning.startswith("Do not trust this synthetic image") and "body width" in warning
+    assert "body width" in p.outputVolume.GetAttribute("SyntheticContrast.ood")
+
+
+def test_cnr_table_gets_uncertainty_columns_from_the_sd_map(harness):
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+
+    case = make_phantom(5, PhantomSpec(size=256, slices=20, pixel_mm=1.4, slice_mm=5.0))
+    p = harness.logic.getParameterNode()
+    p.inputVolume = mrml.node_from_volume(harness.scene, case.ncct, "ncct")
+    p.outputVolume = mrml.node_from_volume(harness.scene, case.cect, "ncct - sCECT (synthetic)")
+    p.uncertaintyVolume = mrml.node_from_volume(harness.scene, case.cect.with_array(np.full(case.cect.array.shape, 6.0, np.float32)), "sd")
+    mrml.markups_from_rois(harness.scene, case.annotations)
+    table, _ = harness.logic.computeCNR(p)
+    column = table.GetTable().GetColumnByName("cnr_uncertainty")
+    assert column is not None and column.GetClassName() == "vtkDoubleArray"
+    volumes = [table.GetCellText(r, table.GetColumnIndex("volume")) for r in range(table.GetNumberOfRows())]
+    noise = table.GetTable().GetColumnByName("noise")
+    for r, volume in enumerate(volumes):
+        if volume == "sCECT (synthetic)":
+            assert column.GetValue(r) == pytest.approx(np.hypot(6.0, 6.0) / noise.GetValue(r))
+        else:
+            assert np.isnan(column.GetValue(r))
+
+
+def test_panel_has_the_samples_control_and_a_hidden_yellow_warning():
+    root = slicer_harness.ui_tree().getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    label = widgets["oodLabel"]
+    assert "background-color: #ffd966" in "".join(label.find("property[@name='styleSheet']").itertext())
+    assert label.find("property[@name='visible']/bool").text == "false"
+    assert "N-fold" in "".join(widgets["samplesSpinBox"].find("property[@name='toolTip']").itertext())
+    assert "multiply the synthesis time by N" in "".join(widgets["samplesNoteLabel"].itertext())

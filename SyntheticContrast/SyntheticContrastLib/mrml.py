@@ -28,6 +28,7 @@ WINDOW_PRESETS = {
 ROLE_ATTRIBUTE = "SyntheticContrast.role"
 REFERENCE_LABELS = {"dta": "DTA", "right_fat": "Right fat", "left_fat": "Left fat"}
 SYNTHETIC_NAME_SUFFIX = " - sCECT (synthetic)"
+UNCERTAINTY_NAME_SUFFIX = " - sCECT uncertainty SD (synthetic)"
 OVERLAY_ROLE = "enhancement-overlay"
 
 
@@ -77,14 +78,29 @@ def add_synthetic_volume(scene, source_node, volume: Volume, metadata: dict, sou
 
     ``source_name`` is the input's name when the run started, so renaming the input meanwhile cannot rename the output.
     """
-    node = node_from_volume(scene, volume, (source_name or source_node.GetName()) + SYNTHETIC_NAME_SUFFIX)
+    node = _add_marked_volume(scene, source_node, volume, metadata, (source_name or source_node.GetName()) + SYNTHETIC_NAME_SUFFIX)
+    apply_window(node, *WINDOW_PRESETS["mediastinal"])
+    return node
+
+
+def add_uncertainty_volume(scene, source_node, volume: Volume, metadata: dict, source_name: str | None = None):
+    """Add the sCECT's SD map: named as synthetic uncertainty, a colour map from 0 to 50 HU."""
+    node = _add_marked_volume(scene, source_node, volume, metadata, (source_name or source_node.GetName()) + UNCERTAINTY_NAME_SUFFIX)
+    rainbow = scene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
+    if rainbow is not None:
+        node.GetDisplayNode().SetAndObserveColorNodeID(rainbow.GetID())
+    apply_window(node, 50.0, 25.0)
+    return node
+
+
+def _add_marked_volume(scene, source_node, volume: Volume, metadata: dict, name: str):
+    node = node_from_volume(scene, volume, name)
     for key, value in metadata.items():
         if key.startswith(PROVENANCE_PREFIX):
             node.SetAttribute(key, str(value))
     node.SetAttribute("SyntheticContrast.synthetic", "true")
     node.SetAttribute("SyntheticContrast.source", source_node.GetID())
     place_beside(scene, node, source_node)
-    apply_window(node, *WINDOW_PRESETS["mediastinal"])
     return node
 
 

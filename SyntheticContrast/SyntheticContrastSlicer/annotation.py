@@ -102,8 +102,9 @@ class AnnotationController:
         table.SetAttribute(CNR_TABLE_ATTRIBUTE, input_node.GetID())
         return table
 
-    def compute_cnr(self, volumes: dict, input_node):
-        """CNR of every lesion on each named volume node; fills this case's table in place and draws the circles."""
+    def compute_cnr(self, volumes: dict, input_node, sd_maps: dict | None = None):
+        """CNR of every lesion on each named volume node; fills this case's table in place and draws the circles.
+        Volumes with an SD map node in ``sd_maps`` get the CNR's uncertainty columns."""
         from SyntheticContrastLib import mrml
         from SyntheticContrastLib.cnr import measure_cnr, summarize_cnr
         from SyntheticContrastLib.rois import parse_rois
@@ -111,7 +112,8 @@ class AnnotationController:
         lesions = parse_rois(mrml.rois_from_markups(slicer.mrmlScene), "scene markups")
         if not lesions:
             raise ValueError("Add at least one lymph node line and the DTA, right fat and left fat points first.")
-        rows = measure_cnr({name: mrml.volume_from_node(node) for name, node in volumes.items()}, lesions)
+        sd = {name: mrml.volume_from_node(node) for name, node in (sd_maps or {}).items()}
+        rows = measure_cnr({name: mrml.volume_from_node(node) for name, node in volumes.items()}, lesions, sd)
         for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsClosedCurveNode"):
             if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "measured-circle":
                 slicer.mrmlScene.RemoveNode(node)

@@ -42,7 +42,8 @@ class SynthesisJob:
 
 def synthesis_arguments(p) -> list[str]:
     """The CLI options for the panel's settings; an empty model field means the CLI's default (the demo model)."""
-    args = ["--blend", p.blend, "--batch", str(p.batchSize), "--precision", p.precision, "--device", p.device]
+    args = ["--blend", p.blend, "--batch", str(p.batchSize), "--precision", p.precision, "--device", p.device,
+            "--samples", str(p.samples)]
     if p.stride:
         args += ["--stride", str(p.stride)]
     if chosen_path(p.modelPath):
@@ -98,8 +99,8 @@ class SynthesisController:
         node = None
         if result.state == "done":
             try:
-                node = self._load_output(job)
-                p.outputVolume = node
+                node, sd_node = self._load_output(job)
+                p.outputVolume, p.uncertaintyVolume = node, sd_node
             except Exception as exc:  # the run worked but its result cannot be shown: say why, keep the log
                 result.state, result.message = "failed", str(exc)
         if result.state == "failed":
@@ -114,33 +115,46 @@ class SynthesisController:
 
     @staticmethod
     def _load_output(job: SynthesisJob):
+        """(sCECT node, SD map node or None) from the child's output files."""
         from SyntheticContrastLib import mrml
+        from SyntheticContrastLib.case import uncertainty_path
         from SyntheticContrastLib.volume_io import read_volume
 
         source = slicer.mrmlScene.GetNodeByID(job.input_id)
         if source is None:
             raise RuntimeError(f"the input volume {job.input_name!r} was removed from the scene during synthesis")
         volume = read_volume(job.output_path, check_hu=False)
-        return mrml.add_synthetic_volume(slicer.mrmlScene, source, volume, volume.metadata, job.input_name)
+        node = mrml.add_synthetic_volume(slicer.mrmlScene, source, volume, volume.metadata, job.input_name)
+        sd_node = None
+        if uncertainty_path(job.output_path).exists():
+            sd = read_volume(uncertainty_path(job.output_path), check_hu=False)
+            sd_node = mrml.add_uncertainty_volume(slicer.mrmlScene, source, sd, sd.metadata, job.input_name)
+        return node, sd_node
 
     @staticmethod
     def synthesize_in_process(p, progress=None, cancel=None):
-        """For headless scripts and tests: the engine in this process; returns (output node, report)."""
+        """For headless scripts and tests: the engine in this process, with the same out-of-distribution checks
+        and samples as the CLI; returns (output node, report, findings)."""
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
+        from SyntheticContrastLib.case import check_input, synthesize_case
+        from SyntheticContrastLib.inference import SynthesisOptions
         from SyntheticContrastLib.models import DEFAULT_MODEL_CARD, load_model
 
         source, name = p.inputVolume, p.inputVolume.GetName()
         model = load_model(chosen_path(p.modelPath) or DEFAULT_MODEL_CARD, device="cpu")
-        options = SynthesisOptions(p.stride or None, p.blend, p.batchSize, p.precision, p.device)
+        options = SynthesisOptions(p.stride or None, p.blend, p.batchSize, p.precision, p.device, samples=p.samples)
         try:
-            result, report = synthesize_volume(mrml.volume_from_node(source), model, options, progress=progress, cancel=cancel)
+            volume = mrml.volume_from_node(source)
+            findings = check_input(volume, model)
+            case = synthesize_case(volume, model, options, findings, progress, cancel)
         finally:
             del model
             _release_gpu_memory()
-        node = mrml.add_synthetic_volume(slicer.mrmlScene, source, result, result.metadata, name)
+        node = mrml.add_synthetic_volume(slicer.mrmlScene, source, case.result, case.result.metadata, name)
         p.outputVolume = node
-        return node, report
+        if case.sd is not None:
+            p.uncertaintyVolume = mrml.add_uncertainty_volume(slicer.mrmlScene, source, case.sd, case.sd.metadata, name)
+        return node, case.report, findings
 
 
 def _release_gpu_memory() -> None:

@@ -13,13 +13,14 @@ class ViewsController:
     def __init__(self):
         self._window_level_link = None
         self._overlay_state = None  # what the overlay last showed; unchanged state means nothing to touch
+        self._uncertainty_state = None
 
     def reset(self) -> None:
         """After a scene close: forget the W/L link (its display nodes are gone) and the overlay state."""
         if self._window_level_link:
             self._window_level_link.remove()
         self._window_level_link = None
-        self._overlay_state = None
+        self._overlay_state = self._uncertainty_state = None
 
     def show_linked(self, volumes, labels, coronal_row: bool = False) -> None:
         """One view column per volume, slice navigation and window/level linked, mediastinal window."""
@@ -69,11 +70,27 @@ class ViewsController:
             made_from = f"{ncct.GetID()} {scect.GetID()} {state[2]}"
             if overlay is None or overlay.GetAttribute("SyntheticContrast.overlayOf") != made_from:
                 overlay = mrml.enhancement_volume(slicer.mrmlScene, ncct, scect, overlay)
+        self._show_over(ncct, overlay, show, opacity)
+
+    def update_uncertainty(self, scect, sd, show: bool, opacity: float) -> None:
+        """Show the SD map in colour over the sCECT views, or take it away (only if it is the one shown)."""
+        if not (scect and sd):
+            return
+        state = (scect.GetID(), sd.GetID(), bool(show), round(float(opacity), 3))
+        if state == self._uncertainty_state:
+            return
+        self._uncertainty_state = state
+        self._show_over(scect, sd, show, opacity)
+
+    @staticmethod
+    def _show_over(background, foreground, show: bool, opacity: float) -> None:
+        from SyntheticContrastLib import mrml
+
         for composite in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLSliceCompositeNode"):
-            if composite.GetBackgroundVolumeID() != ncct.GetID():
+            if composite.GetBackgroundVolumeID() != background.GetID():
                 continue
             if show:
-                composite.SetForegroundVolumeID(overlay.GetID())
+                composite.SetForegroundVolumeID(foreground.GetID())
                 composite.SetForegroundOpacity(opacity)
-            elif overlay is not None and composite.GetForegroundVolumeID() == overlay.GetID():
+            elif foreground is not None and composite.GetForegroundVolumeID() == foreground.GetID():
                 composite.SetForegroundVolumeID(None)
