@@ -150,6 +150,9 @@ def phantom_study(tmp_path_factory):
             write_volume(vol, root / f"p{seed}_{role}.nii.gz")
             entry[role] = f"p{seed}_{role}.nii.gz"
         write_rois(case.annotations, root / f"p{seed}_rois.json")
+        if seed == 501:  # one case brings its sCECT's uncertainty map
+            write_volume(scect.with_array(np.full(scect.array.shape, 7.0, np.float32)), root / "p501_scect_sd.nii.gz")
+            entry["scect_sd"] = "p501_scect_sd.nii.gz"
         cases.append(entry)
     (root / "study.json").write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 7, "cases": cases}))
     assert main(["reader-study", "plan", str(root / "study.json"), str(root / "S")]) == 0
@@ -172,6 +175,14 @@ def test_end_to_end_outputs_and_the_known_direction(phantom_study, capsys):
     assert all(rates[(rd, "CECT")] >= rates[(rd, "NCCT")] for rd in ("R1", "R2"))
     assert main(["reader-study", "status", str(phantom_study)]) == 0
     assert capsys.readouterr().out.count("cases") == 6
+
+
+def test_lesion_rows_carry_the_scect_uncertainty_where_the_study_has_it(phantom_study):
+    with open(phantom_study / "analysis" / "lesion_conspicuity.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with_sd = [r for r in rows if r["case"] == "phantom501"]
+    assert with_sd and all(float(r["scect_sd_hu"]) == pytest.approx(7.0) for r in with_sd)
+    assert all(r["scect_sd_hu"] == "" for r in rows if r["case"] != "phantom501")
 
 
 def test_statistics_equal_scipy_and_statsmodels_directly(phantom_study):

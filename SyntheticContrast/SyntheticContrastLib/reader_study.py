@@ -57,7 +57,7 @@ def load_study(path: str | Path) -> dict:
         raise InputError(path, "case ids repeat")
     base = path.parent
     for case in study["cases"]:
-        for role in {r for c in study["conditions"] for r in c["shows"]} | ({"truth"} & set(case)):
+        for role in {r for c in study["conditions"] for r in c["shows"]} | ({"truth", "scect_sd"} & set(case)):
             if role not in case:
                 raise InputError(path, f"case {case['id']} lacks the '{role}' volume its conditions show")
             case[role] = str((base / case[role]).resolve())
@@ -252,6 +252,23 @@ def truth_lesions(study: dict) -> dict[str, list[Lesion]]:
     return out
 
 
+def lesion_uncertainty(study: dict, truth: dict[str, list[Lesion]]) -> dict[tuple[str, str], float]:
+    """Mean SD (HU) of the sCECT's uncertainty map in each truth lesion's circle (0.9 x short axis, as for CNR),
+    for cases whose study entry names the map as 'scect_sd'; readers' misses can then be set beside it."""
+    from .cnr import circle_roi
+    from .volume_io import read_volume
+
+    out = {}
+    for case in study["cases"]:
+        if not case.get("scect_sd"):
+            continue
+        sd = read_volume(case["scect_sd"], check_hu=False)
+        for lesion in truth[case["id"]]:
+            roi = circle_roi(sd, lesion.center, 0.9 * 2 * lesion.radius_mm, lesion.lesion_id)
+            out[(case["id"], lesion.lesion_id)] = float(sd.array[roi.slice_index][roi.mask].mean())
+    return out
+
+
 def match_marks(marks: list[dict], lesions: list[Lesion], tolerance_mm: float | None = None):
     """Lesion ratings (-inf when unmarked) and non-lesion ratings for one case.
 
@@ -340,6 +357,7 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None) -> dict:
     conditions = [cond["id"] for cond in study["conditions"]]
     cases = [case["id"] for case in study["cases"]]
     lesion_keys = [(cid, les.lesion_id) for cid in cases for les in truth[cid]]
+    sd_at = lesion_uncertainty(study, truth)
     rating = {}  # (reader, condition) -> conspicuity per lesion, 0 = missed
     rows = []
     for (reader, cond), by_case in data.items():
@@ -347,7 +365,8 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None) -> dict:
         for cid, lid in lesion_keys:
             r = by_case[cid][0][lid]
             values.append(0 if r == -math.inf else int(r))
-            rows.append({"reader": reader, "condition": cond, "case": cid, "lesion": lid, "conspicuity": values[-1]})
+            rows.append({"reader": reader, "condition": cond, "case": cid, "lesion": lid, "conspicuity": values[-1],
+                         "scect_sd_hu": sd_at.get((cid, lid), "")})
         rating[(reader, cond)] = np.array(values)
     summary = {"simulated_marks": c["simulated"], "lesions": len(lesion_keys), "cases": len(cases), "per_reader": [],
                "comparisons": [], "reader_averaged_fom": {},
@@ -383,7 +402,7 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(out_dir / "lesion_conspicuity.csv", rows, ["reader", "condition", "case", "lesion", "conspicuity"])
+    atomic_write_csv(out_dir / "lesion_conspicuity.csv", rows, ["reader", "condition", "case", "lesion", "conspicuity", "scect_sd_hu"])
     atomic_write_text(out_dir / "reader_study.json", json.dumps(summary, indent=2, default=float) + "\n")
     atomic_write_text(out_dir / "reader_study.md", summary_markdown(summary))
     _plots(summary, rating, readers, conditions, out_dir)
