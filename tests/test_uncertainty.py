@@ -228,9 +228,7 @@ def stats_spearman(a, b):
 
 def test_evaluate_with_an_sd_map_reports_calibration(tmp_path, capsys):
     case = make_phantom(9004, PhantomSpec(size=256, slices=16, pixel_mm=1.4, slice_mm=5.0))
-    from SyntheticContrastLib.metrics import clip_to_window
-
-    error = np.abs(clip_to_window(case.cect.array) - clip_to_window(case.ncct.array))  # the error calibration ranks
+    error = np.abs(case.cect.array - case.ncct.array)  # the error calibration ranks: HU, not windowed
     paths = {}
     for name, vol in (("pred", case.ncct), ("input", case.ncct), ("ref", case.cect), ("sd", case.ncct.with_array(error))):
         paths[name] = write_volume(vol, tmp_path / f"{name}.nrrd")
@@ -241,5 +239,5 @@ def test_evaluate_with_an_sd_map_reports_calibration(tmp_path, capsys):
     rows = (tmp_path / "eval" / "uncertainty_calibration.csv").read_text().splitlines()
     assert rows[0].startswith("case,voxels,spearman_rho") and len(rows) == 2
     rho = float(rows[1].split(",")[2])
-    assert rho > 0.99  # an SD map equal to the windowed error ranks the errors perfectly (up to float rounding)
+    assert rho > 0.99  # an SD map equal to the error ranks the errors perfectly (up to float rounding)
     assert (tmp_path / "eval" / "sparsification.png").stat().st_size > 1000

@@ -2,7 +2,8 @@
 
 Sparsification: remove the voxels the map calls most uncertain first and follow the MAE of the rest; the oracle
 removes the truly worst voxels first. AUSE, the area between the two curves, is 0 for a perfect ranking
-(Ilg et al., ECCV 2018). Errors are taken in the evaluation window, like the MAE of Table 2.
+(Ilg et al., ECCV 2018). Errors are absolute HU differences, not windowed: the SD is in HU over the whole
+range, and a window would set the error of lung and bone to zero where the samples disagree most.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .encoding import MEDIASTINAL_WINDOW
-from .metrics import clip_to_window
 
 FRACTIONS = np.linspace(0.0, 0.99, 100)
 
@@ -42,12 +41,11 @@ def sparsification(sd: np.ndarray, abs_error: np.ndarray) -> dict:
     }
 
 
-def calibrate(pred: np.ndarray, sd: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
-              window=MEDIASTINAL_WINDOW) -> dict:
+def calibrate(pred: np.ndarray, sd: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> dict:
     """Calibration of the SD map of ``pred`` against the reference CECT, inside ``mask`` (the body) if given."""
     if not (pred.shape == sd.shape == reference.shape):
         raise ValueError(f"sCECT {pred.shape}, SD {sd.shape} and reference {reference.shape} must share one grid")
-    abs_error = np.abs(clip_to_window(pred, window) - clip_to_window(reference, window))
+    abs_error = np.abs(pred.astype(np.float64) - reference)
     if mask is not None:
         return sparsification(sd[mask], abs_error[mask])
     return sparsification(sd, abs_error)

@@ -96,7 +96,7 @@ def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: Eva
         if sd.array.shape != reference.array.shape:
             raise ValueError(f"SD map grid {sd.array.shape} differs from the reference grid {reference.array.shape}")
         region = mask if mask is not None else body_mask(source.array[sel])
-        out["calibration"] = calibrate(pred.array[sel], sd.array[sel], ref, region, settings.window)
+        out["calibration"] = calibrate(pred.array[sel], sd.array[sel], ref, region)
     return out
 
 
