@@ -77,3 +77,11 @@ def test_patchgan_sees_70x70x4():
     nz = torch.nonzero(x.grad[0].abs().sum(0))
     extent = (nz.max(0).values - nz.min(0).values + 1).tolist()
     assert extent == [4, 70, 70]
+
+
+def test_encoding_round_trips_through_its_dict_including_air():
+    from SyntheticContrastLib.encoding import WindowEncoding
+
+    encoding = WindowEncoding(windows=((1500.0, -100.0), (400.0, 40.0)), output_channel=1, air_hu=-1024.0)
+    assert WindowEncoding.from_dict(encoding.to_dict()) == encoding
+    assert WindowEncoding.from_dict({"windows": [{"width": 2000, "level": 0}]}).air_hu == -1000.0  # older cards

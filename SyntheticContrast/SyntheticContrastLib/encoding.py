@@ -65,6 +65,7 @@ class WindowEncoding:
         return {
             "windows": [{"width": w, "level": l} for w, l in self.windows],
             "output_channel": self.output_channel,
+            "air_hu": self.air_hu,
         }
 
     @classmethod
@@ -72,4 +73,5 @@ class WindowEncoding:
         return cls(
             windows=tuple((float(w["width"]), float(w["level"])) for w in data["windows"]),
             output_channel=int(data.get("output_channel", 0)),
+            air_hu=float(data.get("air_hu", -1000.0)),  # cards written before air_hu was stored used -1000
         )
