@@ -118,3 +118,49 @@ def test_an_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, tiny_
     assert results["site1__case1"]["status"] == "failed"
     assert "RuntimeError: simulated ITK failure" in results["site1__case1"]["error"] and "case1.nii.gz" in results["site1__case1"]["error"]
     assert sum(r["status"] == "done" for r in results.values()) == 3
+
+
+def test_every_input_gets_its_own_case_and_output_whatever_its_name(tmp_path, tiny_model_card):
+    """UID-named folders, a file and a folder of the same stem, and names that fold together when made safe."""
+    root = tmp_path / "in"
+    vol = lambda seed: Volume(chest_like((16, 32, 32), seed=seed), (0.7, 0.7, 2.5), (0, 0, 0))
+    for k, uid in enumerate(("1.2.840.113619.2.1", "1.2.840.113619.2.2", "1.2.840.113619.2.3")):
+        write_dicom_series(root / uid, np.round(chest_like((16, 32, 32), seed=k)))
+    write_volume(vol(10), root / "patient1.nii.gz")
+    write_dicom_series(root / "patient1", np.round(chest_like((16, 32, 32), seed=11)))
+    write_volume(vol(12), root / "bed 2.nii.gz")
+    write_volume(vol(13), root / "bed_2.nii.gz")
+    write_volume(vol(14), root / "ward" / "bed 2.nrrd")
+    cases = discover_cases(root)
+    assert len(cases) == 8 and len({c.name for c in cases}) == 8 and len({c.input for c in cases}) == 8
+    assert discover_cases(root) == cases  # stable: the same tree gives the same names
+    assert "bed_2" in [c.name for c in cases]  # a name that needed no change keeps it
+    code = main(["batch", str(root), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"])
+    assert code == 0
+    rows = manifest(tmp_path / "out")
+    assert len(rows) == 8 and len({r["input"] for r in rows.values()}) == 8
+    assert len(list((tmp_path / "out" / "outputs").glob("*_synthetic.nii.gz"))) == 8
+    assert all(r["status"] == "done" for r in rows.values())
+
+
+def test_a_changed_output_is_never_overwritten_by_a_rerun(tmp_path, tiny_model_card, capsys):
+    make_cases(tmp_path / "in", 2)
+    args = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    output = Path(manifest(tmp_path / "out")["site0__case0"]["output"])
+    output.write_bytes(output.read_bytes() + b"edited")
+    edited = output.read_bytes()
+    assert main(args) == 1
+    row = manifest(tmp_path / "out")["site0__case0"]
+    assert row["status"] == "failed" and "changed since this batch wrote it" in row["error"]
+    assert "changed since this batch wrote it" in capsys.readouterr().err
+    assert output.read_bytes() == edited
+    assert manifest(tmp_path / "out")["site1__case1"]["status"] == "done"
+
+
+def test_csv_manifest_with_names_that_collide_is_refused_before_any_work(tmp_path, tiny_model_card, capsys):
+    src = write_volume(Volume(chest_like((16, 32, 32)), (0.7, 0.7, 2.5), (0, 0, 0)), tmp_path / "a.nii.gz")
+    (tmp_path / "cases.csv").write_text(f"case,input\nbed 2,{src.name}\nbed_2,{src.name}\n")
+    code = main(["batch", str(tmp_path / "cases.csv"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu"])
+    assert code == 1 and "case names repeat" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError, SyntheticContrastError
-from .fileio import atomic_write_csv, atomic_write_text
+from .fileio import atomic_write_csv, atomic_write_text, sha256_of
 from .volume_io import READ_SUFFIXES, dicom_series_in
 
 MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "model_id", "model_sha256", "seconds", "rank",
@@ -32,8 +32,40 @@ class Case:
     series_uid: str | None = None
 
 
+def _changed(status: dict) -> dict:
+    """A finished case whose output was altered afterwards: reported as failed, and its output left as it is."""
+    return {**status, "status": "failed", "error": f"{status['output']}: changed since this batch wrote it (sha256 differs); "
+            "it is not overwritten: move it away to redo this case"}
+
+
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "case"
+
+
+def _strip_volume_suffix(name: str) -> str:
+    """'patient1.nii.gz' -> 'patient1'; only a known volume suffix is removed, never a UID's dots."""
+    lowered = name.lower()
+    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def unique_case_names(relative_paths: list[str]) -> list[str]:
+    """Stable, unique case names from the inputs' paths relative to the batch folder.
+
+    The name is the path, volume suffix removed, folders joined by '__', made safe for a file name. Where that
+    loses information (characters replaced) or two inputs would share a name (a file and a folder of the same
+    stem), a short hash of the exact relative path is appended: the same input always gets the same name.
+    """
+    import hashlib
+
+    stems = [_strip_volume_suffix(rel).replace("/", "__").replace(os.sep, "__") for rel in relative_paths]
+    tag = lambda name, rel: f"{name}-{hashlib.sha256(rel.encode('utf-8')).hexdigest()[:8]}"
+    # A name that lost characters is always tagged, so an exact name ('bed_2') keeps its name when a folded one
+    # ('bed 2' -> 'bed_2') appears beside it later.
+    names = [name if name == stem else tag(name, rel) for rel, stem, name in zip(relative_paths, stems, map(_safe_name, stems))]
+    return [tag(name, rel) if names.count(name) > 1 else name for rel, name in zip(relative_paths, names)]
 
 
 def discover_cases(source: str | Path) -> list[Case]:
@@ -48,24 +80,26 @@ def discover_cases(source: str | Path) -> list[Case]:
             rows = list(csv.DictReader(fh))
         if not rows or not {"case", "input"} <= set(rows[0]):
             raise InputError(source, "CSV manifest needs the columns 'case' and 'input'")
-        names = [r["case"] for r in rows]
-        if len(set(names)) != len(names):
-            raise InputError(source, "case names repeat; each case needs its own name (and output)")
-        return [Case(_safe_name(r["case"]), str(source.parent / r["input"]), r.get("series") or None) for r in rows]
-    cases = []
+        names = [_safe_name(r["case"]) for r in rows]
+        repeated = sorted({r["case"] for r, n in zip(rows, names) if names.count(n) > 1})
+        if repeated:
+            raise InputError(source, f"case names repeat (after making them safe for file names): {', '.join(repeated)}; "
+                             "each case needs its own name, so that no output overwrites another")
+        return [Case(n, str(source.parent / r["input"]), r.get("series") or None) for r, n in zip(rows, names)]
+    found = []  # (path relative to the batch folder, input path)
     for folder, dirs, files in os.walk(source):
         dirs.sort()
         folder = Path(folder)
         volumes = sorted(f for f in files if f.lower().endswith(READ_SUFFIXES) and not f.startswith("."))
         for f in volumes:
-            rel = (folder / f).relative_to(source)
-            cases.append(Case(_safe_name(str(rel).split(".")[0].replace(os.sep, "__")), str(folder / f)))
+            found.append((str((folder / f).relative_to(source)), str(folder / f)))
         if any(not f.lower().endswith(READ_SUFFIXES) and not f.startswith(".") for f in files) and dicom_series_in(folder):
-            rel = folder.relative_to(source)
-            cases.append(Case(_safe_name(str(rel).replace(os.sep, "__")) if str(rel) != "." else "root", str(folder)))
-    if not cases:
+            rel = str(folder.relative_to(source))
+            found.append((rel if rel != "." else "root", str(folder)))
+    if not found:
         raise InputError(source, "holds no NIfTI/NRRD/MHA files or DICOM series")
-    return cases
+    found.sort()
+    return [Case(name, path) for name, (_, path) in zip(unique_case_names([rel for rel, _ in found]), found)]
 
 
 class BatchRunner:
@@ -87,11 +121,19 @@ class BatchRunner:
         return self.out_dir / "outputs" / f"{case.name}_sCECT_synthetic.nii.gz"
 
     def is_done(self, case: Case) -> bool:
+        return self._finished_state(case) == "done"
+
+    def _finished_state(self, case: Case) -> str:
+        """'done' (output there, sha256 as written), 'changed' (output altered since), or 'todo'."""
         path = self.status_path(case)
         if not path.exists():
-            return False
+            return "todo"
         status = json.loads(path.read_text())
-        return status.get("status") == "done" and Path(status["output"]).exists()
+        output = Path(status.get("output") or "")
+        if status.get("status") != "done" or not output.is_file():
+            return "todo"
+        expected = status.get("output_sha256")
+        return "done" if expected is None or sha256_of(output) == expected else "changed"
 
     def shard(self, cases: list[Case]) -> list[Case]:
         return cases[self.rank :: self.world]
@@ -133,6 +175,7 @@ class BatchRunner:
                         shutil.rmtree(left)
             written = write_case(result, self.output_path(case), dicom_dir, source_files_of(volume) if self.dicom else None, self.model)
             status.update({key: str(path) for key, path in written.items() if key in status})
+            status["output_sha256"] = sha256_of(written["output"])
             status["status"] = "done"
             log.info("done: %s (%d windows, %s)", written["output"], result.report.windows, result.report.device)
         except Exception as exc:  # one bad case must never stop the batch; Ctrl-C (KeyboardInterrupt) still does
@@ -151,9 +194,14 @@ class BatchRunner:
         mine = self.shard(cases)
         results = []
         for case in mine:
-            if self.is_done(case):
-                self.say(f"{case.name}: already done, skipped")
+            state = self._finished_state(case)
+            if state == "done":
+                self.say(f"{case.name}: already done (output sha256 checked), skipped")
                 results.append(json.loads(self.status_path(case).read_text()))
+            elif state == "changed":
+                status = _changed(json.loads(self.status_path(case).read_text()))
+                self.say(f"{case.name}: {status['error']}")
+                results.append(status)
             else:
                 results.append(self.run_case(case))
                 self.write_manifest(cases)
@@ -168,6 +216,8 @@ class BatchRunner:
         for case in cases:
             path = self.status_path(case)
             row = json.loads(path.read_text()) if path.exists() else {"case": case.name, "input": case.input, "status": "pending"}
+            if path.exists() and self._finished_state(case) == "changed":
+                row = _changed(row)
             rows.append({k: row.get(k, "") for k in MANIFEST_FIELDS})
         target = self.out_dir / "manifest.csv"
         atomic_write_csv(target, rows, MANIFEST_FIELDS)

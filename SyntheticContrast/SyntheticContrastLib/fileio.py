@@ -62,3 +62,14 @@ def atomic_write_csv(final: str | Path, rows: list[dict], fields=None) -> None:
             writer = csv.DictWriter(fh, fields)
             writer.writeheader()
             writer.writerows(rows)
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

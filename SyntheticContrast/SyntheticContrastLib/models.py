@@ -6,7 +6,6 @@ Pickled checkpoints are refused: they can run arbitrary code when opened.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .encoding import WindowEncoding
 from .errors import ModelError
-from .fileio import atomic_write_text, atomic_path
+from .fileio import atomic_path, atomic_write_text, sha256_of
 from .networks import GENERATOR_ARCHITECTURE, GeneratorConfig, UNetGenerator3D
 
 CARD_FORMAT = "synthetic-contrast-model-card/1"
@@ -107,14 +106,6 @@ class LoadedModel:
     @property
     def encoding(self) -> WindowEncoding:
         return self.card.encoding
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_not_pickle(path: Path) -> None:
