@@ -210,11 +210,19 @@ class _SlidingWindow:
         return (self.stride, self.step_y if self.tiled and self.padded_y > self.tile_y else 1,
                 self.step_x if self.tiled and self.padded_x > self.tile_x else 1)
 
-    def run(self, grid: _Grid, progress, cancel, done: int, total: int) -> np.ndarray:
-        """One blended pass over ``grid``: the output channel in [-1, 1], cropped to the input's shape."""
+    @property
+    def accum_shape(self) -> tuple[int, int, int]:
+        return self.hu.shape[0], self.padded_y, self.padded_x
+
+    def run(self, grid: _Grid, progress, cancel, done: int, total: int, accum: np.ndarray | None = None) -> np.ndarray:
+        """One blended pass over ``grid``: the output channel in [-1, 1], cropped to the input's shape (a view
+        into ``accum``, which is zeroed and reused when given)."""
         starts = [(z, y, x) for z in grid.z for y in grid.y for x in grid.x]
         # The window grid is a product of per-axis grids, so the summed weight is separable: three 1D sums.
-        accum = np.zeros((self.hu.shape[0], self.padded_y, self.padded_x), np.float32)
+        if accum is None:
+            accum = np.zeros(self.accum_shape, np.float32)
+        else:
+            accum.fill(0.0)
         sum_z, sum_y, sum_x = np.zeros(self.hu.shape[0], np.float32), np.zeros(self.padded_y, np.float32), np.zeros(self.padded_x, np.float32)
         for z in grid.z:
             sum_z[z : z + self.window] += self.weights
@@ -287,6 +295,9 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
     dropout = _dropout_layers(generator)
     generator.eval()
     lo, hi = encoding.output_range_hu
+    # One accumulator for all passes: allocating and freeing a volume-sized array per pass fragments the heap
+    # (glibc raises its mmap threshold after the first free), and the process's memory then grows with N.
+    buffer = np.empty(plan.accum_shape, np.float32)
     try:
         for k, grid in enumerate(grids):
             for layer in dropout:
@@ -294,13 +305,13 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
             cuda = [plan.device.index or 0] if plan.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):  # the caller's random state is left as it was
                 torch.manual_seed(options.seed + k)
-                sample = plan.run(grid, progress, cancel, done, total)
+                sample = plan.run(grid, progress, cancel, done, total, buffer)
             done += grid.windows
             # Decoding is linear, so it is done in place: no second volume-sized array per sample.
             sample += 1.0
             sample *= (hi - lo) / 2.0
             sample += lo
-            yield sample
+            yield sample  # a view into the shared buffer: valid until the next pass starts
     finally:
         generator.eval()
 
@@ -325,7 +336,7 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
         mean = m2 = None
         for k, sample in enumerate(iter_samples(hu, generator, encoding, window, options, progress=progress, cancel=cancel, plan=plan), 1):
             if mean is None:
-                mean, m2 = np.array(sample, dtype=np.float32), np.zeros(sample.shape, np.float32)
+                mean, m2 = np.array(sample, dtype=np.float32), np.zeros(sample.shape, np.float32)  # a copy: the buffer is reused
                 continue
             for z in range(sample.shape[0]):  # Welford, a slice at a time: no volume-sized temporaries
                 delta = sample[z] - mean[z]
