@@ -37,7 +37,7 @@ result, sd, report = synthesize_volume_with_uncertainty(volume, model, Synthesis
 seconds = time.perf_counter() - t0
 print(json.dumps({{"samples": {samples}, "seconds": seconds, "windows_per_sample": report.windows,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "sd_mean_hu": float(sd.mean()) if sd is not None else None}}))
+                  "sd_mean_hu": float(sd.array.mean()) if sd is not None else None}}))
 """
 
 
@@ -58,7 +58,9 @@ def main() -> int:
         runs = []
         for n in args.samples:
             code = CHILD.format(lib=str(ROOT / "SyntheticContrast"), threads=args.threads, array=str(array), model=str(args.model), samples=n)
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"N={n} failed:\n{out.stderr[-3000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"N={n:2d}: {runs[-1]['seconds']:8.1f} s ({runs[-1]['seconds'] / n:6.1f} s per sample), "
                   f"peak RSS {runs[-1]['peak_rss_mib']:7.0f} MiB", flush=True)

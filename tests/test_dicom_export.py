@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import chest_like, write_dicom_series
+from conftest import chest_like, dicom_validation_errors, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.dicom_export import export_dicom_series, source_files_of
 from SyntheticContrastLib.errors import OutputError
@@ -38,13 +38,16 @@ def test_export_is_a_derived_synthetic_series_in_the_same_study(tmp_path, source
         assert ds.FrameOfReferenceUID == src_ds[0].FrameOfReferenceUID
         assert ds.SeriesInstanceUID != src_ds[0].SeriesInstanceUID
         assert ds.SOPInstanceUID not in {d.SOPInstanceUID for d in src_ds}
-        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
         assert ds.SeriesDescription == "SYNTHETIC CONTRAST - Chest 2mm NC"
         assert ds.SeriesNumber == 1001
         assert "demo-model" in ds.DerivationDescription and "f" * 64 in ds.DerivationDescription
         assert ds.PixelRepresentation == 1 and ds.RescaleSlope == 1 and ds.RescaleIntercept == 0
         assert not [e.keyword for e in ds if "Contrast" in e.keyword or "Bolus" in e.keyword]
     assert len({pydicom.dcmread(p).SOPInstanceUID for p in out}) == 10
+    # dciodvfy's remaining warnings: Study Date, Study Time and Study ID are empty because this test's source
+    # series has none (they are Type 2, copied from the source); a scanner's series has them.
+    assert dicom_validation_errors(tmp_path / "ncct_SYNTHETIC") == []
     back = read_volume(tmp_path / "ncct_SYNTHETIC")
     assert np.abs(back.array - synthetic.array).max() <= 1.0
     np.testing.assert_allclose(back.origin, src.origin, atol=1e-4)
@@ -73,3 +76,19 @@ def test_synthesize_with_dicom_out_from_the_cli(tmp_path, source, tiny_model_car
     # The export verb takes the provenance from the NRRD header.
     rc = main(["export-dicom", str(tmp_path / "case_synthetic.nrrd"), str(folder), str(tmp_path / "again")])
     assert rc == 0 and len(list((tmp_path / "again").iterdir())) == 10
+
+
+
+@pytest.mark.parametrize("charset,name", [
+    ("ISO_IR 192", "Müller^Jürgen"),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+])
+def test_non_ascii_patient_names_survive_export(tmp_path, charset, name):
+    files = write_dicom_series(tmp_path / "src", np.round(chest_like((4, 16, 16))), patient_name=name, charset=charset)
+    src = read_volume(tmp_path / "src")
+    out = export_dicom_series(src, tmp_path / "synthetic", source_files_of(src), "m", "0" * 64)
+    for path in out:
+        ds = pydicom.dcmread(path)
+        assert str(ds.PatientName) == name
+        assert ds.SpecificCharacterSet == pydicom.dcmread(files[0]).SpecificCharacterSet
+    assert dicom_validation_errors(tmp_path / "synthetic") == []

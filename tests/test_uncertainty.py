@@ -11,7 +11,7 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from conftest import chest_like, tiny_generator
+from conftest import chest_like, dicom_validation_errors, tiny_generator
 from SyntheticContrastLib import ood
 from SyntheticContrastLib.case import uncertainty_path
 from SyntheticContrastLib.cli import main
@@ -181,6 +181,7 @@ def test_dicom_output_carries_the_findings_and_an_sd_series_of_its_own(tmp_path,
     assert sd.SeriesDescription.startswith("SYNTHETIC UNCERTAINTY SD") and "UNCERTAINTY MAP" in sd.ImageComments
     assert sd.SeriesInstanceUID != image.SeriesInstanceUID and sd.StudyInstanceUID == image.StudyInstanceUID
     assert float(sd.RescaleSlope) == pytest.approx(0.1) and sd.SeriesNumber != image.SeriesNumber
+    assert dicom_validation_errors(tmp_path / "dicom") == [] and dicom_validation_errors(tmp_path / "dicom_SD") == []
     back = sitk.ReadImage(str(tmp_path / "r_synthetic_sd.nrrd"))
     assert np.abs(sd.pixel_array * 0.1 - sitk.GetArrayFromImage(back)[0]).max() <= 0.05 + 1e-6
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from . import ood
 from .errors import OutOfDistributionError
 from .inference import SynthesisOptions, synthesize_volume_with_uncertainty
-from .volume_io import Volume, _suffix, write_volume
+from .volume_io import READER_NOTES, Volume, _suffix, write_volume
 
 OOD_KEY = "SyntheticContrast.ood"
 
@@ -47,6 +47,7 @@ def refuse_if_strict(volume: Volume, findings: list, strict: bool) -> None:
 def synthesize_case(volume: Volume, model, options: SynthesisOptions, findings: list, progress=None, cancel=None) -> CaseResult:
     """Synthesis whose outputs carry the findings (or 'none') in their metadata, beside the provenance."""
     result, sd, report = synthesize_volume_with_uncertainty(volume, model, options, progress, cancel)
+    report.notes[:0] = volume.metadata.get(READER_NOTES, [])  # what the reader left out or filled comes first
     if not model.card.input_statistics:
         report.notes.append(f"model card {model.card.model_id} has no input statistics: out-of-distribution checks were not run")
     summary = ood.summary(findings) if model.card.input_statistics else "not checked (the model card has no input statistics)"

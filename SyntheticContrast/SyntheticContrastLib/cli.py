@@ -328,7 +328,7 @@ def cmd_batch(args) -> int:
 def cmd_export_dicom(args) -> int:
     import SimpleITK as sitk
 
-    from .dicom_export import export_dicom_series, source_files_of
+    from .dicom_export import export_dicom_series, on_source_grid, source_files_of
     from .models import read_card
     from .volume_io import read_volume
 
@@ -356,9 +356,7 @@ def cmd_export_dicom(args) -> int:
         model_id, sha = card.model_id, card.sha256
     synthetic = read_volume(args.synthetic, check_hu=False)
     source = read_volume(args.source, series_uid=args.series)
-    if source.array.shape != synthetic.array.shape:
-        print(f"error: {args.synthetic}: grid {synthetic.array.shape} differs from the source series {source.array.shape}", file=sys.stderr)
-        return EXIT_FAILED
+    synthetic = on_source_grid(synthetic, source)  # refuses a different grid, with the figures
     files = export_dicom_series(synthetic, args.output, source_files_of(source), model_id, sha, args.series_number_offset)
     print(f"wrote {len(files)} slices to {args.output} (derived series, SeriesDescription 'SYNTHETIC CONTRAST - ...')")
     return EXIT_OK

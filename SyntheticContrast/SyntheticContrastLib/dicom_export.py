@@ -26,9 +26,16 @@ UNCERTAINTY_COMMENT = "SYNTHETIC UNCERTAINTY MAP - per-voxel SD in HU of the syn
 UNCERTAINTY_SLOPE = 0.1
 # Identity of the patient and study, copied from the source so the series files under the same study.
 COPIED_TAGS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID", "StudyDate",
-    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID",
-    "PositionReferenceIndicator", "Manufacturer", "InstitutionName",
+    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+    "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer", "InstitutionName", "PatientPosition",
+    "BodyPartExamined",
+)
+#: Type 2 attributes of the CT Image IOD's modules: present, empty when the source does not give a value.
+TYPE2_TAGS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "StudyID", "AccessionNumber", "PatientPosition", "PositionReferenceIndicator", "Manufacturer", "KVP",
+    "AcquisitionNumber",
 )
 
 
@@ -90,11 +97,17 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
                     setattr(ds, tag, first.get(tag))
             if first is None:
                 ds.PatientName, ds.PatientID = "SYNTHETIC^UNKNOWN", "UNKNOWN"
+            for tag in TYPE2_TAGS:
+                if tag not in ds:
+                    setattr(ds, tag, None)  # Type 2: the attribute must be there, its value may be empty
+            # Laterality is needed only for paired body parts; saying the (unpaired) chest lets validators see that.
+            if not ds.get("BodyPartExamined"):
+                ds.BodyPartExamined = "CHEST"
             ds.StudyInstanceUID, ds.FrameOfReferenceUID = study_uid, frame_uid
             ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
             ds.SeriesInstanceUID = series_uid
             ds.Modality = "CT"
-            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # CT requires value 3: AXIAL (not LOCALIZER)
             ds.SeriesDescription = ((UNCERTAINTY_PREFIX if uncertainty else SERIES_PREFIX) + source_desc)[:64]
             ds.SeriesNumber = source_series_number + series_number_offset
             ds.InstanceNumber = k + 1
@@ -134,6 +147,44 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return files
+
+
+#: How far a synthetic volume's grid may lie from its source series' grid (NIfTI keeps geometry in float32).
+GRID_TOLERANCE = {"origin_mm": 0.05, "spacing_mm": 1e-3, "direction": 1e-4}
+
+
+def on_source_grid(synthetic: Volume, source: Volume) -> Volume:
+    """``synthetic`` expressed on ``source``'s grid, so the derived series has the source's geometry exactly.
+
+    A volume whose axes are flipped relative to the source (a NIfTI written in another orientation) covers the
+    same voxels and is flipped back; any other difference in shape, origin, spacing or direction is refused with
+    the figures, because a synthetic slice filed at the wrong position is worse than none.
+    """
+    if synthetic.array.shape != source.array.shape:
+        raise InputError(synthetic.source, f"grid {synthetic.array.shape} (z, y, x) differs from the source series {source.array.shape}")
+    src_dir = np.asarray(source.direction, float).reshape(3, 3)
+    best = None
+    for flips in ((fz, fy, fx) for fz in (False, True) for fy in (False, True) for fx in (False, True)):
+        array = synthetic.array[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+        direction = np.asarray(synthetic.direction, float).reshape(3, 3).copy()
+        corner = [n - 1 if f else 0 for n, f in zip(synthetic.array.shape[::-1], flips[::-1])]  # (x, y, z) index
+        origin = synthetic.index_to_physical(corner)
+        for axis, flipped in enumerate(flips[::-1]):  # direction columns are x, y, z
+            if flipped:
+                direction[:, axis] *= -1
+        gaps = (float(np.abs(origin - np.asarray(source.origin)).max()),
+                float(np.abs(np.asarray(synthetic.spacing) - np.asarray(source.spacing)).max()),
+                float(np.abs(direction - src_dir).max()))
+        if best is None or gaps[2] + gaps[0] < best[1][2] + best[1][0]:
+            best = (array, gaps, origin, direction)
+        if gaps[0] <= GRID_TOLERANCE["origin_mm"] and gaps[1] <= GRID_TOLERANCE["spacing_mm"] and gaps[2] <= GRID_TOLERANCE["direction"]:
+            return source.with_array(np.ascontiguousarray(array), **synthetic.metadata)
+    _, gaps, origin, direction = best
+    raise InputError(synthetic.source, (
+        f"does not lie on the source series' grid: origin {np.round(origin, 3).tolist()} vs {np.round(source.origin, 3).tolist()} mm "
+        f"(off by {gaps[0]:.3f}, tolerance {GRID_TOLERANCE['origin_mm']}), spacing {np.round(synthetic.spacing, 4).tolist()} vs "
+        f"{np.round(source.spacing, 4).tolist()} mm, direction off by {gaps[2]:.4f} (tolerance {GRID_TOLERANCE['direction']}); "
+        "resample it onto the source grid, or export the series it was made from"))
 
 
 def source_files_of(volume: Volume) -> list[str] | None:

@@ -99,8 +99,11 @@ def _description(file: str) -> str:
         return ""
 
 
-def check_dicom_series(files: list[str], folder: Path) -> list[str]:
-    """Header checks with pydicom; returns the files sorted along the slice normal or raises InputError."""
+def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None = None) -> list[str]:
+    """Header checks with pydicom; returns the files sorted along the slice normal or raises InputError.
+
+    A LOCALIZER (scout) image filed in the CT series is left out, with a line in ``notes``.
+    """
     import pydicom
 
     headers = []
@@ -109,6 +112,10 @@ def check_dicom_series(files: list[str], folder: Path) -> list[str]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as exc:
             raise InputError(f, f"is not a readable DICOM file ({exc.__class__.__name__}: {exc})") from exc
+        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+            if notes is not None:
+                notes.append(f"{Path(f).name}: a LOCALIZER (scout) image in the series; left out")
+            continue
         headers.append((f, ds))
     modality = {str(ds.get("Modality", "")) for _, ds in headers}
     if modality != {"CT"}:
@@ -150,7 +157,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     if not entries:
         raise InputError(folder, "is an empty folder")
     series = dicom_series_in(folder)
-    _report_unreadable_files(folder, entries, series)
+    stray = _report_unreadable_files(folder, entries, series)
     if not series:
         raise InputError(folder, "contains no DICOM series (and is not a NIfTI/NRRD/MHA file)")
     if series_uid is None and len(series) > 1:
@@ -158,23 +165,63 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     chosen = series[0] if series_uid is None else next((s for s in series if s["series_uid"] == series_uid), None)
     if chosen is None:
         raise InputError(folder, f"has no series {series_uid}; it has {[s['series_uid'] for s in series]}")
-    files = check_dicom_series(chosen["files"], folder)
+    notes = list(stray)
+    files = check_dicom_series(chosen["files"], folder, notes)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(folder, f"pixel data could not be read (corrupt or truncated file?): {str(exc).strip().splitlines()[-1]}") from exc
-    meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"]}
-    return Volume.from_sitk(image, str(folder), meta)
+    meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"],
+            READER_NOTES: notes}
+    volume = Volume.from_sitk(image, str(folder), meta)
+    _padding_to_air(volume, files, notes)
+    return volume
 
 
-def _report_unreadable_files(folder: Path, entries: list[Path], series: list[dict]) -> None:
-    """GDCM silently leaves out files it cannot parse, which would look like a missing slice: name them."""
+#: Metadata key of what the reader did on its own (files ignored, images left out, padding filled): said to the user.
+READER_NOTES = "reader_notes"
+AIR_HU = -1000.0
+
+
+def _padding_to_air(volume: Volume, files: list[str], notes: list[str]) -> None:
+    """Voxels stored as PixelPaddingValue lie outside the reconstructed field of view: fill them with air."""
+    import pydicom
+
+    filled = 0
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if "PixelPaddingValue" not in ds:
+            continue
+        padding_hu = float(ds.PixelPaddingValue) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        outside = volume.array[k] == np.float32(padding_hu)
+        filled += int(outside.sum())
+        volume.array[k][outside] = AIR_HU
+    if filled:
+        notes.append(f"{filled} voxels were padding (PixelPaddingValue), outside the field of view: filled as air ({AIR_HU:.0f} HU)")
+
+
+def _is_stray(path: Path) -> bool:
+    """Not DICOM by name or content (README.txt, Thumbs.db, VERSION): such files sit in CD and PACS exports."""
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return head[128:132] != b"DICM"
+
+
+def _report_unreadable_files(folder: Path, entries: list[Path], series: list[dict]) -> list[str]:
+    """GDCM silently leaves out files it cannot parse, which would look like a missing slice: name them.
+    Files that are not DICOM at all are ignored; the returned notes say which."""
     import pydicom
 
     in_series = {str(Path(f).resolve()) for s in series for f in s["files"]}
+    notes = []
     for path in sorted(p for p in entries if p.is_file() and str(p.resolve()) not in in_series):
+        if _is_stray(path):
+            notes.append(f"{path.name}: not a DICOM file; ignored")
+            continue
         try:
             ds = pydicom.dcmread(path)
         except Exception as exc:
@@ -183,6 +230,7 @@ def _report_unreadable_files(folder: Path, entries: list[Path], series: list[dic
             expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
             if len(ds.PixelData) < expected and ds.file_meta.TransferSyntaxUID.is_compressed is False:
                 raise InputError(path, f"is truncated: pixel data has {len(ds.PixelData)} of {expected} bytes")
+    return notes
 
 
 def check_hu_volume(volume: Volume, path, min_slices: int = 2) -> None:

@@ -1,0 +1,106 @@
+"""What hospital archives and CDs really hold: stray files, scouts and padding in a series, and synthetic volumes
+whose grid must be checked against the source series before a derived series is filed beside it."""
+
+import copy
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from conftest import chest_like, dicom_validation_errors, write_dicom_series
+from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.dicom_export import on_source_grid
+from SyntheticContrastLib.errors import InputError
+from SyntheticContrastLib.volume_io import READER_NOTES, Volume, read_volume, write_volume
+
+
+@pytest.fixture
+def series(tmp_path):
+    files = write_dicom_series(tmp_path / "ct", np.round(chest_like((12, 24, 20))), spacing=(0.8, 0.7, 2.0), description="Chest")
+    return tmp_path / "ct", files
+
+
+def test_stray_non_dicom_files_in_a_series_folder_are_ignored_and_said(series, tmp_path, tiny_model_card, capsys):
+    folder, files = series
+    (folder / "README.txt").write_text("exported by PACS")
+    (folder / "Thumbs.db").write_bytes(b"\x00" * 600)
+    (folder / "VERSION").write_text("3.1")
+    volume = read_volume(folder)
+    assert volume.array.shape == (12, 24, 20)
+    assert sorted(n.split(":")[0] for n in volume.metadata[READER_NOTES]) == ["README.txt", "Thumbs.db", "VERSION"]
+    code = main(["synthesize", str(folder), str(tmp_path / "x_synthetic.nrrd"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"])
+    assert code == 0 and "note: README.txt: not a DICOM file; ignored" in capsys.readouterr().err
+    (folder / "slice_broken.dcm").write_bytes(b"\x00" * 200)  # named as DICOM: still an error that names it
+    with pytest.raises(InputError, match="slice_broken.dcm"):
+        read_volume(folder)
+
+
+def test_a_localizer_filed_in_the_ct_series_is_left_out(series):
+    folder, files = series
+    scout = pydicom.dcmread(files[0])
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal scout
+    scout.save_as(folder / "scout.dcm", enforce_file_format=True)
+    volume = read_volume(folder)
+    assert volume.array.shape == (12, 24, 20)
+    assert any("scout.dcm" in n and "LOCALIZER" in n for n in volume.metadata[READER_NOTES])
+
+
+def test_padding_outside_the_field_of_view_becomes_air(series):
+    folder, files = series
+    for path in files:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        pixels[:3, :3] = -32768
+        ds.PixelData = pixels.tobytes()
+        ds.add_new(0x00280120, "SS", -32768)  # PixelPaddingValue; signed pixels make it SS
+        ds.save_as(path, enforce_file_format=True)
+    volume = read_volume(folder)
+    assert (volume.array[:, :3, :3] == -1000.0).all() and volume.array.min() >= -1100
+    assert any("PixelPaddingValue" in n and f"{12 * 9} voxels" in n for n in volume.metadata[READER_NOTES])
+
+
+def test_a_flipped_synthetic_volume_is_put_back_on_the_source_grid_and_a_shifted_one_refused(series):
+    folder, files = series
+    source = read_volume(folder)
+    synthetic = source.with_array(source.array + 100.0, **{"SyntheticContrast.synthetic": "true"})
+    # The same voxels written with z and x reversed, as another tool's NIfTI may store them.
+    flipped_dir = np.asarray(source.direction, float).reshape(3, 3).copy()
+    flipped_dir[:, 0] *= -1
+    flipped_dir[:, 2] *= -1
+    corner = source.index_to_physical((source.array.shape[2] - 1, 0, source.array.shape[0] - 1))
+    flipped = Volume(synthetic.array[::-1, :, ::-1].copy(), source.spacing, tuple(corner), tuple(flipped_dir.ravel()), dict(synthetic.metadata))
+    back = on_source_grid(flipped, source)
+    np.testing.assert_allclose(back.array, synthetic.array)
+    assert back.origin == source.origin and back.direction == source.direction
+
+    shifted = Volume(synthetic.array, source.spacing, tuple(np.asarray(source.origin) + [0, 0, 2.0]), source.direction)
+    with pytest.raises(InputError, match=r"does not lie on the source series' grid: origin .*off by 2\.000"):
+        on_source_grid(shifted, source)
+    with pytest.raises(InputError, match=r"grid \(11, 24, 20\)"):
+        on_source_grid(Volume(synthetic.array[1:], source.spacing, source.origin, source.direction), source)
+
+
+def test_exported_series_from_a_flipped_nrrd_has_the_source_geometry_and_validates(series, tmp_path, tiny_model_card):
+    folder, files = series
+    out = tmp_path / "ct_synthetic.nrrd"
+    assert main(["synthesize", str(folder), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"]) == 0
+    made = read_volume(out, check_hu=False)
+    flipped_dir = np.asarray(made.direction, float).reshape(3, 3).copy()
+    flipped_dir[:, 2] *= -1
+    last = made.index_to_physical((0, 0, made.array.shape[0] - 1))
+    flipped = Volume(made.array[::-1].copy(), made.spacing, tuple(last), tuple(flipped_dir.ravel()), dict(made.metadata))
+    write_volume(flipped, tmp_path / "flipped_synthetic.nrrd")
+    assert main(["export-dicom", str(tmp_path / "flipped_synthetic.nrrd"), str(folder), str(tmp_path / "dicom")]) == 0
+    exported = sorted((tmp_path / "dicom").glob("*.dcm"), key=lambda p: int(pydicom.dcmread(p).InstanceNumber))
+    sources = {tuple(np.round(np.array(pydicom.dcmread(f).ImagePositionPatient, float), 3)): f for f in files}
+    for path in exported:
+        ds = pydicom.dcmread(path)
+        position = tuple(np.round(np.array(ds.ImagePositionPatient, float), 3))
+        assert position in sources, "a synthetic slice was filed at a position the source does not have"
+        src = pydicom.dcmread(sources[position])
+        np.testing.assert_allclose(np.array(ds.ImageOrientationPatient, float), np.array(src.ImageOrientationPatient, float), atol=1e-6)
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert dicom_validation_errors(tmp_path / "dicom") == []
