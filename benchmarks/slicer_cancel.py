@@ -10,7 +10,6 @@ reported ``--after`` windows, press Cancel, and time until Cancel returns with t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "SyntheticContrast")]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import slicer_harness  # noqa: E402
+from _results import report  # noqa: E402
 
 
 def one_run(after: int, slices: int) -> dict:
@@ -74,10 +74,7 @@ def main() -> int:
     for r in runs:
         print(f"cancel {r['cancel_s'] * 1000:7.1f} ms after {r['ran_s_before_cancel']:5.1f} s "
               f"(window {r['windows_done']}/{r['windows_total']}); state {r['state']}; child alive: {r['child_alive_after']}")
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2) + "\n")
-    return 0
+    return report(runs, summary, args.json)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SyntheticContrast"))
 
+from _results import report  # noqa: E402
+
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {lib!r})
@@ -73,10 +75,7 @@ def main() -> int:
     summary = {"slices": args.slices, "model": str(args.model), "threads": args.threads,
                "time_fit": {"seconds_per_sample": slope, "intercept_s": intercept, "r2": r2},
                "rss_ratio_max_over_1": max(rss.values()) / rss[min(rss)] if min(rss) == 1 else None}
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2) + "\n")
-    return 0
+    return report(runs, summary, args.json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """What hospital archives and CDs really hold: stray files, scouts and padding in a series, and synthetic volumes
 whose grid must be checked against the source series before a derived series is filed beside it."""
 
-import copy
 
 import numpy as np
 import pydicom

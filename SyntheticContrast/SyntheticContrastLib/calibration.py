@@ -1,9 +1,8 @@
-"""Does the uncertainty map point at the errors? Spearman correlation of SD with |error| and sparsification (AUSE).
+"""Does the uncertainty map point at the errors? Spearman(SD, |error|) and sparsification: AUSE, the area between
+removing the most uncertain voxels first and the oracle's removing the worst first (Ilg et al., ECCV 2018).
 
-Sparsification: remove the voxels the map calls most uncertain first and follow the MAE of the rest; the oracle
-removes the truly worst voxels first. AUSE, the area between the two curves, is 0 for a perfect ranking
-(Ilg et al., ECCV 2018). Errors are absolute HU differences, not windowed: the SD is in HU over the whole
-range, and a window would set the error of lung and bone to zero where the samples disagree most.
+Errors are absolute HU differences, not windowed: a window would set the error of lung and bone to zero where the
+samples disagree most.
 """
 
 from __future__ import annotations

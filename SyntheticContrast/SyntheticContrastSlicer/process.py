@@ -1,8 +1,7 @@
 """Runs the engine's own CLI as a child process, as SlicerTotalSegmentator does, and follows it from a QTimer.
 
-The child writes one JSON object per line (``--progress-json``) into a log file; each timer tick reads the new
-lines, so Slicer's event loop is never blocked and ``processEvents()`` is never needed. Cancel kills the whole
-process tree.
+The child's JSON lines go to a log file that each timer tick reads, so Slicer's event loop is never blocked, and
+Cancel kills the whole process tree.
 """
 
 from __future__ import annotations
