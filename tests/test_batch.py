@@ -164,3 +164,13 @@ def test_csv_manifest_with_names_that_collide_is_refused_before_any_work(tmp_pat
     code = main(["batch", str(tmp_path / "cases.csv"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu"])
     assert code == 1 and "case names repeat" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_that_cannot_start_says_why_without_a_traceback(tmp_path, tiny_model_card):
+    make_cases(tmp_path / "in", 1)
+    (tmp_path / "out").write_text("a file where the output folder should go")
+    result = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "batch", str(tmp_path / "in"), str(tmp_path / "out"),
+                             "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ") and str(tmp_path / "out") in result.stderr

@@ -589,6 +589,12 @@ def main(argv=None) -> int:
         if as_json:
             emit_event("error", message=str(exc), out_of_distribution=True)
         return EXIT_OUT_OF_DISTRIBUTION
+    except OSError as exc:  # a folder that cannot be made or read outside any one case: a message, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        if as_json:
+            emit_event("error", message=f"{where}{exc.strerror or exc}")
+        return EXIT_FAILED
     except (SyntheticContrastError, ValueError) as exc:  # ValueError: option combinations the engine refuses (fp16 on CPU)
         print(f"error: {exc}", file=sys.stderr)
         if as_json:
