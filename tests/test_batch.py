@@ -171,6 +171,7 @@ def test_a_batch_that_cannot_start_says_why_without_a_traceback(tmp_path, tiny_m
     (tmp_path / "out").write_text("a file where the output folder should go")
     result = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "batch", str(tmp_path / "in"), str(tmp_path / "out"),
                              "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "SyntheticContrast")})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: ") and str(tmp_path / "out") in result.stderr
