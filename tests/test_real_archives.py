@@ -103,3 +103,21 @@ def test_exported_series_from_a_flipped_nrrd_has_the_source_geometry_and_validat
         np.testing.assert_allclose(np.array(ds.ImageOrientationPatient, float), np.array(src.ImageOrientationPatient, float), atol=1e-6)
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert dicom_validation_errors(tmp_path / "dicom") == []
+
+
+def test_a_single_slice_given_instead_of_its_folder_points_to_the_folder(series, tmp_path):
+    folder, files = series
+    with pytest.raises(InputError, match=rf"is one DICOM slice, not a volume; give the folder that holds its series instead: .*ct \(12 files"):
+        read_volume(files[3])
+    (tmp_path / "notes").write_text("not an image")
+    with pytest.raises(InputError, match="neither DICOM nor a NIfTI/NRRD/MHA volume"):
+        read_volume(tmp_path / "notes")
+
+
+def test_philips_private_compression_is_named(series):
+    folder, files = series
+    ds = pydicom.dcmread(files[5])
+    ds.file_meta.TransferSyntaxUID = "1.3.46.670589.33.1.4.1"
+    ds.save_as(files[5], implicit_vr=False, little_endian=True)
+    with pytest.raises(InputError, match=r"slice005.dcm: is compressed with a private Philips codec \(transfer syntax 1\.3\.46\.670589\.33\.1\.4\.1\); decompress"):
+        read_volume(folder)

@@ -99,6 +99,36 @@ def _description(file: str) -> str:
         return ""
 
 
+#: Vendor transfer syntaxes no open reader decodes; the series must be decompressed with the vendor's tools first.
+PRIVATE_TRANSFER_SYNTAXES = {"1.3.46.670589.33.1.4.1": "a private Philips codec"}
+
+
+def _single_file_problem(path: Path) -> str:
+    """What to say when one file is given: a DICOM slice points to its series folder; anything else says what it is."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return "is a single file that is neither DICOM nor a NIfTI/NRRD/MHA volume (it has no known extension)"
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return f"is a multi-frame DICOM object ({ds.get('SOPClassUID', 'unknown class')}), which this version cannot read yet"
+    uid = str(ds.get("SeriesInstanceUID", ""))
+    siblings = [s for s in dicom_series_in(path.parent) if s["series_uid"] == uid] if uid else []
+    where = f" ({siblings[0]['slices']} files of its series are there)" if siblings else ""
+    return f"is one DICOM slice, not a volume; give the folder that holds its series instead: {path.parent}{where}"
+
+
+def _refuse_private_compression(path, ds) -> None:
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        return
+    name = PRIVATE_TRANSFER_SYNTAXES.get(str(syntax))
+    if name or syntax.is_private:
+        raise InputError(path, f"is compressed with {name or 'a private vendor codec'} (transfer syntax {syntax}); "
+                         "decompress the series with the vendor's tools first, then read the decompressed files")
+
+
 def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None = None) -> list[str]:
     """Header checks with pydicom; returns the files sorted along the slice normal or raises InputError.
 
@@ -112,6 +142,7 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as exc:
             raise InputError(f, f"is not a readable DICOM file ({exc.__class__.__name__}: {exc})") from exc
+        _refuse_private_compression(f, ds)
         if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
             if notes is not None:
                 notes.append(f"{Path(f).name}: a LOCALIZER (scout) image in the series; left out")
@@ -259,7 +290,7 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
     else:
         suffix = _suffix(path)
         if suffix in (".dcm", ".ima") or suffix == "":
-            raise InputError(path, "is a single file, not a volume; give the folder holding the whole DICOM series")
+            raise InputError(path, _single_file_problem(path))
         if suffix not in READ_SUFFIXES:
             raise InputError(path, f"has an unsupported extension {suffix!r}; use one of {', '.join(READ_SUFFIXES)} or a DICOM folder")
         try:
