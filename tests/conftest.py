@@ -68,6 +68,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), mo
             ds.SpecificCharacterSet = charset
         ds.Modality, ds.PatientID, ds.PatientName = modality, "TEST", patient_name
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
         ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 1, k + 1
         z = positions[k] if positions is not None else k * spacing[2]
         ds.ImagePositionPatient = [-10.0, -20.0, float(z)]

@@ -121,3 +121,36 @@ def test_philips_private_compression_is_named(series):
     ds.save_as(files[5], implicit_vr=False, little_endian=True)
     with pytest.raises(InputError, match=r"slice005.dcm: is compressed with a private Philips codec \(transfer syntax 1\.3\.46\.670589\.33\.1\.4\.1\); decompress"):
         read_volume(folder)
+
+
+def test_a_cd_root_with_a_dicomdir_is_read_through_it(tmp_path):
+    from pydicom.fileset import FileSet
+
+    files = write_dicom_series(tmp_path / "src", np.round(chest_like((8, 24, 20))), description="Chest 2mm")
+    scout = write_dicom_series(tmp_path / "scout", np.round(chest_like((2, 24, 20))), description="Topogram")
+    fileset = FileSet()
+    for path in files + scout:
+        fileset.add(pydicom.dcmread(path))
+    fileset.write(tmp_path / "cd")  # IMAGES in PT*/ST*/SE*/IM* without extensions, as on a CD
+    with pytest.raises(InputError, match=r"holds 2 DICOM series; choose one with --series UID:[\s\S]*Chest 2mm[\s\S]*Topogram"):
+        read_volume(tmp_path / "cd")
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    volume = read_volume(tmp_path / "cd", series_uid=uid)
+    direct = read_volume(tmp_path / "src")
+    np.testing.assert_array_equal(volume.array, direct.array)
+    assert volume.origin == pytest.approx(direct.origin) and any("DICOMDIR" in n for n in volume.metadata[READER_NOTES])
+    assert read_volume(tmp_path / "cd" / "DICOMDIR", series_uid=uid).array.shape == (8, 24, 20)  # the file itself
+
+
+def test_gdcm_and_itk_warnings_do_not_reach_the_terminal(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("no images here")
+    result = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "synthesize", str(tmp_path / "notes"),
+                             str(tmp_path / "x_synthetic.nrrd")], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "SyntheticContrast")})
+    assert result.returncode == 1 and "contains no DICOM series" in result.stderr
+    assert "WARNING" not in result.stderr and "GDCMSeriesFileNames" not in result.stderr, result.stderr

@@ -5,6 +5,7 @@ Geometry follows SimpleITK/DICOM: LPS physical space, spacing/origin in (x, y, z
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,11 +81,25 @@ def _check_readable(path: Path) -> None:
         raise InputError(path, "cannot be read (permission denied)")
 
 
+@contextlib.contextmanager
+def _quiet_itk():
+    """ITK/GDCM print their own warnings ('No Series were found') to the terminal; our messages say it better.
+    Restored afterwards, so a host process (Slicer) keeps its own setting."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def dicom_series_in(folder: Path) -> list[dict]:
     """The DICOM series directly in ``folder``: uid, description, files (GDCM's order)."""
     reader = sitk.ImageSeriesReader
     series = []
-    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+    with _quiet_itk():
+        uids = reader.GetGDCMSeriesIDs(str(folder))
+    for uid in uids:
         files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
         series.append({"series_uid": uid, "files": files, "slices": len(files), "description": _description(files[0])})
     return series
@@ -183,12 +198,35 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
     return files_sorted
 
 
+def dicomdir_series(dicomdir: Path) -> list[dict]:
+    """The series a DICOMDIR (a CD's or a PACS export's file-set) lists: uid, description, files."""
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    try:
+        fileset = FileSet(pydicom.dcmread(dicomdir))
+    except Exception as exc:
+        raise InputError(dicomdir, f"is not a readable DICOMDIR ({exc.__class__.__name__}: {exc})") from exc
+    series = []
+    for uid in fileset.find_values("SeriesInstanceUID"):
+        files = sorted(str(instance.path) for instance in fileset.find(SeriesInstanceUID=uid))
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise InputError(missing[0], f"is listed in {dicomdir} but missing ({len(missing)} file(s) of series {uid})")
+        if files:
+            series.append({"series_uid": str(uid), "files": files, "slices": len(files), "description": _description(files[0])})
+    return series
+
+
 def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise InputError(folder, "is an empty folder")
-    series = dicom_series_in(folder)
-    stray = _report_unreadable_files(folder, entries, series)
+    if (folder / "DICOMDIR").is_file():  # a CD or export root: the file-set says where every series' files are
+        series, stray = dicomdir_series(folder / "DICOMDIR"), [f"read the series list from {folder / 'DICOMDIR'}"]
+    else:
+        series = dicom_series_in(folder)
+        stray = _report_unreadable_files(folder, entries, series)
     if not series:
         raise InputError(folder, "contains no DICOM series (and is not a NIfTI/NRRD/MHA file)")
     if series_uid is None and len(series) > 1:
@@ -201,7 +239,8 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        with _quiet_itk():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(folder, f"pixel data could not be read (corrupt or truncated file?): {str(exc).strip().splitlines()[-1]}") from exc
     meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"],
@@ -285,6 +324,8 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
     """Read a CT volume; DICOM folders are checked for modality, missing slices, uneven spacing and tilt."""
     path = Path(path)
     _check_readable(path)
+    if path.name.upper() == "DICOMDIR" and path.is_file():
+        path = path.parent  # the file-set's root folder is meant
     if path.is_dir():
         volume = _read_dicom_folder(path, series_uid)
     else:
