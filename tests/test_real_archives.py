@@ -154,3 +154,58 @@ def test_gdcm_and_itk_warnings_do_not_reach_the_terminal(tmp_path):
                             env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "SyntheticContrast")})
     assert result.returncode == 1 and "contains no DICOM series" in result.stderr
     assert "WARNING" not in result.stderr and "GDCMSeriesFileNames" not in result.stderr, result.stderr
+
+
+def enhanced_ct(path, hu, spacing=(0.8, 0.7, 2.0), origin=(-10.0, -20.0, 0.0), per_frame_rescale=False):
+    """An Enhanced CT Image Storage object written with pydicom: one file, a frame per slice, frames stored in
+    reverse z order, geometry and rescale in the functional groups."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    n = hu.shape[0]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2.1", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "CT", "Test^Enhanced", "E1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.NumberOfFrames, ds.Rows, ds.Columns = n, hu.shape[1], hu.shape[2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = [spacing[1], spacing[0]], spacing[2]
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
+    stored = []
+    per_frame = []
+    for k in reversed(range(n)):  # frames in reverse z order: the reader must sort them
+        frame, position, transform = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[2]]
+        slope = 2.0 if per_frame_rescale and k % 2 else 1.0
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, -1024, "HU"
+        frame.PlanePositionSequence, frame.PixelValueTransformationSequence = [position], [transform]
+        per_frame.append(frame)
+        stored.append(np.round((hu[k] + 1024) / slope).astype(np.int16))
+    ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence = [shared], per_frame
+    ds.PixelData = np.stack(stored).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def test_an_enhanced_ct_object_is_read_like_the_classic_series(tmp_path):
+    hu = np.round(chest_like((10, 24, 20)))
+    write_dicom_series(tmp_path / "classic", hu, spacing=(0.8, 0.7, 2.0))
+    classic = read_volume(tmp_path / "classic")
+    for per_frame in (False, True):
+        path = enhanced_ct(tmp_path / f"enhanced{per_frame}" / "ct.dcm", hu, per_frame_rescale=per_frame)
+        for given in (path.parent, path):  # its folder, or the one file
+            volume = read_volume(given)
+            np.testing.assert_allclose(volume.array, classic.array, atol=1.0 if per_frame else 0)
+            np.testing.assert_allclose(volume.spacing, classic.spacing, atol=1e-6)
+            np.testing.assert_allclose(volume.origin, classic.origin, atol=1e-6)
+            np.testing.assert_allclose(volume.direction, classic.direction, atol=1e-9)
+            assert any("Enhanced CT object of 10 frames" in n for n in volume.metadata[READER_NOTES])

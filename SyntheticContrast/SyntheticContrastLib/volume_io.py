@@ -127,7 +127,7 @@ def _single_file_problem(path: Path) -> str:
     except Exception:
         return "is a single file that is neither DICOM nor a NIfTI/NRRD/MHA volume (it has no known extension)"
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return f"is a multi-frame DICOM object ({ds.get('SOPClassUID', 'unknown class')}), which this version cannot read yet"
+        return f"is a multi-frame DICOM object of class {ds.get('SOPClassUID', 'unknown')}; only Enhanced CT multi-frame objects are read"
     uid = str(ds.get("SeriesInstanceUID", ""))
     siblings = [s for s in dicom_series_in(path.parent) if s["series_uid"] == uid] if uid else []
     where = f" ({siblings[0]['slices']} files of its series are there)" if siblings else ""
@@ -175,15 +175,20 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
     for f, ds in headers:
         if not np.allclose(np.array(ds.ImageOrientationPatient, float), orientation, atol=1e-4):
             raise InputError(f, "slice orientation differs from the rest of the series")
-    normal = np.cross(orientation[:3], orientation[3:])
     positions = np.array([np.array(ds.ImagePositionPatient, float) for _, ds in headers])
+    tilt = [float(ds.get("GantryDetectorTilt", 0) or 0) for _, ds in headers]
+    order = check_slice_stack(positions, orientation, tilt, folder)
+    return [headers[i][0] for i in order]
+
+
+def check_slice_stack(positions: np.ndarray, orientation: np.ndarray, tilt: list[float], folder) -> np.ndarray:
+    """The order of slices (or frames) along the normal; refuses duplicates, tilt, gaps and uneven spacing."""
+    normal = np.cross(orientation[:3], orientation[3:])
     order = np.argsort(positions @ normal)
     positions = positions[order]
-    files_sorted = [headers[i][0] for i in order]
     steps = np.diff(positions @ normal)
     if np.any(steps < 1e-3):
         raise InputError(folder, "two slices share one position (duplicate slices, or two series mixed in one folder)")
-    tilt = [float(ds.get("GantryDetectorTilt", 0) or 0) for _, ds in headers]
     offsets = positions[-1] - positions[0]
     off_axis = np.linalg.norm(offsets - (offsets @ normal) * normal)
     if any(abs(t) > 0.01 for t in tilt) or off_axis > 0.01 * np.linalg.norm(offsets) + 0.1:
@@ -195,7 +200,54 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
         raise InputError(folder, f"about {missing} slice(s) missing: gap of {steps[gaps[0]]:.2f} mm after slice {gaps[0] + 1} where spacing is {median:.2f} mm")
     if steps.max() - steps.min() > max(0.01 * median, 0.01):
         raise InputError(folder, f"uneven slice spacing ({steps.min():.3f} to {steps.max():.3f} mm); resample to even spacing first")
-    return files_sorted
+    return order
+
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+def _frame_item(ds, frame, sequence: str):
+    """A functional-group item for one frame: its own if the per-frame group has it, else the shared one."""
+    for group in (ds.PerFrameFunctionalGroupsSequence[frame], ds.SharedFunctionalGroupsSequence[0]):
+        if sequence in group:
+            return group[sequence][0]
+    raise InputError(ds.filename, f"frame {frame + 1} has no {sequence} (shared or per frame)")
+
+
+def _is_enhanced_ct(path) -> bool:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPClassUID", "")) == ENHANCED_CT
+    except Exception:
+        return False
+
+
+def _read_enhanced_ct(path: Path) -> Volume:
+    """An Enhanced CT Image Storage object: one file, one frame per slice, geometry in functional groups."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        frames = np.asarray(ds.pixel_array, np.float32).reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    except Exception as exc:
+        raise InputError(path, f"is an Enhanced CT object whose frames could not be read ({exc.__class__.__name__}: {exc})") from exc
+    n = frames.shape[0]
+    orientations = [np.array(_frame_item(ds, k, "PlaneOrientationSequence").ImageOrientationPatient, float) for k in range(n)]
+    if any(not np.allclose(o, orientations[0], atol=1e-4) for o in orientations):
+        raise InputError(path, "frame orientation differs between frames")
+    positions = np.array([np.array(_frame_item(ds, k, "PlanePositionSequence").ImagePositionPatient, float) for k in range(n)])
+    order = check_slice_stack(positions, orientations[0], [float(ds.get("GantryDetectorTilt", 0) or 0)], path)
+    for k in range(n):  # stored values -> HU with each frame's own rescale
+        transform = _frame_item(ds, k, "PixelValueTransformationSequence")
+        frames[k] = frames[k] * float(transform.RescaleSlope) + float(transform.RescaleIntercept)
+    row_spacing, col_spacing = (float(v) for v in _frame_item(ds, 0, "PixelMeasuresSequence").PixelSpacing)
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    step = float(np.median(np.diff(positions[order] @ normal))) if n > 1 else 1.0
+    direction = np.column_stack([orientations[0][:3], orientations[0][3:], normal])
+    meta = {"dicom_series_uid": str(ds.SeriesInstanceUID), "dicom_files": [str(path)], "series_description": str(ds.get("SeriesDescription", "")),
+            READER_NOTES: [f"{path.name}: an Enhanced CT object of {n} frames, read frame by frame"]}
+    return Volume(np.ascontiguousarray(frames[order]), (col_spacing, row_spacing, step), tuple(positions[order][0]), tuple(direction.ravel()), meta, str(path))
 
 
 def dicomdir_series(dicomdir: Path) -> list[dict]:
@@ -235,6 +287,10 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     if chosen is None:
         raise InputError(folder, f"has no series {series_uid}; it has {[s['series_uid'] for s in series]}")
     notes = list(stray)
+    if len(chosen["files"]) == 1 and _is_enhanced_ct(chosen["files"][0]):
+        volume = _read_enhanced_ct(Path(chosen["files"][0]))
+        volume.metadata[READER_NOTES][:0] = notes
+        return volume
     files = check_dicom_series(chosen["files"], folder, notes)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -330,6 +386,11 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
         volume = _read_dicom_folder(path, series_uid)
     else:
         suffix = _suffix(path)
+        if (suffix in (".dcm", ".ima") or suffix == "") and _is_enhanced_ct(path):
+            volume = _read_enhanced_ct(path)  # one file is the whole volume
+            if check_hu:
+                check_hu_volume(volume, path)
+            return volume
         if suffix in (".dcm", ".ima") or suffix == "":
             raise InputError(path, _single_file_problem(path))
         if suffix not in READ_SUFFIXES:
