@@ -209,3 +209,22 @@ def test_an_enhanced_ct_object_is_read_like_the_classic_series(tmp_path):
             np.testing.assert_allclose(volume.origin, classic.origin, atol=1e-6)
             np.testing.assert_allclose(volume.direction, classic.direction, atol=1e-9)
             assert any("Enhanced CT object of 10 frames" in n for n in volume.metadata[READER_NOTES])
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless"])
+def test_compressed_series_read_like_the_uncompressed_one(tmp_path, syntax):
+    import pydicom.uid
+
+    pytest.importorskip("openjpeg", reason="pylibjpeg-openjpeg (test extra) encodes the JPEG 2000 fixture")
+    pytest.importorskip("jpeg_ls", reason="pyjpegls (test extra) encodes the JPEG-LS fixture")
+    hu = np.round(chest_like((8, 64, 64)))  # openjpeg's default resolution levels need at least 32 px a side
+    write_dicom_series(tmp_path / "plain", hu)
+    files = write_dicom_series(tmp_path / "compressed", hu)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.compress(getattr(pydicom.uid, syntax))
+        ds.save_as(path)
+    assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == getattr(pydicom.uid, syntax)
+    volume, plain = read_volume(tmp_path / "compressed"), read_volume(tmp_path / "plain")
+    np.testing.assert_array_equal(volume.array, plain.array)
+    assert volume.origin == plain.origin and volume.spacing == plain.spacing
