@@ -228,3 +228,17 @@ def test_compressed_series_read_like_the_uncompressed_one(tmp_path, syntax):
     volume, plain = read_volume(tmp_path / "compressed"), read_volume(tmp_path / "plain")
     np.testing.assert_array_equal(volume.array, plain.array)
     assert volume.origin == plain.origin and volume.spacing == plain.spacing
+
+
+def test_a_source_without_study_instance_uid_is_refused_not_exported_empty(series, tmp_path):
+    from SyntheticContrastLib.dicom_export import export_dicom_series, source_files_of
+
+    folder, files = series
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = ""
+        ds.save_as(path)
+    source = read_volume(folder)
+    with pytest.raises(InputError, match="slice000.dcm: has no StudyInstanceUID"):
+        export_dicom_series(source, tmp_path / "out", source_files_of(source), "m", "0" * 64)
+    assert not (tmp_path / "out").exists()

@@ -74,6 +74,9 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
     now = _dt.datetime.now()
     source_desc = str(first.get("SeriesDescription", "")) if first else ""
     source_series_number = int(first.get("SeriesNumber", 0) or 0) if first else 0
+    if first is not None and not str(first.get("StudyInstanceUID", "") or "").strip():
+        raise InputError(source_files[0], "has no StudyInstanceUID, so a derived series could not be filed in its study "
+                         "(a PACS would file it nowhere); repair the source's study identity first")
     study_uid = str(first.StudyInstanceUID) if first else generate_uid()
     frame_uid = str(first.FrameOfReferenceUID) if first and "FrameOfReferenceUID" in first else generate_uid()
 
