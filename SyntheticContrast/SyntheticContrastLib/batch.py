@@ -139,7 +139,7 @@ class BatchRunner:
         return cases[self.rank :: self.world]
 
     def run_case(self, case: Case) -> dict:
-        from .case import check_input, refuse_if_strict, synthesize_case, write_case
+        from .case import check_input, ood_summary, refuse_if_strict, synthesize_case, write_case
         from .dicom_export import source_files_of
         from .volume_io import read_volume
 
@@ -158,7 +158,7 @@ class BatchRunner:
             log.info("reading %s", case.input)
             volume = read_volume(case.input, series_uid=case.series_uid)
             findings = check_input(volume, self.model)
-            status["ood"] = "; ".join(f.message for f in findings) if findings else "none"
+            status["ood"] = ood_summary(findings, self.model)
             for finding in findings:
                 log.warning("%s", finding.line())
             refuse_if_strict(volume, findings, self.strict)

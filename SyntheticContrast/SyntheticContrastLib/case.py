@@ -14,16 +14,21 @@ from .volume_io import READER_NOTES, Volume, _suffix, write_volume
 OOD_KEY = "SyntheticContrast.ood"
 
 
+NOT_CHECKED = "not checked (the model card has no input statistics)"
+
+
+def ood_summary(findings: list, model) -> str:
+    """What headers, manifests and DICOM say: the findings, 'none', or that the card allowed no check."""
+    return ood.summary(findings) if model.card.input_statistics else NOT_CHECKED
+
+
 @dataclass
 class CaseResult:
     result: Volume
     sd: Volume | None
     report: object
     findings: list = field(default_factory=list)
-
-    @property
-    def ood_summary(self) -> str:
-        return ood.summary(self.findings)
+    ood_summary: str = "none"
 
 
 def uncertainty_path(output: str | Path) -> Path:
@@ -50,11 +55,11 @@ def synthesize_case(volume: Volume, model, options: SynthesisOptions, findings: 
     report.notes[:0] = volume.metadata.get(READER_NOTES, [])  # what the reader left out or filled comes first
     if not model.card.input_statistics:
         report.notes.append(f"model card {model.card.model_id} has no input statistics: out-of-distribution checks were not run")
-    summary = ood.summary(findings) if model.card.input_statistics else "not checked (the model card has no input statistics)"
+    summary = ood_summary(findings, model)
     for volume_out in (result, sd):
         if volume_out is not None:
             volume_out.metadata[OOD_KEY] = summary
-    return CaseResult(result, sd, report, findings)
+    return CaseResult(result, sd, report, findings, summary)
 
 
 def write_case(case: CaseResult, output: Path, dicom_dir: Path | None = None, source_files=None, model=None) -> dict:

@@ -66,7 +66,9 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
     if hu.min() < -32768 or hu.max() > 32767:
         raise ValueError("synthetic HU values do not fit in signed 16-bit pixels")
     comment = UNCERTAINTY_COMMENT if uncertainty else IMAGE_COMMENT
-    if findings and findings != "none":
+    if findings.startswith("not checked"):
+        comment += f". Out-of-distribution checks: {findings}"
+    elif findings and findings != "none":
         comment += f". OUT-OF-DISTRIBUTION WARNING: {findings}"
     pixels = hu.astype(np.int16)
     series_uid = generate_uid()
