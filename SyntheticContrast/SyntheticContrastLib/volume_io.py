@@ -144,10 +144,11 @@ def _refuse_private_compression(path, ds) -> None:
                          "decompress the series with the vendor's tools first, then read the decompressed files")
 
 
-def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None = None) -> list[str]:
+def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None = None, padding: dict | None = None) -> list[str]:
     """Header checks with pydicom; returns the files sorted along the slice normal or raises InputError.
 
-    A LOCALIZER (scout) image filed in the CT series is left out, with a line in ``notes``.
+    A LOCALIZER (scout) image filed in the CT series is left out, with a line in ``notes``; ``padding`` gets the
+    HU that each file's PixelPaddingValue stands for, so the pixels need no second reading of the headers.
     """
     import pydicom
 
@@ -158,6 +159,8 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
         except Exception as exc:
             raise InputError(f, f"is not a readable DICOM file ({exc.__class__.__name__}: {exc})") from exc
         _refuse_private_compression(f, ds)
+        if padding is not None and "PixelPaddingValue" in ds:
+            padding[f] = float(ds.PixelPaddingValue) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
         if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
             if notes is not None:
                 notes.append(f"{Path(f).name}: a LOCALIZER (scout) image in the series; left out")
@@ -291,7 +294,8 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         volume = _read_enhanced_ct(Path(chosen["files"][0]))
         volume.metadata[READER_NOTES][:0] = notes
         return volume
-    files = check_dicom_series(chosen["files"], folder, notes)
+    padding = {}
+    files = check_dicom_series(chosen["files"], folder, notes, padding)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -302,7 +306,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"],
             READER_NOTES: notes}
     volume = Volume.from_sitk(image, str(folder), meta)
-    _padding_to_air(volume, files, notes)
+    _padding_to_air(volume, [padding.get(f) for f in files], notes)
     return volume
 
 
@@ -311,17 +315,14 @@ READER_NOTES = "reader_notes"
 AIR_HU = -1000.0
 
 
-def _padding_to_air(volume: Volume, files: list[str], notes: list[str]) -> None:
-    """Voxels stored as PixelPaddingValue lie outside the reconstructed field of view: fill them with air."""
-    import pydicom
-
+def _padding_to_air(volume: Volume, padding_hu: list, notes: list[str]) -> None:
+    """Voxels stored as PixelPaddingValue (``padding_hu`` per slice, None where absent) lie outside the
+    reconstructed field of view: fill them with air."""
     filled = 0
-    for k, f in enumerate(files):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        if "PixelPaddingValue" not in ds:
+    for k, value in enumerate(padding_hu):
+        if value is None:
             continue
-        padding_hu = float(ds.PixelPaddingValue) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-        outside = volume.array[k] == np.float32(padding_hu)
+        outside = volume.array[k] == np.float32(value)
         filled += int(outside.sum())
         volume.array[k][outside] = AIR_HU
     if filled:
