@@ -286,7 +286,8 @@ def reference_points_node(scene):
     return node
 
 
-def _reference_label(name: str, lesion_id: str | None) -> str:
+def reference_label(name: str, lesion_id: str | None = None) -> str:
+    """'DTA' for the shared point, 'LN3 DTA' for one lesion's own."""
     return f"{lesion_id} {REFERENCE_LABELS[name]}" if lesion_id else REFERENCE_LABELS[name]
 
 
@@ -295,7 +296,7 @@ def set_reference_point(scene, name: str, point_ras, lesion_id: str | None = Non
     if name not in REFERENCE_LABELS:
         raise ValueError(f"reference must be one of {list(REFERENCE_LABELS)}")
     node = reference_points_node(scene)
-    label = _reference_label(name, lesion_id)
+    label = reference_label(name, lesion_id)
     for i in range(node.GetNumberOfControlPoints()):
         if node.GetNthControlPointLabel(i) == label:
             node.SetNthControlPointPosition(i, *point_ras)
@@ -321,8 +322,8 @@ def rois_from_markups(scene, fraction: float = 0.9) -> dict:
         if line.GetAttribute(ROLE_ATTRIBUTE) != "lesion" or line.GetNumberOfControlPoints() != 2:
             continue
         lesion = {"id": line.GetName(), "short_axis": [p for _, p in _control_points(line)]}
-        own = {key: points[_reference_label(key, line.GetName())] for key in REFERENCE_LABELS
-               if _reference_label(key, line.GetName()) in points}
+        own = {key: points[reference_label(key, line.GetName())] for key in REFERENCE_LABELS
+               if reference_label(key, line.GetName()) in points}
         if own:
             lesion["references"] = own
         lesions.append(lesion)

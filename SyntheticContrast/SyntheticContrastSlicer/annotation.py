@@ -14,16 +14,12 @@ class ReferencePointPlacement:
     that label; if place mode ends without a click, the observers go too, so a later click is never relabelled."""
 
     def __init__(self, points, label: str, interaction):
-        self.points, self.label, self.interaction = points, label, interaction
+        self.label = label
         self._known = {points.GetNthControlPointID(i) for i in range(points.GetNumberOfControlPoints())}
         self._tags = [
             (points, points.AddObserver(points.PointPositionDefinedEvent, self._on_defined)),
             (interaction, interaction.AddObserver(interaction.InteractionModeChangedEvent, self._on_mode_changed)),
         ]
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._tags)
 
     def _on_defined(self, caller, event):
         from SyntheticContrastLib import mrml
@@ -86,8 +82,8 @@ class AnnotationController:
         points = mrml.reference_points_node(slicer.mrmlScene)
         if points.GetDisplayNode() is None:
             points.CreateDefaultDisplayNodes()
-        label = f"{lesion_id} {mrml.REFERENCE_LABELS[name]}" if lesion_id else mrml.REFERENCE_LABELS[name]
-        self._pending = ReferencePointPlacement(points, label, slicer.app.applicationLogic().GetInteractionNode())
+        self._pending = ReferencePointPlacement(points, mrml.reference_label(name, lesion_id),
+                                                slicer.app.applicationLogic().GetInteractionNode())
         mrml.start_placement(slicer.mrmlScene, points)
         return self._pending
 
