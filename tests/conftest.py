@@ -17,6 +17,26 @@ from SyntheticContrastLib.networks import GeneratorConfig, UNetGenerator3D  # no
 
 TINY = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.0)
 
+# Hypothesis: the same examples on every run (a CI failure reproduces), no example database, and its caches in
+# the temp folder rather than the source tree.
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "synthetic-contrast-hypothesis"))
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("reproducible", derandomize=True, database=None)
+_hypothesis_settings.load_profile("reproducible")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now: fixed ports collide when two test runs share a machine."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 def tiny_generator(seed: int = 0, config: GeneratorConfig = TINY) -> UNetGenerator3D:
     torch.manual_seed(seed)

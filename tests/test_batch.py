@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import chest_like, write_dicom_series
+from conftest import chest_like, free_port, write_dicom_series
 from SyntheticContrastLib.batch import discover_cases
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
@@ -84,7 +84,7 @@ def test_sigkill_mid_batch_loses_no_finished_case(tmp_path, tiny_model_card):
 def test_two_rank_torchrun_splits_cases_without_overlap(tmp_path, tiny_model_card):
     make_cases(tmp_path / "in", 5)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534", "-m",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m",
            "SyntheticContrastLib.cli", "batch", str(tmp_path / "in"), str(out), "--model", str(tiny_model_card),
            "--device", "cpu", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import free_port
 from SyntheticContrastLib import phantom as ph
 from SyntheticContrastLib.networks import GeneratorConfig
 from SyntheticContrastLib.rois import parse_rois
@@ -120,7 +121,7 @@ t.close()
 open({str(tmp_path)!r} + f"/rank{{t.rank}}.done", "w").close()  # a file per rank: stdout of two ranks interleaves
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(script)],
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(script)],
                          capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "rank0.done").exists() and (tmp_path / "rank1.done").exists()
