@@ -138,12 +138,31 @@ def test_fewer_slices_than_the_window_are_padded_with_a_note(tmp_path, tiny_mode
     assert "5 slices, fewer than the 16-slice window" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file regardless of permissions")
-def test_unreadable_path(tmp_path, tiny_model_card, capsys):
-    src = vol_file(tmp_path, "locked.nii.gz", chest_like((16, 32, 32)))
-    src.chmod(0)
-    rc = main(["synthesize", str(src), str(tmp_path / "x_synthetic.nii.gz"), "--model", str(tiny_model_card)])
-    assert rc == 1 and "permission denied" in capsys.readouterr().err
+def test_unreadable_path(tiny_model_card):
+    """Root reads every file, so as root the check runs with the effective user 'nobody' to meet a locked file."""
+    import shutil
+    import tempfile
+
+    from SyntheticContrastLib.volume_io import read_volume
+
+    folder = Path(tempfile.mkdtemp(prefix="sc-permissions-"))
+    try:
+        folder.chmod(0o755)  # pytest's temp folders are private to root; 'nobody' must be able to reach the file
+        src = vol_file(folder, "locked.nii.gz", chest_like((16, 32, 32)))
+        src.chmod(0)
+        as_root = os.geteuid() == 0
+        if as_root:
+            import pwd
+
+            os.seteuid(pwd.getpwnam("nobody").pw_uid)
+        try:
+            with pytest.raises(InputError, match=r"locked.nii.gz: cannot be read \(permission denied\)"):
+                read_volume(src)
+        finally:
+            if as_root:
+                os.seteuid(0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_unreadable_path_through_a_broken_link(tmp_path, tiny_model_card, capsys):

@@ -77,7 +77,9 @@ def _suffix(path: Path) -> str:
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise InputError(path, "does not exist")
-    if not os.access(path, os.R_OK):
+    # The effective ids are what open() will use (they differ from the real ones under setuid or seteuid).
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, os.R_OK, effective_ids=effective):
         raise InputError(path, "cannot be read (permission denied)")
 
 
