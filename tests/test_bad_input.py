@@ -242,3 +242,13 @@ def test_fuzz_readers_raise_only_input_errors(tmp_path_factory, data, kind):
         assert str(exc)
     else:
         assert volume.array.ndim == 3 and np.isfinite(volume.array).all()
+
+
+def test_spacing_uneven_by_a_few_percent_is_refused(tmp_path):
+    """One step of 2.05 mm among 2 mm steps: within the gap rule, but 2.5 % off, beyond the 1 % tolerance."""
+    from SyntheticContrastLib.volume_io import read_volume
+
+    folder = _dicom(tmp_path, "slightly", positions=[0, 2, 4, 6.05, 8.05, 10.05, 12.05, 14.05])
+    with pytest.raises(InputError, match=r"uneven slice spacing \(2\.000 to 2\.050 mm\)"):
+        read_volume(folder)
+    assert read_volume(_dicom(tmp_path, "even", positions=[0, 2, 4, 6.01, 8.01, 10.01, 12.01, 14.01])).array.shape[0] == 8

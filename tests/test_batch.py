@@ -176,3 +176,31 @@ def test_a_batch_that_cannot_start_says_why_without_a_traceback(tmp_path, tiny_m
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "SyntheticContrast")})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: ") and str(tmp_path / "out") in result.stderr
+
+
+def test_a_deleted_output_is_redone_and_a_failed_case_with_an_output_is_not_done(tmp_path, tiny_model_card, monkeypatch):
+    from SyntheticContrastLib import case as case_module
+    from SyntheticContrastLib.batch import BatchRunner
+    from SyntheticContrastLib.inference import SynthesisOptions
+    from SyntheticContrastLib.models import load_model
+
+    make_cases(tmp_path / "in", 2)
+    cases = discover_cases(tmp_path / "in")
+    runner = BatchRunner(tmp_path / "out", load_model(tiny_model_card), SynthesisOptions(device="cpu"))
+    runner.run(cases)
+    first, second = cases[1], cases[2]
+    Path(json.loads(runner.status_path(first).read_text())["output"]).unlink()  # someone deleted an output
+    assert not runner.is_done(first) and runner.is_done(second)
+
+    real_write = case_module.write_case
+
+    def volume_then_dicom_fails(result, output, *args, **kwargs):
+        real_write(result, output)  # the volume reaches its final name ...
+        raise OSError(28, "No space left on device")  # ... and the next write fails
+
+    monkeypatch.setattr(case_module, "write_case", volume_then_dicom_fails)
+    redone = {r["case"]: r for r in runner.run(cases)}
+    assert redone[first.name]["status"] == "failed" and "No space left" in redone[first.name]["error"]
+    assert Path(redone[first.name]["input"]).exists() and runner.output_path(first).exists()
+    assert not runner.is_done(first), "a failed case whose output file exists must not count as done"
+    assert redone[second.name]["status"] == "done"  # untouched, skipped

@@ -92,3 +92,22 @@ def test_non_ascii_patient_names_survive_export(tmp_path, charset, name):
         assert str(ds.PatientName) == name
         assert ds.SpecificCharacterSet == pydicom.dcmread(files[0]).SpecificCharacterSet
     assert dicom_validation_errors(tmp_path / "synthetic") == []
+
+
+def test_an_oblique_volume_is_exported_with_its_own_orientation(tmp_path, source):
+    """A non-symmetric direction: rows and columns of the matrix differ, so only the right ones give the IOP."""
+    import SimpleITK as sitk
+
+    folder, files = source
+    src = read_volume(folder)
+    oblique = tuple(sitk.VersorRigid3DTransform((0.1, -0.05, 0.2, 1.0)).GetMatrix())
+    synthetic = src.with_array(src.array + 100.0)
+    synthetic.direction = oblique
+    out = export_dicom_series(synthetic, tmp_path / "oblique", None, "m", "0" * 64)
+    d = np.asarray(oblique).reshape(3, 3)
+    for k, path in enumerate(out):
+        ds = pydicom.dcmread(path)
+        np.testing.assert_allclose(np.array(ds.ImageOrientationPatient, float), [*d[:, 0], *d[:, 1]], atol=1e-6)
+        np.testing.assert_allclose(np.array(ds.ImagePositionPatient, float), synthetic.index_to_physical((0, 0, k)), atol=1e-5)
+    back = read_volume(tmp_path / "oblique")
+    np.testing.assert_allclose(back.direction, oblique, atol=1e-5)

@@ -85,3 +85,11 @@ def test_encoding_round_trips_through_its_dict_including_air():
     encoding = WindowEncoding(windows=((1500.0, -100.0), (400.0, 40.0)), output_channel=1, air_hu=-1024.0)
     assert WindowEncoding.from_dict(encoding.to_dict()) == encoding
     assert WindowEncoding.from_dict({"windows": [{"width": 2000, "level": 0}]}).air_hu == -1000.0  # older cards
+
+
+def test_decode_uses_the_output_channels_own_window():
+    from SyntheticContrastLib.encoding import WindowEncoding
+
+    encoding = WindowEncoding(windows=((2000.0, 0.0), (500.0, 50.0)), output_channel=1)
+    assert encoding.decode(np.float32(-1.0)) == pytest.approx(-200.0)  # W500/L50 spans -200..300 HU
+    assert encoding.decode(np.float32(1.0)) == pytest.approx(300.0)

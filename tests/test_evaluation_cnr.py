@@ -234,3 +234,65 @@ def test_cnr_uncertainty_from_an_sd_map_by_hand():
     assert row["lesion_sd_map_mean"] == pytest.approx(3.0) and row["dta_sd_map_mean"] == pytest.approx(4.0)
     assert row["cnr_uncertainty"] == pytest.approx(5.0 / math.sqrt(250))
     assert row["cnr"] == plain[0]["cnr"]
+
+
+def test_cnr_is_the_absolute_difference_when_the_lesion_is_brighter():
+    vol, pts = _cnr_volume()
+    k = int(round(vol.physical_to_index(pts["lesion"])[2]))
+    brighter = vol.array.copy()
+    brighter[k][vol.array[k] == 60] = 400.0  # lesion 400 HU, DTA 300 HU
+    data = {"format": ROI_FORMAT, "coordinate_system": "LPS", "roi_diameter_fraction": 0.9,
+            "lesions": [{"id": "LN1", "center": pts["lesion"], "short_axis_mm": 4.0 / 0.9,
+                         "references": {k2: pts[k2] for k2 in ("dta", "right_fat", "left_fat")}}]}
+    (row,) = measure_cnr({"v": vol.with_array(brighter)}, parse_rois(data))
+    assert row["cnr"] == pytest.approx(100 / math.sqrt(250))
+
+
+def test_paired_comparison_drops_a_pair_when_either_side_is_missing():
+    from scipy import stats as sps
+
+    from SyntheticContrastLib.stats import paired_comparison
+
+    a = [1.0, 2.0, 3.0, 4.5, 5.0, 6.5, 7.0, 8.2]
+    b = [1.4, float("nan"), 3.9, 4.4, 6.1, 6.0, 8.3, 8.0]
+    result = paired_comparison(a, b)
+    keep = [i for i in range(len(a)) if np.isfinite(b[i])]
+    assert result["n"] == len(keep) == 7
+    expected = sps.ttest_rel([a[i] for i in keep], [b[i] for i in keep]).pvalue if result["test"] == "paired t-test" else \
+        sps.wilcoxon([a[i] for i in keep], [b[i] for i in keep]).pvalue
+    assert result["p"] == pytest.approx(expected)
+    swapped = paired_comparison(b, a)
+    assert swapped["n"] == 7 and swapped["p"] == pytest.approx(result["p"])
+
+
+def test_ms_ssim_weighs_the_scales_as_wang_et_al():
+    """Wang, Simoncelli, Bovik 2003: weights 0.0448 ... 0.1333 from finest to coarsest, so fine-grained noise costs
+    little and a coarse change costs much. Noise at the finest scale must score higher than with the weights reversed."""
+    from SyntheticContrastLib.metrics import MS_SSIM_WEIGHTS, ms_ssim_2d
+
+    assert MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:192, 0:192]
+    x = 0.5 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    y = np.clip(x + rng.normal(0, 0.08, x.shape), 0, 1)  # pixel noise: the finest scale suffers, coarse ones barely
+    assert ms_ssim_2d(x, y) > ms_ssim_2d(x, y, weights=MS_SSIM_WEIGHTS[::-1]) + 0.05
+
+
+def test_cnr_on_an_oblique_volume_equals_the_axial_one():
+    """The same voxels under an oblique direction and another origin: points given in that volume's physical
+    space must land on the same circles, so every figure is the same as on the axial volume."""
+    import SimpleITK as sitk
+
+    vol, pts = _cnr_volume()
+    oblique = Volume(vol.array, vol.spacing, (12.0, -30.0, 7.5), tuple(sitk.VersorRigid3DTransform((0.2, -0.1, 0.3, 1.0)).GetMatrix()))
+    moved = {name: oblique.index_to_physical(vol.physical_to_index(p)).tolist() for name, p in pts.items()}
+
+    def lesions(points):
+        return parse_rois({"format": ROI_FORMAT, "coordinate_system": "LPS", "roi_diameter_fraction": 0.9,
+                           "lesions": [{"id": "LN1", "center": points["lesion"], "short_axis_mm": 4.0 / 0.9,
+                                        "references": {k: points[k] for k in ("dta", "right_fat", "left_fat")}}]})
+
+    (axial,) = measure_cnr({"v": vol}, lesions(pts))
+    (tilted,) = measure_cnr({"v": oblique}, lesions(moved))
+    assert tilted["error"] == "" and tilted["lesion_voxels"] == axial["lesion_voxels"] == 25
+    assert tilted["cnr"] == pytest.approx(axial["cnr"]) == pytest.approx(240 / math.sqrt(250))

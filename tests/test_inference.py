@@ -209,3 +209,11 @@ def test_out_of_memory_with_one_window_falls_back_to_the_cpu():
     out, report = synthesize_array(hu, RunsOutOfMemory(first_call_only=True), ENC, 16, SynthesisOptions(stride=4, device="cpu"), inplane_multiple=8)
     assert report.device == "cpu" and any("continued on the CPU" in n for n in report.notes)
     assert np.isfinite(out).all()
+
+
+def test_gaussian_weights_follow_their_formula():
+    """exp(-(k - c)^2 / (2 sigma^2)) with c the window centre and sigma = 0.125 x window, scaled to a maximum of 1."""
+    for window in (16, 9):
+        k = np.arange(window)
+        expected = np.exp(-((k - (window - 1) / 2) ** 2) / (2 * (0.125 * window) ** 2))
+        np.testing.assert_allclose(blend_weights("gaussian", window), expected / expected.max(), rtol=1e-6)

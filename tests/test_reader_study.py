@@ -39,6 +39,14 @@ def test_fom_with_a_normal_case_and_an_exact_tie():
     assert rs.fom_afroc1([[]], [[1.0]]) == 1.0
 
 
+def test_fom_takes_each_cases_highest_non_lesion_mark_not_its_first():
+    nl = [[1.0, 3.0], [2.0, 1.0]]  # case 1's highest NL (3) comes second
+    ll = [[2.5], [4.0]]
+    # FPs 3 and 2 against lesions 2.5 and 4: (2.5 > 3? no) + (4 > 3) + (2.5 > 2) + (4 > 2) = 3 of 4.
+    assert rs.fom_afroc1(nl, ll) == pytest.approx(3 / 4)
+    assert rs.fom_wafroc1(nl, ll) == pytest.approx(3 / 4)
+
+
 def _lesion(lid, center, radius=5.0):
     return rs.Lesion("c", lid, np.array(center, float), radius)
 

@@ -181,6 +181,8 @@ class BatchRunner:
         except Exception as exc:  # one bad case must never stop the batch; Ctrl-C (KeyboardInterrupt) still does
             message = str(exc) if isinstance(exc, SyntheticContrastError) else f"{case.input}: {type(exc).__name__}: {exc}"
             status.update(status="failed", error=message)
+            if self.output_path(case).exists():  # e.g. the volume was written and the DICOM export then failed
+                status["output"] = str(self.output_path(case))
             log.exception("failed: %s", message)
         finally:
             log.removeHandler(handler)

@@ -47,16 +47,10 @@ def circle_roi(volume: Volume, center_lps, diameter_mm: float, name: str = "ROI"
     ri, rj = radius / sx, radius / sy
     if idx[0] - ri < -0.5 or idx[0] + ri > shape_zyx[2] - 0.5 or idx[1] - rj < -0.5 or idx[1] + rj > shape_zyx[1] - 0.5:
         raise ROIError(f"{name} ROI of {diameter_mm:.1f} mm at index ({idx[0]:.1f}, {idx[1]:.1f}) runs off the image")
-    d = np.asarray(volume.direction, float).reshape(3, 3)
     jj, ii = np.mgrid[0 : shape_zyx[1], 0 : shape_zyx[2]]
-    # Offsets from the centre in mm along the slice's row and column axes (the normal component is dropped).
-    du = (ii - idx[0]) * sx
-    dv = (jj - idx[1]) * sy
-    u, v = d[:, 0], d[:, 1]
-    normal = np.cross(u, v)
-    off = np.outer(du.ravel(), u) + np.outer(dv.ravel(), v)
-    off -= np.outer(off @ normal, normal)
-    mask = (np.linalg.norm(off, axis=1) <= radius + 1e-9).reshape(du.shape)
+    # The slice's row and column axes are orthonormal, so a voxel's distance from the centre in the slice plane is
+    # the hypotenuse of its offsets along them, whatever the volume's direction; the direction enters through idx.
+    mask = np.hypot((ii - idx[0]) * sx, (jj - idx[1]) * sy) <= radius + 1e-9
     roi = CircleROI(k, mask, float(mask.sum() * sx * sy))
     if roi.voxels < MIN_VOXELS:
         raise ROIError(f"{name} ROI of {diameter_mm:.2f} mm covers {roi.voxels} voxels, fewer than {MIN_VOXELS}")

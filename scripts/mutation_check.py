@@ -1,0 +1,123 @@
+"""Mutation check: put one realistic bug at a time into a copy of the engine and require that a named test fails.
+
+    python scripts/mutation_check.py            # every mutation (a few minutes)
+    python scripts/mutation_check.py --quick    # the ones CI runs
+    python scripts/mutation_check.py --list
+
+Each mutation replaces one exact snippet of a source file (the script refuses a snippet that no longer matches,
+so the list cannot silently go stale) in a temporary copy of the repository, then runs the tests that must catch
+it. A mutation that the tests survive is a hole in the suite; the exit code is 1 if any survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = "SyntheticContrast/SyntheticContrastLib"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    original: str
+    mutated: str
+    tests: tuple[str, ...]  # pytest node ids or -k expressions ("file::test" or "file -k expr")
+    quick: bool = False
+
+
+MUTATIONS = (
+    Mutation("Gaussian sigma halved", f"{LIB}/inference.py", "(window - 1) / 2.0, sigma_scale * window", "(window - 1) / 2.0, 0.5 * sigma_scale * window",
+             ("tests/test_inference.py",), quick=True),
+    Mutation("decode ignores output_channel", f"{LIB}/encoding.py", "lo, hi = self.output_range_hu", "lo, hi = window_bounds(*self.windows[0])",
+             ("tests/test_encoding_networks.py",)),
+    Mutation("abs() dropped from CNR", f"{LIB}/cnr.py", 'abs(dta["mean"] - lesion["mean"]) / noise', '(dta["mean"] - lesion["mean"]) / noise',
+             ("tests/test_evaluation_cnr.py",), quick=True),
+    # The issue's "CNR plane from the rows of the direction" was an equivalent mutant: with orthonormal axes the
+    # in-plane distance does not depend on them, and circle_roi no longer uses them. The direction enters here:
+    Mutation("physical point to index with the transposed direction", f"{LIB}/volume_io.py",
+             "return np.linalg.solve(d, np.asarray(point, float)", "return np.linalg.solve(d.T, np.asarray(point, float)",
+             ("tests/test_evaluation_cnr.py",)),
+    Mutation("AFROC false positive = first NL mark, not highest", f"{LIB}/reader_study.py",
+             "    fps = [max(nl, default=-math.inf) for nl in nl_by_case]\n    lesions",
+             "    fps = [(nl[0] if nl else -math.inf) for nl in nl_by_case]\n    lesions", ("tests/test_reader_study.py",)),
+    Mutation("NaN filter on one side only", f"{LIB}/stats.py", "keep = np.isfinite(a) & np.isfinite(b)", "keep = np.isfinite(a)",
+             ("tests/test_evaluation_cnr.py",)),
+    Mutation("PatientName and PatientID not copied", f"{LIB}/dicom_export.py", '"SpecificCharacterSet", "PatientName", "PatientID", ',
+             '"SpecificCharacterSet", ', ("tests/test_dicom_export.py",), quick=True),
+    Mutation("ImageOrientationPatient from the transposed direction", f"{LIB}/dicom_export.py",
+             "(*direction[:, 0], *direction[:, 1])", "(*direction[0, :], *direction[1, :])", ("tests/test_dicom_export.py",)),
+    Mutation("uneven-spacing tolerance 10x looser", f"{LIB}/volume_io.py", "max(0.01 * median, 0.01)", "max(0.1 * median, 0.1)",
+             ("tests/test_bad_input.py",)),
+    Mutation("batch is_done ignores a deleted output", f"{LIB}/batch.py", 'if status.get("status") != "done" or not output.is_file():',
+             'if status.get("status") != "done":', ("tests/test_batch.py",)),
+    Mutation("failed cases counted as done", f"{LIB}/batch.py", 'if status.get("status") != "done" or not output.is_file():',
+             "if not output.is_file():", ("tests/test_batch.py",)),
+    Mutation("MS-SSIM scale weights reversed", f"{LIB}/metrics.py", "MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)",
+             "MS_SSIM_WEIGHTS = (0.1333, 0.2363, 0.3001, 0.2856, 0.0448)", ("tests/test_evaluation_cnr.py",)),
+    Mutation("air_hu not kept in the card", f"{LIB}/encoding.py", '"air_hu": self.air_hu,', "", ("tests/test_encoding_networks.py",)),
+    Mutation("Welford update uses the old mean twice", f"{LIB}/inference.py", "m2[z] += delta * (sample[z] - mean[z])",
+             "m2[z] += delta * delta", ("tests/test_uncertainty.py",), quick=True),
+    Mutation("out-of-distribution range ignores the tolerance", f"{LIB}/ood.py", "if not lo * (1 - tolerance) <= value <= hi * (1 + tolerance):",
+             "if not lo <= value <= hi:", ("tests/test_uncertainty.py",)),
+    Mutation("placement keeps the fiducial class", f"{LIB}/mrml.py",
+             "selection.SetReferenceActivePlaceNodeClassName(markups_node.GetClassName())",
+             'selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")', ("tests/test_slicer_clicks.py",), quick=True),
+    Mutation("a flipped synthetic grid is not flipped back", f"{LIB}/dicom_export.py",
+             "return source.with_array(np.ascontiguousarray(array), **synthetic.metadata)",
+             "return source.with_array(np.ascontiguousarray(synthetic.array), **synthetic.metadata)", ("tests/test_real_archives.py",)),
+)
+
+
+def check_snippets(mutations) -> None:
+    """Every snippet must match exactly once, or the list has gone stale: stop before running anything."""
+    for m in mutations:
+        if (ROOT / m.path).read_text(encoding="utf-8").count(m.original) != 1:
+            raise SystemExit(f"{m.name}: the snippet to mutate is not found exactly once in {m.path}; update the list")
+
+
+def run(mutation: Mutation, python: str) -> tuple[bool, str]:
+    """(killed, detail): apply ``mutation`` in a copy of the repository and run its tests there."""
+    text = (ROOT / mutation.path).read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache", "demo_output"))
+        (copy / mutation.path).write_text(text.replace(mutation.original, mutation.mutated), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(copy / "SyntheticContrast"), "QT_QPA_PLATFORM": "offscreen"}
+        result = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests], cwd=copy,
+                                env=env, capture_output=True, text=True)
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    return result.returncode not in (0, 5), (failed[0] if failed else result.stdout.strip().splitlines()[-1] if result.stdout else "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="only the mutations CI runs")
+    parser.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if m.quick or not args.quick]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:55s} {m.path:45s} {' '.join(m.tests)}")
+        return 0
+    check_snippets(chosen)
+    survivors = []
+    for m in chosen:
+        killed, detail = run(m, sys.executable)
+        print(f"{'killed  ' if killed else 'SURVIVED'} {m.name}: {detail}", flush=True)
+        if not killed:
+            survivors.append(m.name)
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutations killed" + (f"; survived: {', '.join(survivors)}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
