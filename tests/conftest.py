@@ -65,7 +65,7 @@ def tiny_model_card(tmp_path) -> Path:
 
 def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), modality="CT", series_uid=None,
                        description="test series", positions=None, tilt=0.0, study_uid=None, patient_name="Test^Phantom",
-                       charset=None) -> list[Path]:
+                       charset=None, direction=None) -> list[Path]:
     """A minimal but valid CT (or other modality) DICOM series, int16 with rescale intercept -1024."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -91,8 +91,9 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), mo
         ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
         ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 1, k + 1
         z = positions[k] if positions is not None else k * spacing[2]
-        ds.ImagePositionPatient = [-10.0, -20.0, float(z)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+        ds.ImagePositionPatient = [float(v) for v in np.array([-10.0, -20.0, 0.0]) + float(z) * d[:, 2]]
+        ds.ImageOrientationPatient = [float(v) for v in (*d[:, 0], *d[:, 1])]
         ds.PixelSpacing = [spacing[1], spacing[0]]
         ds.SliceThickness = spacing[2]
         if tilt:

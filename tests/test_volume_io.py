@@ -32,6 +32,17 @@ def test_dicom_series_geometry_and_values(tmp_path):
     np.testing.assert_array_equal(vol.array, hu)
 
 
+def test_an_oblique_dicom_series_is_read_with_its_direction(tmp_path):
+    hu = np.round(chest_like((10, 24, 20)))
+    write_dicom_series(tmp_path / "ct", hu, spacing=(0.8, 0.7, 2.0), direction=OBLIQUE)
+    vol = read_volume(tmp_path / "ct")
+    np.testing.assert_allclose(vol.direction, OBLIQUE, atol=1e-5)
+    np.testing.assert_allclose(vol.spacing, (0.8, 0.7, 2.0), atol=1e-5)
+    np.testing.assert_array_equal(vol.array, hu)
+    # The last slice's first voxel sits where the writer put it: origin + 9 x 2 mm along the normal.
+    np.testing.assert_allclose(vol.index_to_physical((0, 0, 9)), np.array([-10.0, -20.0, 0.0]) + 18.0 * np.asarray(OBLIQUE).reshape(3, 3)[:, 2], atol=1e-4)
+
+
 def test_folder_with_two_series_asks_which(tmp_path):
     write_dicom_series(tmp_path / "mixed", chest_like((8, 16, 16)), series_uid="1.2.3.1", description="NCCT 3mm")
     write_dicom_series(tmp_path / "mixed2", chest_like((10, 16, 16)), series_uid="1.2.3.2", description="CECT 3mm")
