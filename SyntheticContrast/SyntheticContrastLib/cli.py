@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="folder to write <case>_ncct.nii.gz, <case>_cect.nii.gz, <case>_rois.json")
     p.add_argument("--seeds", default="0", help="seeds, e.g. '1-5,9' (default 0)")
     p.add_argument("--slices", type=int, default=48, help="slices per case (default 48, 2.5 mm)")
-    p.add_argument("--size", type=int, default=512, help="in-plane size in pixels (default 512, 0.7 mm)")
+    p.add_argument("--size", type=int, default=512,
+                   help="in-plane size in pixels (default 512 at 0.7 mm); the 358 mm field of view stays, the pixels grow")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("train", help="train a generator (paper recipe by default); torchrun for several GPUs/nodes")
@@ -389,7 +390,9 @@ def cmd_phantom(args) -> int:
     from .rois import write_rois
     from .volume_io import write_volume
 
-    spec = PhantomSpec(size=args.size, slices=args.slices)
+    # The anatomy is in millimetres: a smaller matrix must keep the field of view, or the body and its annotated
+    # nodes would fall off the image.
+    spec = PhantomSpec(size=args.size, slices=args.slices, pixel_mm=PhantomSpec.pixel_mm * PhantomSpec.size / args.size)
     for seed in _seed_list(args.seeds):
         case = make_phantom(seed, spec)
         name = f"phantom{seed:04d}"
