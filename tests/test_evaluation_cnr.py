@@ -296,3 +296,17 @@ def test_cnr_on_an_oblique_volume_equals_the_axial_one():
     (tilted,) = measure_cnr({"v": oblique}, lesions(moved))
     assert tilted["error"] == "" and tilted["lesion_voxels"] == axial["lesion_voxels"] == 25
     assert tilted["cnr"] == pytest.approx(axial["cnr"]) == pytest.approx(240 / math.sqrt(250))
+
+
+def test_cnr_comparison_runs_on_lesions_that_differ():
+    """With identical lesions every paired difference is equal and no test runs; these differ, so one must."""
+    from scipy import stats as sps
+
+    cnr_a = [0.5, 1.1, 0.9, 1.6, 0.7, 1.3]
+    cnr_b = [10.2, 14.9, 12.4, 19.7, 9.1, 16.0]
+    rows = [{"lesion": f"L{i}", "volume": name, "cnr": values[i], "noise": 10.0 + i, "error": ""}
+            for name, values in (("NCCT", cnr_a), ("sCECT", cnr_b)) for i in range(6)]
+    (cmp,) = [c for c in summarize_cnr(rows)["comparisons"] if c["measure"] == "cnr"]
+    assert cmp["n"] == 6 and cmp["test"] in ("paired t-test", "Wilcoxon signed-rank")
+    expected = sps.ttest_rel(cnr_a, cnr_b) if cmp["test"] == "paired t-test" else sps.wilcoxon(cnr_a, cnr_b)
+    assert cmp["p"] == pytest.approx(expected.pvalue) and cmp["p"] < 0.05
