@@ -111,6 +111,7 @@ class BatchRunner:
         self.model, self.options, self.dicom, self.strict = model, options, dicom, strict
         self.rank, self.world = rank, world
         self.say = say or (lambda msg: None)
+        self._digests = {}  # (path, mtime, size) -> sha256: the manifest is rebuilt after every case
         for sub in ("outputs", "status", "logs"):
             (self.out_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -133,13 +134,22 @@ class BatchRunner:
         if status.get("status") != "done" or not output.is_file():
             return "todo"
         expected = status.get("output_sha256")
-        return "done" if expected is None or sha256_of(output) == expected else "changed"
+        return "done" if expected is None or self._digest(output) == expected else "changed"
+
+    def _digest(self, path: Path) -> str:
+        """sha256 of an output, read once per run unless the file changes: rebuilding the manifest after every case
+        must not read every finished output again."""
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in self._digests:
+            self._digests[key] = sha256_of(path)
+        return self._digests[key]
 
     def shard(self, cases: list[Case]) -> list[Case]:
         return cases[self.rank :: self.world]
 
     def run_case(self, case: Case) -> dict:
-        from .case import check_input, ood_summary, refuse_if_strict, synthesize_case, write_case
+        from .case import check_input, ood_summary, refuse_if_strict, synthesize_case, uncertainty_dicom_dir, write_case
         from .dicom_export import source_files_of
         from .volume_io import read_volume
 
@@ -168,14 +178,14 @@ class BatchRunner:
             dicom_dir = None
             if self.dicom:
                 dicom_dir = self.out_dir / "dicom" / f"{case.name}_SYNTHETIC"
-                for left in (dicom_dir, dicom_dir.with_name(dicom_dir.name + "_SD")):
+                for left in (dicom_dir, uncertainty_dicom_dir(dicom_dir)):
                     if left.exists():  # left by an earlier, interrupted attempt at this case
                         import shutil
 
                         shutil.rmtree(left)
             written = write_case(result, self.output_path(case), dicom_dir, source_files_of(volume) if self.dicom else None, self.model)
             status.update({key: str(path) for key, path in written.items() if key in status})
-            status["output_sha256"] = sha256_of(written["output"])
+            status["output_sha256"] = self._digest(Path(written["output"]))
             status["status"] = "done"
             log.info("done: %s (%d windows, %s)", written["output"], result.report.windows, result.report.device)
         except Exception as exc:  # one bad case must never stop the batch; Ctrl-C (KeyboardInterrupt) still does

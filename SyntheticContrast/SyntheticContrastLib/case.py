@@ -38,6 +38,12 @@ def uncertainty_path(output: str | Path) -> Path:
     return output.with_name(output.name[: len(output.name) - len(suffix)] + "_sd" + suffix)
 
 
+def uncertainty_dicom_dir(dicom_dir: str | Path) -> Path:
+    """'case_SYNTHETIC' -> 'case_SYNTHETIC_SD': the SD map's own DICOM series sits beside the image's."""
+    dicom_dir = Path(dicom_dir)
+    return dicom_dir.with_name(dicom_dir.name + "_SD")
+
+
 def check_input(volume: Volume, model) -> list:
     """The out-of-distribution findings for ``volume`` against its model's training statistics."""
     return ood.check(volume, model.card.input_statistics)
@@ -74,7 +80,7 @@ def write_case(case: CaseResult, output: Path, dicom_dir: Path | None = None, so
         export_dicom_series(case.result, dicom_dir, source_files, card.model_id, card.sha256, findings=case.ood_summary)
         written["dicom_output"] = Path(dicom_dir)
         if case.sd is not None:
-            sd_dir = Path(dicom_dir).with_name(Path(dicom_dir).name + "_SD")
+            sd_dir = uncertainty_dicom_dir(dicom_dir)
             export_dicom_series(case.sd, sd_dir, source_files, card.model_id, card.sha256, series_number_offset=2000,
                                 uncertainty=True, findings=case.ood_summary)
             written["dicom_sd_output"] = sd_dir
