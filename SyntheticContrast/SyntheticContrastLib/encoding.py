@@ -56,10 +56,16 @@ class WindowEncoding:
             channel.sub_(lo).mul_(2.0 / (hi - lo)).sub_(1.0)
         return out
 
-    def decode(self, encoded_channel: torch.Tensor | np.ndarray):
-        """The output channel's [-1, 1] values -> HU within that window's range."""
+    def decode(self, encoded_channel: torch.Tensor | np.ndarray, out: np.ndarray | None = None):
+        """The output channel's [-1, 1] values -> HU within that window's range; into ``out`` (numpy) if given,
+        which may be the input itself, so no second volume-sized array is made."""
         lo, hi = self.output_range_hu
-        return (encoded_channel + 1.0) * ((hi - lo) / 2.0) + lo
+        if out is None:
+            return (encoded_channel + 1.0) * ((hi - lo) / 2.0) + lo
+        np.add(encoded_channel, 1.0, out=out)
+        out *= (hi - lo) / 2.0
+        out += lo
+        return out
 
     def to_dict(self) -> dict:
         return {

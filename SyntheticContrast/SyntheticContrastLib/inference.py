@@ -294,7 +294,6 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
     total, done = sum(g.windows for g in grids), 0
     dropout = _dropout_layers(generator)
     generator.eval()
-    lo, hi = encoding.output_range_hu
     # One accumulator for all passes: allocating and freeing a volume-sized array per pass fragments the heap
     # (glibc raises its mmap threshold after the first free), and the process's memory then grows with N.
     buffer = np.empty(plan.accum_shape, np.float32)
@@ -307,10 +306,7 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
                 torch.manual_seed(options.seed + k)
                 sample = plan.run(grid, progress, cancel, done, total, buffer)
             done += grid.windows
-            # Decoding is linear, so it is done in place: no second volume-sized array per sample.
-            sample += 1.0
-            sample *= (hi - lo) / 2.0
-            sample += lo
+            encoding.decode(sample, out=sample)  # in place: no second volume-sized array per sample
             yield sample  # a view into the shared buffer: valid until the next pass starts
     finally:
         generator.eval()
