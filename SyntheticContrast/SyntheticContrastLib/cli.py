@@ -49,9 +49,10 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
                    help="stochastic passes (MC dropout + test-time shifts); > 1 also writes the per-voxel SD as <output>_sd. "
                         "Time grows N-fold (default 1)")
     p.add_argument("--samples-seed", type=int, default=0, help="seed of the samples' dropout masks and shifts (default 0)")
+
+
+def _add_strict_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="refuse (exit 3, nothing written) when the input is out of the model's training distribution")
-    p.add_argument("--progress-json", action="store_true",
-                   help="print one JSON object per line on stdout (progress, notes, result, error) for a calling program; hides the bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", default=None, help="SeriesInstanceUID to use when a DICOM folder holds several series")
     p.add_argument("--dicom-out", type=Path, help="also write the sCECT as a derived DICOM series into this new folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_strict_option(p)
+    p.add_argument("--progress-json", action="store_true",
+                   help="print one JSON object per line on stdout (progress, notes, result, error) for a calling program; hides the bar")
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("batch", help="synthesize many cases (folder tree or CSV manifest); resumable; torchrun shards cases")
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synthesis_options(p)
     p.add_argument("--dicom", action="store_true", help="also export each sCECT as a derived DICOM series")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_strict_option(p)
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("export-dicom", help="write a synthetic volume as a derived DICOM series beside its source series")
@@ -205,8 +210,7 @@ def _synthesize_with_progress(volume, model, args):
     """Synthesis with a tqdm bar counting windows (hidden by --no-progress), or JSON progress lines."""
     from .inference import synthesize_volume
 
-    progress, cancel = _progress_callbacks(args)
-    return synthesize_volume(volume, model, _synthesis_options(args), progress=progress, cancel=cancel)
+    return synthesize_volume(volume, model, _synthesis_options(args), progress=_progress_callback(args))
 
 
 def cmd_synthesize(args) -> int:
@@ -228,7 +232,7 @@ def cmd_synthesize(args) -> int:
     if args.progress_json:
         emit_event("started", input=str(args.input), output=str(out), model_id=model.card.model_id)
     findings = _report_findings(volume, model, args)
-    case = synthesize_case(volume, model, _synthesis_options(args), findings, *_progress_callbacks(args))
+    case = synthesize_case(volume, model, _synthesis_options(args), findings, _progress_callback(args))
     for note in case.report.notes:
         print(f"note: {note}", file=sys.stderr)
         if args.progress_json:
@@ -263,14 +267,14 @@ def _report_findings(volume, model, args) -> list:
     return findings
 
 
-def _progress_callbacks(args):
-    """(progress, cancel) for the engine: JSON events, or a tqdm bar closed by the caller's end of run."""
+def _progress_callback(args):
+    """The engine's progress callback: JSON events (synthesize --progress-json), or a tqdm bar, or none."""
     from .inference import resolve_device
 
-    if args.progress_json:
-        return ProgressEvents(str(resolve_device(args.device))).progress, None
+    if getattr(args, "progress_json", False):
+        return ProgressEvents(str(resolve_device(args.device))).progress
     if args.no_progress:
-        return None, None
+        return None
     from tqdm import tqdm
 
     bar = tqdm(total=None, unit="window", desc="synthesizing")
@@ -282,7 +286,7 @@ def _progress_callbacks(args):
         if done == total:
             bar.close()
 
-    return progress, None
+    return progress
 
 
 def cmd_batch(args) -> int:
