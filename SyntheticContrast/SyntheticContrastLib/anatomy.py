@@ -41,18 +41,18 @@ def bone_mask(array: np.ndarray, spacing_mm: float, margin_mm: float = 3.0) -> n
     return out
 
 
-def mediastinal_box(mask: np.ndarray, direction) -> np.ndarray:
+def mediastinal_box(mask: np.ndarray) -> np.ndarray:
     """Per slice, the box where the heart and great vessels lie: the anterior 10-60 % of the body's depth and its
     central 60 % of width. It leaves out the spine and the posterior ribs, whose cancellous bone overlaps
-    enhanced blood in HU. Assumes an axial acquisition; ``direction`` says which way the rows run."""
+    enhanced blood in HU. ``mask`` is in axial LPS voxel order (orientation.AxialLayout): rows run anterior to
+    posterior."""
     out = np.zeros(mask.shape, bool)
-    anterior_first = float(np.asarray(direction, float).reshape(3, 3)[1, 1]) >= 0  # LPS: +y is posterior
     for z in range(mask.shape[0]):
         rows, cols = np.nonzero(mask[z])
         if rows.size == 0:
             continue
         r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
         depth, width = r1 - r0 + 1, c1 - c0 + 1
-        lo, hi = (r0 + int(0.1 * depth), r0 + int(0.6 * depth)) if anterior_first else (r1 - int(0.6 * depth), r1 - int(0.1 * depth))
+        lo, hi = r0 + int(0.1 * depth), r0 + int(0.6 * depth)
         out[z, lo:hi + 1, c0 + int(0.2 * width): c1 - int(0.2 * width) + 1] = True
     return out & mask

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import SYNTHETIC_LABEL
 from .encoding import WindowEncoding
 from .errors import SynthesisCancelled
+from .orientation import AxialLayout
 from .volume_io import Volume
 
 log = logging.getLogger(__name__)
@@ -401,8 +402,9 @@ def synthesize_volume_with_uncertainty(volume: Volume, model, options: Synthesis
     tile = int(card.window.get("y", 0)) or None
     if tile is not None and int(card.window.get("x", tile)) != tile:
         raise ValueError(f"model window {card.window} is not square in-plane; only square in-plane windows are supported")
+    layout = AxialLayout.of(volume.direction)  # the network knows axial LPS slabs only
     array, sd, report = synthesize_array_with_uncertainty(
-        volume.array,
+        layout.to_axial(volume.array),
         model.generator,
         card.encoding,
         int(card.window["z"]),
@@ -413,6 +415,10 @@ def synthesize_volume_with_uncertainty(volume: Volume, model, options: Synthesis
         cancel=cancel,
         tile=tile,
     )
+    array, sd = layout.back(array), None if sd is None else layout.back(sd)
+    if not layout.is_identity:
+        report.notes.append(f"synthesised in axial LPS voxel order ({layout.describe()}; no resampling), "
+                            "then put back on the input's own grid")
     metadata = synthetic_metadata(card, report)
     sd_volume = None if sd is None else volume.with_array(sd, **uncertainty_metadata(card, report))
     return volume.with_array(array, **metadata), sd_volume, report

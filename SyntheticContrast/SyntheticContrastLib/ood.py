@@ -12,6 +12,7 @@ import numpy as np
 from scipy import stats
 
 from .anatomy import body_mask, bone_mask, mediastinal_box
+from .orientation import AxialLayout
 from .volume_io import Volume
 
 FORMAT = "synthetic-contrast-input-statistics/1"
@@ -53,15 +54,17 @@ def brightest_soft_tissue_mode(values: np.ndarray, min_share: float = 0.03) -> f
 
 
 def measure(volume: Volume) -> dict:
-    """The figures the checks compare: spacing, body size and coverage, HU histogram, blood pool, bad voxels."""
-    array = volume.array
+    """The figures the checks compare: spacing, body size and coverage, HU histogram, blood pool, bad voxels.
+    Measured in the axial LPS voxel order the network sees, whatever the acquisition plane."""
+    layout = AxialLayout.of(volume.direction)
+    array = layout.to_axial(volume.array)
     mask = body_mask(array)
     body = array[mask]
     hist, _ = np.histogram(np.clip(body, HIST_EDGES[0], HIST_EDGES[-1] - 1e-3), bins=HIST_EDGES)
     areas = mask.sum(axis=(1, 2))
     widest = int(np.argmax(areas)) if areas.size else 0
     rows, cols = np.nonzero(mask[widest]) if areas.size and areas[widest] else (np.array([0]), np.array([0]))
-    sx, sy, sz = (float(s) for s in volume.spacing)
+    sx, sy, sz = layout.spacing(volume.spacing)
     return {
         "inplane_spacing_mm": float(np.sqrt(sx * sy)),
         "slice_spacing_mm": sz,
@@ -69,7 +72,7 @@ def measure(volume: Volume) -> dict:
         "body_depth_mm": float((rows.max() - rows.min() + 1) * sy),
         "body_fraction_of_fov": float(areas[widest] / (array.shape[1] * array.shape[2])) if areas.size else 0.0,
         "z_coverage_mm": float(array.shape[0] * sz),
-        "blood_pool_hu": brightest_soft_tissue_mode(array[mediastinal_box(mask, volume.direction) & ~bone_mask(array, float(np.sqrt(sx * sy)))]),
+        "blood_pool_hu": brightest_soft_tissue_mode(array[mediastinal_box(mask) & ~bone_mask(array, float(np.sqrt(sx * sy)))]),
         "outside_storable_fraction": float(np.mean((array < STORABLE_HU[0]) | (array > STORABLE_HU[1]))),
         "hu_histogram": (hist / max(1, hist.sum())).astype(float).tolist(),
     }

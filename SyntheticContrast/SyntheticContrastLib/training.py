@@ -27,6 +27,7 @@ from .fileio import atomic_path, atomic_write_csv
 from .inference import SynthesisOptions, autocast_dtype, resolve_device, synthesize_array
 from .metrics import mae, psnr
 from .models import ModelCard, save_model
+from .orientation import AxialLayout
 from .networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
 from .volume_io import Volume, read_volume
 
@@ -117,7 +118,8 @@ def load_pairs(pairs: Sequence[tuple[str, str]], register: bool = False) -> list
             if t.array.shape != s.array.shape or not np.allclose(t.spacing, s.spacing, atol=1e-3) or not np.allclose(t.origin, s.origin, atol=1e-2):
                 raise InputError(tgt, f"grid differs from its input {src} (shape {t.array.shape} vs {s.array.shape}); align the pair or use --register")
             t_arr = t.array
-        out.append(PairedVolume(Path(src).name, s.array, t_arr, tuple(s.spacing)))
+        layout = AxialLayout.of(s.direction)  # trained in the voxel order that inference uses
+        out.append(PairedVolume(Path(src).name, layout.to_axial(s.array), layout.to_axial(t_arr), layout.spacing(s.spacing)))
     return out
 
 
