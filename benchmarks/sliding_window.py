@@ -30,7 +30,7 @@ WINDOW, SIZE = 16, 512
 def build_predictor(kind: str):
     import torch
 
-    from SyntheticContrastLib.networks import GeneratorConfig, UNetGenerator3D
+    from SyntheticContrastLib.engine.networks import GeneratorConfig, UNetGenerator3D
 
     torch.manual_seed(0)
     if kind == "unet":
@@ -53,8 +53,8 @@ def run_one(method: str, n: int, predictor_kind: str, stride: int, blend: str, t
     import numpy as np
     import torch
 
-    from SyntheticContrastLib.encoding import WindowEncoding
-    from SyntheticContrastLib.inference import SynthesisOptions, synthesize_array
+    from SyntheticContrastLib.engine.encoding import WindowEncoding
+    from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_array
 
     torch.set_num_threads(threads)
     enc, g, hu = WindowEncoding(), build_predictor(predictor_kind), volume(n)
@@ -113,9 +113,9 @@ def trained_model_check(card: Path, seed: int, runs: int, threads: int) -> dict:
     import numpy as np
     import torch
 
-    from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
-    from SyntheticContrastLib.metrics import mae
-    from SyntheticContrastLib.models import load_model
+    from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
+    from SyntheticContrastLib.measurement.metrics import mae
+    from SyntheticContrastLib.engine.models import load_model
     from SyntheticContrastLib.phantom import make_phantom
 
     torch.set_num_threads(threads)

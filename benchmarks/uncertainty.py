@@ -29,9 +29,9 @@ import json, resource, sys, time
 sys.path.insert(0, {lib!r})
 import numpy as np, torch
 torch.set_num_threads({threads})
-from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume_with_uncertainty
-from SyntheticContrastLib.models import load_model
-from SyntheticContrastLib.volume_io import Volume
+from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume_with_uncertainty
+from SyntheticContrastLib.engine.models import load_model
+from SyntheticContrastLib.io.reading import Volume
 volume = Volume(np.load({array!r}), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0))
 model = load_model({model!r}, device="cpu")
 t0 = time.perf_counter()
@@ -44,7 +44,7 @@ print(json.dumps({{"samples": {samples}, "seconds": seconds, "windows_per_sample
 
 
 def main() -> int:
-    from SyntheticContrastLib.models import DEFAULT_MODEL_CARD
+    from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD
     from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

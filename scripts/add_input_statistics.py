@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SyntheticContrast"
 from SyntheticContrastLib import ood  # noqa: E402
 from SyntheticContrastLib.cli import _seed_list  # noqa: E402
 from SyntheticContrastLib.fileio import atomic_write_text  # noqa: E402
-from SyntheticContrastLib.models import read_card  # noqa: E402
+from SyntheticContrastLib.engine.models import read_card  # noqa: E402
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom  # noqa: E402
-from SyntheticContrastLib.volume_io import read_volume  # noqa: E402
+from SyntheticContrastLib.io.reading import read_volume  # noqa: E402
 
 
 def main(argv=None) -> int:

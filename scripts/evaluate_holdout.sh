@@ -15,10 +15,10 @@ synthetic-contrast evaluate --cases "$out/cases.csv" --output "$out/evaluation"
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
-from SyntheticContrastLib.cnr import measure_cnr, summarize_cnr
+from SyntheticContrastLib.measurement.cnr import measure_cnr, summarize_cnr
 from SyntheticContrastLib.cli import cnr_report
-from SyntheticContrastLib.rois import read_rois
-from SyntheticContrastLib.volume_io import read_volume
+from SyntheticContrastLib.measurement.rois import read_rois
+from SyntheticContrastLib.io.reading import read_volume
 out = Path(sys.argv[1])
 rows = []
 for rois in sorted((out / "cases").glob("*_rois.json")):

@@ -14,7 +14,7 @@ import slicer
 
 from SyntheticContrast import SyntheticContrastLogic
 from SyntheticContrastLib import mrml
-from SyntheticContrastLib.volume_io import write_volume
+from SyntheticContrastLib.io.reading import write_volume
 
 SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 

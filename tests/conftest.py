@@ -11,9 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SyntheticContrast"))
 
-from SyntheticContrastLib.encoding import WindowEncoding  # noqa: E402
-from SyntheticContrastLib.models import ModelCard, save_model  # noqa: E402
-from SyntheticContrastLib.networks import GeneratorConfig, UNetGenerator3D  # noqa: E402
+from SyntheticContrastLib.engine.encoding import WindowEncoding  # noqa: E402
+from SyntheticContrastLib.engine.models import ModelCard, save_model  # noqa: E402
+from SyntheticContrastLib.engine.networks import GeneratorConfig, UNetGenerator3D  # noqa: E402
 
 TINY = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.0)
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import chest_like, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.errors import InputError
-from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
 
 
 def snapshot(root: Path) -> dict:
@@ -143,7 +143,7 @@ def test_unreadable_path(tiny_model_card):
     import shutil
     import tempfile
 
-    from SyntheticContrastLib.volume_io import read_volume
+    from SyntheticContrastLib.io.reading import read_volume
 
     folder = Path(tempfile.mkdtemp(prefix="sc-permissions-"))
     try:
@@ -246,7 +246,7 @@ def test_fuzz_readers_raise_only_input_errors(tmp_path_factory, data, kind):
 
 def test_spacing_uneven_by_a_few_percent_is_refused(tmp_path):
     """One step of 2.05 mm among 2 mm steps: within the gap rule, but 2.5 % off, beyond the 1 % tolerance."""
-    from SyntheticContrastLib.volume_io import read_volume
+    from SyntheticContrastLib.io.reading import read_volume
 
     folder = _dicom(tmp_path, "slightly", positions=[0, 2, 4, 6.05, 8.05, 10.05, 12.05, 14.05])
     with pytest.raises(InputError, match=r"uneven slice spacing \(2\.000 to 2\.050 mm\)"):

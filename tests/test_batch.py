@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from conftest import chest_like, free_port, write_dicom_series
-from SyntheticContrastLib.batch import discover_cases
+from SyntheticContrastLib.engine.batch import discover_cases
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
 
 
 def make_cases(root: Path, n: int, slices: int = 20, bad: bool = False) -> None:
@@ -99,10 +99,10 @@ def test_two_rank_torchrun_splits_cases_without_overlap(tmp_path, tiny_model_car
 
 
 def test_an_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, tiny_model_card, monkeypatch):
-    from SyntheticContrastLib import case as case_module
-    from SyntheticContrastLib.batch import BatchRunner
-    from SyntheticContrastLib.inference import SynthesisOptions
-    from SyntheticContrastLib.models import load_model
+    from SyntheticContrastLib.engine import case as case_module
+    from SyntheticContrastLib.engine.batch import BatchRunner
+    from SyntheticContrastLib.engine.inference import SynthesisOptions
+    from SyntheticContrastLib.engine.models import load_model
 
     make_cases(tmp_path / "in", 3)
     real = case_module.synthesize_volume_with_uncertainty
@@ -179,10 +179,10 @@ def test_a_batch_that_cannot_start_says_why_without_a_traceback(tmp_path, tiny_m
 
 
 def test_a_deleted_output_is_redone_and_a_failed_case_with_an_output_is_not_done(tmp_path, tiny_model_card, monkeypatch):
-    from SyntheticContrastLib import case as case_module
-    from SyntheticContrastLib.batch import BatchRunner
-    from SyntheticContrastLib.inference import SynthesisOptions
-    from SyntheticContrastLib.models import load_model
+    from SyntheticContrastLib.engine import case as case_module
+    from SyntheticContrastLib.engine.batch import BatchRunner
+    from SyntheticContrastLib.engine.inference import SynthesisOptions
+    from SyntheticContrastLib.engine.models import load_model
 
     make_cases(tmp_path / "in", 2)
     cases = discover_cases(tmp_path / "in")

@@ -5,12 +5,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import chest_like, write_dicom_series
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
 
 
 def digest(path):

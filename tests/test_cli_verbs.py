@@ -6,8 +6,8 @@ import json
 import pytest
 
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.rois import read_rois
-from SyntheticContrastLib.volume_io import read_volume
+from SyntheticContrastLib.measurement.rois import read_rois
+from SyntheticContrastLib.io.reading import read_volume
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import chest_like, dicom_validation_errors, write_dicom_series
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.dicom_export import export_dicom_series, source_files_of
+from SyntheticContrastLib.io.dicom_export import export_dicom_series, source_files_of
 from SyntheticContrastLib.errors import OutputError
-from SyntheticContrastLib.volume_io import read_volume
+from SyntheticContrastLib.io.reading import read_volume
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from SyntheticContrastLib.encoding import PAPER_WINDOWS, WindowEncoding
-from SyntheticContrastLib.networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
+from SyntheticContrastLib.engine.encoding import WindowEncoding
+from SyntheticContrastLib.engine.networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
 
 
 def test_encoding_round_trip_within_half_hu():
@@ -80,7 +80,7 @@ def test_patchgan_sees_70x70x4():
 
 
 def test_encoding_round_trips_through_its_dict_including_air():
-    from SyntheticContrastLib.encoding import WindowEncoding
+    from SyntheticContrastLib.engine.encoding import WindowEncoding
 
     encoding = WindowEncoding(windows=((1500.0, -100.0), (400.0, 40.0)), output_channel=1, air_hu=-1024.0)
     assert WindowEncoding.from_dict(encoding.to_dict()) == encoding
@@ -88,7 +88,7 @@ def test_encoding_round_trips_through_its_dict_including_air():
 
 
 def test_decode_uses_the_output_channels_own_window():
-    from SyntheticContrastLib.encoding import WindowEncoding
+    from SyntheticContrastLib.engine.encoding import WindowEncoding
 
     encoding = WindowEncoding(windows=((2000.0, 0.0), (500.0, 50.0)), output_channel=1)
     assert encoding.decode(np.float32(-1.0)) == pytest.approx(-200.0)  # W500/L50 spans -200..300 HU

@@ -7,12 +7,12 @@ import pytest
 from scipy import stats as st
 from skimage.metrics import structural_similarity
 
-from SyntheticContrastLib import metrics
-from SyntheticContrastLib.cnr import ROIError, circle_roi, measure_cnr, summarize_cnr
-from SyntheticContrastLib.evaluation import EvaluationSettings, evaluate_case, summarize, table2_markdown
-from SyntheticContrastLib.rois import ROI_FORMAT, parse_rois
-from SyntheticContrastLib.stats import paired_comparison
-from SyntheticContrastLib.volume_io import Volume
+from SyntheticContrastLib.measurement import metrics
+from SyntheticContrastLib.measurement.cnr import circle_roi, measure_cnr, summarize_cnr
+from SyntheticContrastLib.measurement.evaluation import EvaluationSettings, evaluate_case, summarize, table2_markdown
+from SyntheticContrastLib.measurement.rois import ROI_FORMAT, parse_rois
+from SyntheticContrastLib.measurement.stats import paired_comparison
+from SyntheticContrastLib.io.reading import Volume
 
 
 def test_mae_and_psnr_by_hand():
@@ -180,7 +180,7 @@ def _lpips_weights(path):
     import torch
     from safetensors.torch import save_file
 
-    from SyntheticContrastLib.lpips import LPIPSAlex
+    from SyntheticContrastLib.measurement.lpips import LPIPSAlex
 
     torch.manual_seed(0)
     model = LPIPSAlex()
@@ -193,7 +193,7 @@ def _lpips_weights(path):
 
 def test_lpips_from_local_weights(tmp_path):
     from SyntheticContrastLib.errors import ModelError
-    from SyntheticContrastLib.lpips import load_lpips, lpips_volume
+    from SyntheticContrastLib.measurement.lpips import load_lpips, lpips_volume
 
     model = load_lpips(_lpips_weights(tmp_path / "alex_lpips.safetensors"))
     rng = np.random.default_rng(6)
@@ -213,7 +213,7 @@ def test_evaluate_uses_lpips_when_weights_are_given(tmp_path):
     ref = rng.normal(40, 30, (2, 170, 170)).astype(np.float32)
     vol = lambda a: Volume(a.astype(np.float32), (1, 1, 1), (0, 0, 0))
     settings = EvaluationSettings(lpips_weights=str(_lpips_weights(tmp_path / "w.safetensors")))
-    from SyntheticContrastLib.evaluation import lpips_metric
+    from SyntheticContrastLib.measurement.evaluation import lpips_metric
 
     res = evaluate_case(vol(ref + rng.normal(0, 5, ref.shape)), vol(ref + rng.normal(0, 50, ref.shape)), vol(ref), settings, lpips_metric(settings))
     assert "lpips_note" not in res and 0 < res["sCECT"]["lpips"] < res["input"]["lpips"]
@@ -251,7 +251,7 @@ def test_cnr_is_the_absolute_difference_when_the_lesion_is_brighter():
 def test_paired_comparison_drops_a_pair_when_either_side_is_missing():
     from scipy import stats as sps
 
-    from SyntheticContrastLib.stats import paired_comparison
+    from SyntheticContrastLib.measurement.stats import paired_comparison
 
     a = [1.0, 2.0, 3.0, 4.5, 5.0, 6.5, 7.0, 8.2]
     b = [1.4, float("nan"), 3.9, 4.4, 6.1, 6.0, 8.3, 8.0]
@@ -268,7 +268,7 @@ def test_paired_comparison_drops_a_pair_when_either_side_is_missing():
 def test_ms_ssim_weighs_the_scales_as_wang_et_al():
     """Wang, Simoncelli, Bovik 2003: weights 0.0448 ... 0.1333 from finest to coarsest, so fine-grained noise costs
     little and a coarse change costs much. Noise at the finest scale must score higher than with the weights reversed."""
-    from SyntheticContrastLib.metrics import MS_SSIM_WEIGHTS, ms_ssim_2d
+    from SyntheticContrastLib.measurement.metrics import MS_SSIM_WEIGHTS, ms_ssim_2d
 
     assert MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
     rng = np.random.default_rng(0)

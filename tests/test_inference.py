@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import chest_like, tiny_generator
-from SyntheticContrastLib.encoding import WindowEncoding
+from SyntheticContrastLib.engine.encoding import WindowEncoding
 from SyntheticContrastLib.errors import SynthesisCancelled
-from SyntheticContrastLib.inference import (
+from SyntheticContrastLib.engine.inference import (
     SynthesisOptions, blend_weights, paper_reference, synthesize_array, window_starts,
 )
 
@@ -183,7 +183,7 @@ def test_volume_smaller_than_the_model_window_is_padded_up_to_it():
 
 
 def test_residual_generator_starts_as_the_identity():
-    from SyntheticContrastLib.networks import GeneratorConfig, UNetGenerator3D
+    from SyntheticContrastLib.engine.networks import GeneratorConfig, UNetGenerator3D
 
     g = UNetGenerator3D(GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0, residual=True)).eval()
     x = ENC.encode(torch.from_numpy(chest_like((16, 32, 32))))[None]

@@ -8,11 +8,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import chest_like, write_dicom_series
-from SyntheticContrastLib import ood
-from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
-from SyntheticContrastLib.models import load_model
-from SyntheticContrastLib.orientation import AxialLayout
-from SyntheticContrastLib.volume_io import Volume, read_volume
+from SyntheticContrastLib.trust import ood
+from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
+from SyntheticContrastLib.engine.models import load_model
+from SyntheticContrastLib.io.orientation import AxialLayout
+from SyntheticContrastLib.io.reading import Volume, read_volume
 
 ORIENTATIONS = [  # SimpleITK's DICOMOrient codes: the patient direction each index axis (x, y, z) runs towards
     "LPS", "RAS", "RPI", "LAS",  # axial, with flips (RAS is what dcm2niix NIfTI files hold)

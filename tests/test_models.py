@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_generator
 from SyntheticContrastLib.errors import ModelError
-from SyntheticContrastLib.models import load_model, sha256_of
+from SyntheticContrastLib.engine.models import load_model, sha256_of
 
 
 def test_round_trip_gives_identical_weights(tiny_model_card):

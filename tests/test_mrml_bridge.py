@@ -13,10 +13,10 @@ import SimpleITK as sitk  # noqa: E402
 
 from conftest import chest_like  # noqa: E402
 from SyntheticContrastLib import mrml  # noqa: E402
-from SyntheticContrastLib.cnr import measure_cnr  # noqa: E402
+from SyntheticContrastLib.measurement.cnr import measure_cnr  # noqa: E402
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom  # noqa: E402
-from SyntheticContrastLib.rois import parse_rois  # noqa: E402
-from SyntheticContrastLib.volume_io import Volume  # noqa: E402
+from SyntheticContrastLib.measurement.rois import parse_rois  # noqa: E402
+from SyntheticContrastLib.io.reading import Volume  # noqa: E402
 
 OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.05, 0.2, 1.0)).GetMatrix())
 

@@ -12,9 +12,9 @@ import torch
 
 from conftest import free_port
 from SyntheticContrastLib import phantom as ph
-from SyntheticContrastLib.networks import GeneratorConfig
-from SyntheticContrastLib.rois import parse_rois
-from SyntheticContrastLib.training import PairedVolume, TrainConfig, Trainer
+from SyntheticContrastLib.engine.networks import GeneratorConfig
+from SyntheticContrastLib.measurement.rois import parse_rois
+from SyntheticContrastLib.engine.training import PairedVolume, TrainConfig, Trainer
 
 SMALL = ph.PhantomSpec(size=256, slices=24, pixel_mm=1.4, slice_mm=5.0)
 
@@ -113,7 +113,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_phantom_training import _pairs, _tiny_cfg
-from SyntheticContrastLib.training import Trainer
+from SyntheticContrastLib.engine.training import Trainer
 t = Trainer(_tiny_cfg(1), {str(tmp_path / 'out')!r})
 assert t.world == 2
 t.fit(_pairs(), _pairs()[:1])

@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -140,11 +139,11 @@ os.kill(os.getpid(), signal.SIGKILL)
 @pytest.fixture(scope="module")
 def phantom_study(tmp_path_factory):
     """Three phantom cases with NCCT, demo-model sCECT and CECT, simulated readers, analysed."""
-    from SyntheticContrastLib.inference import SynthesisOptions, synthesize_volume
-    from SyntheticContrastLib.models import DEFAULT_MODEL_CARD, load_model
+    from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
+    from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD, load_model
     from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
-    from SyntheticContrastLib.rois import write_rois
-    from SyntheticContrastLib.volume_io import write_volume
+    from SyntheticContrastLib.measurement.rois import write_rois
+    from SyntheticContrastLib.io.reading import write_volume
 
     root = tmp_path_factory.mktemp("readers")
     model = load_model(DEFAULT_MODEL_CARD)

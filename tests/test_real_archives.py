@@ -9,9 +9,9 @@ from pydicom.uid import generate_uid
 
 from conftest import chest_like, dicom_validation_errors, write_dicom_series
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.dicom_export import on_source_grid
+from SyntheticContrastLib.io.dicom_export import on_source_grid
 from SyntheticContrastLib.errors import InputError
-from SyntheticContrastLib.volume_io import READER_NOTES, Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import READER_NOTES, Volume, read_volume, write_volume
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_exported_series_from_a_flipped_nrrd_has_the_source_geometry_and_validat
 
 def test_a_single_slice_given_instead_of_its_folder_points_to_the_folder(series, tmp_path):
     folder, files = series
-    with pytest.raises(InputError, match=rf"is one DICOM slice, not a volume; give the folder that holds its series instead: .*ct \(12 files"):
+    with pytest.raises(InputError, match=r"is one DICOM slice, not a volume; give the folder that holds its series instead: .*ct \(12 files"):
         read_volume(files[3])
     (tmp_path / "notes").write_text("not an image")
     with pytest.raises(InputError, match="neither DICOM nor a NIfTI/NRRD/MHA volume"):
@@ -231,7 +231,7 @@ def test_compressed_series_read_like_the_uncompressed_one(tmp_path, syntax):
 
 
 def test_a_source_without_study_instance_uid_is_refused_not_exported_empty(series, tmp_path):
-    from SyntheticContrastLib.dicom_export import export_dicom_series, source_files_of
+    from SyntheticContrastLib.io.dicom_export import export_dicom_series, source_files_of
 
     folder, files = series
     for path in files:

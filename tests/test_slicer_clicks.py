@@ -21,7 +21,7 @@ import SimpleITK as sitk  # noqa: E402
 import slicer_harness  # noqa: E402
 from conftest import chest_like  # noqa: E402
 from SyntheticContrastLib import mrml  # noqa: E402
-from SyntheticContrastLib.volume_io import Volume, write_volume  # noqa: E402
+from SyntheticContrastLib.io.reading import Volume, write_volume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -508,7 +508,7 @@ def test_samples_bring_an_sd_map_node_and_its_overlay(harness, tiny_model_card):
 
 def test_out_of_distribution_input_raises_the_panels_warning(harness, tmp_path):
     from test_uncertainty import real_ct_series
-    from SyntheticContrastLib.volume_io import read_volume
+    from SyntheticContrastLib.io.reading import read_volume
 
     real = read_volume(real_ct_series(tmp_path / "ct"))
     p = harness.logic.getParameterNode()

@@ -12,17 +12,17 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from conftest import chest_like, dicom_validation_errors, tiny_generator
-from SyntheticContrastLib import ood
-from SyntheticContrastLib.case import uncertainty_path
+from SyntheticContrastLib.trust import ood
+from SyntheticContrastLib.engine.case import uncertainty_path
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.encoding import WindowEncoding
-from SyntheticContrastLib.inference import (
+from SyntheticContrastLib.engine.encoding import WindowEncoding
+from SyntheticContrastLib.engine.inference import (
     SynthesisOptions, iter_samples, shifted_starts, synthesize_array, synthesize_array_with_uncertainty,
 )
-from SyntheticContrastLib.models import DEFAULT_MODEL_CARD, read_card
-from SyntheticContrastLib.networks import GeneratorConfig
+from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD, read_card
+from SyntheticContrastLib.engine.networks import GeneratorConfig
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
-from SyntheticContrastLib.volume_io import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
 
 ENC = WindowEncoding()
 WITH_DROPOUT = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.5)
@@ -156,8 +156,8 @@ def test_each_check_fires_on_its_own_deviation():
 
 
 def test_batch_manifest_has_the_findings_and_strict_fails_only_that_case(tmp_path):
-    from SyntheticContrastLib.batch import BatchRunner, discover_cases
-    from SyntheticContrastLib.models import load_model
+    from SyntheticContrastLib.engine.batch import BatchRunner, discover_cases
+    from SyntheticContrastLib.engine.models import load_model
 
     real_ct_series(tmp_path / "in" / "real")
     write_volume(make_phantom(9003, PhantomSpec(slices=16)).ncct, tmp_path / "in" / "phantom.nii.gz")
@@ -188,7 +188,7 @@ def test_dicom_output_carries_the_findings_and_an_sd_series_of_its_own(tmp_path,
 
 def test_training_writes_the_input_statistics_into_the_card(tmp_path):
     from test_phantom_training import _pairs, _tiny_cfg
-    from SyntheticContrastLib.training import Trainer
+    from SyntheticContrastLib.engine.training import Trainer
 
     pairs = _pairs()
     Trainer(_tiny_cfg(1), tmp_path).fit(pairs, pairs[:1])
@@ -200,7 +200,7 @@ def test_training_writes_the_input_statistics_into_the_card(tmp_path):
 # --- calibration of the SD against the reference ---------------------------------------------------------------
 
 def test_sparsification_against_a_brute_force_computation():
-    from SyntheticContrastLib.calibration import FRACTIONS, sparsification
+    from SyntheticContrastLib.trust.calibration import FRACTIONS, sparsification
 
     rng = np.random.default_rng(0)
     error = rng.gamma(2.0, 5.0, 500)

@@ -36,7 +36,7 @@ def synthetic_output_path(input_path: Path, output: Path) -> Path:
 
 
 def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
-    from .models import DEFAULT_MODEL_CARD
+    from .engine.models import DEFAULT_MODEL_CARD
 
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_CARD, help="model card JSON (default: bundled phantom demo model)")
     p.add_argument("--stride", type=int, default=None, help="slices between window starts (default: the model card's; 1 = paper)")
@@ -200,7 +200,7 @@ class ProgressEvents:
 
 
 def _synthesis_options(args, device: str | None = None):
-    from .inference import SynthesisOptions
+    from .engine.inference import SynthesisOptions
 
     return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device, tile_overlap=args.tile_overlap,
                             samples=args.samples, seed=args.samples_seed)
@@ -208,16 +208,16 @@ def _synthesis_options(args, device: str | None = None):
 
 def _synthesize_with_progress(volume, model, args):
     """Synthesis with a tqdm bar counting windows (hidden by --no-progress), or JSON progress lines."""
-    from .inference import synthesize_volume
+    from .engine.inference import synthesize_volume
 
     return synthesize_volume(volume, model, _synthesis_options(args), progress=_progress_callback(args))
 
 
 def cmd_synthesize(args) -> int:
-    from .case import synthesize_case, uncertainty_path, write_case
-    from .dicom_export import source_files_of
-    from .models import load_model
-    from .volume_io import read_volume
+    from .engine.case import synthesize_case, uncertainty_path, write_case
+    from .io.dicom_export import source_files_of
+    from .engine.models import load_model
+    from .io.reading import read_volume
 
     out = synthetic_output_path(args.input, args.output)
     if "synthetic" not in out.name.lower():
@@ -254,13 +254,13 @@ def cmd_synthesize(args) -> int:
 
 def _report_findings(volume, model, args) -> list:
     """Out-of-distribution findings, one stderr line each (and one JSON event); --strict stops here."""
-    from .case import check_input, refuse_if_strict
+    from .engine.case import check_input, refuse_if_strict
 
     findings = check_input(volume, model)
     for finding in findings:
         print(finding.line(), file=sys.stderr)
     if args.progress_json:
-        from .ood import as_dicts
+        from .trust.ood import as_dicts
 
         emit_event("ood", findings=as_dicts(findings), checked=bool(model.card.input_statistics))
     refuse_if_strict(volume, findings, args.strict)
@@ -269,7 +269,7 @@ def _report_findings(volume, model, args) -> list:
 
 def _progress_callback(args):
     """The engine's progress callback: JSON events (synthesize --progress-json), or a tqdm bar, or none."""
-    from .inference import resolve_device
+    from .engine.inference import resolve_device
 
     if getattr(args, "progress_json", False):
         return ProgressEvents(str(resolve_device(args.device))).progress
@@ -294,8 +294,8 @@ def cmd_batch(args) -> int:
 
     from tqdm import tqdm
 
-    from .batch import BatchRunner, discover_cases
-    from .models import load_model
+    from .engine.batch import BatchRunner, discover_cases
+    from .engine.models import load_model
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = args.device
@@ -333,9 +333,9 @@ def cmd_batch(args) -> int:
 def cmd_export_dicom(args) -> int:
     import SimpleITK as sitk
 
-    from .dicom_export import export_dicom_series, on_source_grid, source_files_of
-    from .models import read_card
-    from .volume_io import read_volume
+    from .io.dicom_export import export_dicom_series, on_source_grid, source_files_of
+    from .engine.models import read_card
+    from .io.reading import read_volume
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(args.synthetic))
@@ -391,8 +391,8 @@ def cmd_reader_study(args) -> int:
 
 def cmd_phantom(args) -> int:
     from .phantom import PhantomSpec, make_phantom
-    from .rois import write_rois
-    from .volume_io import write_volume
+    from .measurement.rois import write_rois
+    from .io.reading import write_volume
 
     # The anatomy is in millimetres: a smaller matrix must keep the field of view, or the body and its annotated
     # nodes would fall off the image.
@@ -409,7 +409,7 @@ def cmd_phantom(args) -> int:
 
 def phantom_pairs(seeds, slices: int = 48):
     from .phantom import PhantomSpec, make_phantom
-    from .training import PairedVolume
+    from .engine.training import PairedVolume
 
     pairs = []
     for seed in seeds:
@@ -421,7 +421,7 @@ def phantom_pairs(seeds, slices: int = 48):
 def cmd_train(args) -> int:
     import dataclasses
 
-    from .training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
+    from .engine.training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
 
     cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
     gen = dataclasses.replace(cfg.generator, **{k: v for k, v in (("ngf", args.ngf), ("levels", args.levels), ("dropout", args.dropout), ("residual", args.residual or None)) if v is not None})
@@ -458,8 +458,8 @@ def _range(text: str | None, cast=int):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import EvaluationSettings, evaluate_case, lpips_metric, table2_markdown, write_reports
-    from .volume_io import read_volume
+    from .measurement.evaluation import EvaluationSettings, evaluate_case, lpips_metric, table2_markdown, write_reports
+    from .io.reading import read_volume
 
     width, level = (float(v) for v in args.window.split(","))
     settings = EvaluationSettings((width, level), _range(args.slices), _range(args.z_range_mm, float), args.body_mask,
@@ -512,10 +512,10 @@ def cnr_report(rows, summary) -> str:
 
 
 def cmd_cnr(args) -> int:
-    from .cnr import measure_cnr, summarize_cnr
+    from .measurement.cnr import measure_cnr, summarize_cnr
     from .fileio import atomic_write_csv, atomic_write_text
-    from .rois import read_rois
-    from .volume_io import read_volume
+    from .measurement.rois import read_rois
+    from .io.reading import read_volume
 
     names = args.names.split(",") if args.names else [v.name.split(".")[0] for v in args.volumes]
     if len(names) != len(args.volumes):
@@ -542,13 +542,13 @@ def cmd_cnr(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from . import metrics
-    from .cnr import measure_cnr, summarize_cnr
-    from .figures import side_by_side
-    from .models import load_model
+    from .measurement import metrics
+    from .measurement.cnr import measure_cnr, summarize_cnr
+    from .measurement.figures import side_by_side
+    from .engine.models import load_model
     from .phantom import make_phantom
-    from .rois import parse_rois, write_rois
-    from .volume_io import write_volume
+    from .measurement.rois import parse_rois, write_rois
+    from .io.reading import write_volume
 
     model = load_model(args.model)
     print(f"model: {model.card.model_id} - {model.card.intended_use}")

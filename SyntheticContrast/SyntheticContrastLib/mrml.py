@@ -15,8 +15,8 @@ import slicer  # noqa: F401  (loads the MRML libraries this bridge works with)
 import vtk
 from vtk.util import numpy_support
 
-from .rois import ROI_FORMAT, LesionROI
-from .volume_io import PROVENANCE_PREFIX, Volume
+from .measurement.rois import ROI_FORMAT, LesionROI
+from .io.reading import PROVENANCE_PREFIX, Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 WINDOW_PRESETS = {
@@ -333,7 +333,7 @@ def rois_from_markups(scene, fraction: float = 0.9) -> dict:
 
 def markups_from_rois(scene, data: dict) -> list:
     """Load ROI JSON into markups: a line per lesion, shared and per-lesion reference points."""
-    from .rois import parse_rois
+    from .measurement.rois import parse_rois
 
     lesions = parse_rois(data)
     system = str(data.get("coordinate_system", "LPS")).upper()

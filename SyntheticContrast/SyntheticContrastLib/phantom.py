@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .rois import ROI_FORMAT
-from .volume_io import Volume
+from .measurement.rois import ROI_FORMAT
+from .io.reading import Volume
 
 # Tissue labels of the label map; lymph nodes are NODE_BASE + index.
 (AIR, SUBCUT_FAT, MUSCLE, BONE, CORTEX, LUNG, MED_FAT, MYOCARDIUM, LV, RV, AORTA, PULM_TRUNK, SVC,

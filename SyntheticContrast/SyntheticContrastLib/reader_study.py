@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import atomic_write_csv, atomic_write_text
-from .rois import parse_rois
+from .measurement.rois import parse_rois
 
 STUDY_FORMAT = "synthetic-contrast-reader-study/1"
 PAPER_CONDITIONS = (
@@ -255,8 +255,8 @@ def truth_lesions(study: dict) -> dict[str, list[Lesion]]:
 def lesion_uncertainty(study: dict, truth: dict[str, list[Lesion]]) -> dict[tuple[str, str], float]:
     """Mean SD (HU) of the sCECT's uncertainty map in each truth lesion's circle (0.9 x short axis, as for CNR),
     for cases whose study entry names the map as 'scect_sd'; readers' misses can then be set beside it."""
-    from .cnr import circle_roi
-    from .volume_io import read_volume
+    from .measurement.cnr import circle_roi
+    from .io.reading import read_volume
 
     out = {}
     for case in study["cases"]:
@@ -434,7 +434,7 @@ def _plots(summary, rating, readers, conditions, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import save_figure
+    from .measurement.figures import save_figure
 
     colours = ["white", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]
     fig, axes = plt.subplots(1, len(readers), figsize=(4.5 * len(readers), 4), squeeze=False)
@@ -471,9 +471,9 @@ def simulate_readers(study_dir, seed: int = 0, skill: dict | None = None) -> Non
     chance of detecting it is a logistic function of that CNR, its rating grows with it, and each case
     gets a few false-positive marks. Marks are flagged ``simulated`` and the analysis says so.
     """
-    from .cnr import measure_cnr
-    from .rois import read_rois
-    from .volume_io import read_volume
+    from .measurement.cnr import measure_cnr
+    from .measurement.rois import read_rois
+    from .io.reading import read_volume
 
     study, plan = read_plan(study_dir)
     skill = skill or {}

@@ -23,7 +23,6 @@ class ReferencePointPlacement:
 
     def _on_defined(self, caller, event):
         from SyntheticContrastLib import mrml
-
         new = [i for i, _ in mrml.defined_points(caller) if caller.GetNthControlPointID(i) not in self._known]
         if not new:
             return
@@ -59,7 +58,6 @@ class AnnotationController:
     def start_lymph_node_line(self):
         """A new line 'LN<n>' whose two clicks are the ends of the node's short axis on an axial slice."""
         from SyntheticContrastLib import mrml
-
         self.cancel_pending()
         lines = [n for n in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsLineNode") if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "lesion"]
         names = {n.GetName() for n in lines}
@@ -75,7 +73,6 @@ class AnnotationController:
     def start_reference_point(self, name: str, lesion_id: str | None = None) -> ReferencePointPlacement:
         """One click places the DTA / right fat / left fat point (shared, or for one lesion)."""
         from SyntheticContrastLib import mrml
-
         if name not in mrml.REFERENCE_LABELS:
             raise ValueError(f"Unknown reference point {name!r}; choose one of {', '.join(mrml.REFERENCE_LABELS)}.")
         self.cancel_pending()
@@ -90,7 +87,6 @@ class AnnotationController:
     @staticmethod
     def _case_table(input_node):
         from SyntheticContrastLib import mrml
-
         for table in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLTableNode"):
             if table.GetAttribute(CNR_TABLE_ATTRIBUTE) == input_node.GetID():
                 return table
@@ -102,8 +98,8 @@ class AnnotationController:
         """CNR of every lesion on each named volume node; fills this case's table in place and draws the circles.
         Volumes with an SD map node in ``sd_maps`` get the CNR's uncertainty columns."""
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.cnr import measure_cnr, summarize_cnr
-        from SyntheticContrastLib.rois import parse_rois
+        from SyntheticContrastLib.measurement.cnr import measure_cnr, summarize_cnr
+        from SyntheticContrastLib.measurement.rois import parse_rois
 
         lesions = parse_rois(mrml.rois_from_markups(slicer.mrmlScene), "scene markups")
         if not lesions:
@@ -124,14 +120,13 @@ class AnnotationController:
     @staticmethod
     def import_rois(path) -> list:
         from SyntheticContrastLib import mrml
-
         with open(path, encoding="utf-8") as fh:
             return mrml.markups_from_rois(slicer.mrmlScene, json.load(fh))
 
     @staticmethod
     def export_rois(path) -> None:
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.rois import write_rois
+        from SyntheticContrastLib.measurement.rois import write_rois
 
         write_rois(mrml.rois_from_markups(slicer.mrmlScene), path)
 

@@ -57,7 +57,7 @@ class ReadingController:
 
     def _load(self, session, code) -> str:
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.volume_io import read_volume
+        from SyntheticContrastLib.io.reading import read_volume
 
         self._clear()
         if code is None:
@@ -86,7 +86,6 @@ class ReadingController:
     def sync(self) -> None:
         """Make the saved marks equal the defined points on screen: new points, moves and deletions are saved."""
         from SyntheticContrastLib import mrml
-
         session, code, marks = self.session, self.code, self._marks
         if session is None:
             return
@@ -110,13 +109,11 @@ class ReadingController:
 
     def start_mark(self) -> None:
         from SyntheticContrastLib import mrml
-
         self._require_session()
         mrml.start_placement(slicer.mrmlScene, self._marks)
 
     def rerate_last(self, rating: int) -> str:
         from SyntheticContrastLib import mrml
-
         self._require_session()
         placed = mrml.defined_points(self._marks)
         if not placed:

@@ -67,7 +67,7 @@ class SynthesisController:
     def start(self, p, on_event, on_finished) -> SynthesisJob:
         """Write the input to a private folder and start ``PythonSlicer -m SyntheticContrastLib.cli synthesize``."""
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.volume_io import write_volume
+        from SyntheticContrastLib.io.reading import write_volume
 
         if self.running:
             raise RuntimeError("A synthesis is already running; wait for it or cancel it first.")
@@ -117,8 +117,8 @@ class SynthesisController:
     def _load_output(job: SynthesisJob):
         """(sCECT node, SD map node or None) from the child's output files."""
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.case import uncertainty_path
-        from SyntheticContrastLib.volume_io import read_volume
+        from SyntheticContrastLib.engine.case import uncertainty_path
+        from SyntheticContrastLib.io.reading import read_volume
 
         source = slicer.mrmlScene.GetNodeByID(job.input_id)
         if source is None:
@@ -136,9 +136,9 @@ class SynthesisController:
         """For headless scripts and tests: the engine in this process, with the same out-of-distribution checks
         and samples as the CLI; returns (output node, report, findings)."""
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.case import check_input, synthesize_case
-        from SyntheticContrastLib.inference import SynthesisOptions
-        from SyntheticContrastLib.models import DEFAULT_MODEL_CARD, load_model
+        from SyntheticContrastLib.engine.case import check_input, synthesize_case
+        from SyntheticContrastLib.engine.inference import SynthesisOptions
+        from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD, load_model
 
         source, name = p.inputVolume, p.inputVolume.GetName()
         model = load_model(chosen_path(p.modelPath) or DEFAULT_MODEL_CARD, device="cpu")

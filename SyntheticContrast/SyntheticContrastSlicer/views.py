@@ -25,7 +25,6 @@ class ViewsController:
     def show_linked(self, volumes, labels, coronal_row: bool = False) -> None:
         """One view column per volume, slice navigation and window/level linked, mediastinal window."""
         from SyntheticContrastLib import mrml
-
         layout_manager = slicer.app.layoutManager()
         layout_id = mrml.register_layout(layout_manager.layoutLogic().GetLayoutNode(), labels, coronal_row)
         layout_manager.setLayout(layout_id)  # creates the views (and their composite nodes) before it returns
@@ -37,7 +36,6 @@ class ViewsController:
     @staticmethod
     def apply_preset(name: str, node) -> None:
         from SyntheticContrastLib import mrml
-
         if name not in mrml.WINDOW_PRESETS:
             raise ValueError(f"Unknown window preset {name!r}; choose one of {', '.join(mrml.WINDOW_PRESETS)}.")
         if node is None:
@@ -47,7 +45,6 @@ class ViewsController:
     @staticmethod
     def _overlay_node(ncct, scect):
         from SyntheticContrastLib import mrml
-
         for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLScalarVolumeNode"):
             if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.OVERLAY_ROLE and (node.GetAttribute("SyntheticContrast.overlayOf") or "").split()[:1] == [ncct.GetID()]:
                 return node
@@ -57,7 +54,6 @@ class ViewsController:
         """Show sCECT - NCCT in colour over the NCCT views, or take it away; a foreground layer the user chose
         is left alone unless the overlay is being shown."""
         from SyntheticContrastLib import mrml
-
         if not (ncct and scect):
             return
         image = scect.GetImageData()
@@ -85,7 +81,6 @@ class ViewsController:
     @staticmethod
     def _show_over(background, foreground, show: bool, opacity: float) -> None:
         from SyntheticContrastLib import mrml
-
         for composite in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLSliceCompositeNode"):
             if composite.GetBackgroundVolumeID() != background.GetID():
                 continue

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoding import window_bounds
-from .errors import ModelError
+from ..engine.encoding import window_bounds
+from ..errors import ModelError
 
 _SHIFT = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
 _SCALE = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .anatomy import body_mask
-from .encoding import MEDIASTINAL_WINDOW
+from ..trust.anatomy import body_mask
+from ..engine.encoding import MEDIASTINAL_WINDOW
 from .figures import save_figure
-from .fileio import atomic_write_csv, atomic_write_text
+from ..fileio import atomic_write_csv, atomic_write_text
 from .stats import format_median_iqr, format_p, median_iqr, paired_comparison
-from .volume_io import Volume
+from ..io.reading import Volume
 
 METRICS = ("mae", "psnr", "ms_ssim", "lpips")
 METRIC_LABELS = {"mae": "MAE ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM (×100) ↑", "lpips": "LPIPS (×100) ↓"}
@@ -72,7 +72,7 @@ def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: Eva
     if settings.body_mask == "auto":
         mask = body_mask(source.array[sel])
     elif settings.body_mask:
-        from .volume_io import read_volume
+        from ..io.reading import read_volume
 
         mask = read_volume(settings.body_mask, check_hu=False).array[sel] > 0
     out = {"slices": [sel.start, sel.stop - 1]}
@@ -91,7 +91,7 @@ def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: Eva
     if lpips is None:
         out["lpips_note"] = "LPIPS skipped: no local LPIPS/AlexNet weights given (they cannot be downloaded at run time)"
     if sd is not None:
-        from .calibration import calibrate
+        from ..trust.calibration import calibrate
 
         if sd.array.shape != reference.array.shape:
             raise ValueError(f"SD map grid {sd.array.shape} differs from the reference grid {reference.array.shape}")
@@ -140,7 +140,7 @@ def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NC
     _box_plots(cases, out_dir / "metrics_boxplots.png", input_label)
     calibrated = {c["case"]: c["calibration"] for c in cases if "calibration" in c}
     if calibrated:
-        from .calibration import sparsification_plot
+        from ..trust.calibration import sparsification_plot
 
         keys = ("voxels", "spearman_rho", "spearman_p", "mae", "ause_hu", "ause_relative")
         atomic_write_csv(out_dir / "uncertainty_calibration.csv", [{"case": name, **{k: r[k] for k in keys}} for name, r in calibrated.items()])

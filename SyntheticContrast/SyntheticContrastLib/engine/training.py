@@ -22,14 +22,14 @@ import torch.distributed as dist
 from torch import nn
 
 from .encoding import PAPER_WINDOWS, WindowEncoding
-from .errors import InputError
-from .fileio import atomic_path, atomic_write_csv
+from ..errors import InputError
+from ..fileio import atomic_path, atomic_write_csv
 from .inference import SynthesisOptions, autocast_dtype, resolve_device, synthesize_array
-from .metrics import mae, psnr
+from ..measurement.metrics import mae, psnr
 from .models import ModelCard, save_model
-from .orientation import AxialLayout
+from ..io.orientation import AxialLayout
 from .networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
-from .volume_io import Volume, read_volume
+from ..io.reading import Volume, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class Trainer:
         self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         atomic_write_csv(self.out_dir / "training_log.csv", self.history)
         if val and self.cfg.sample_every and row["epoch"] % self.cfg.sample_every == 0:
-            from .figures import side_by_side
+            from ..measurement.figures import side_by_side
 
             k = val[0].source.shape[0] // 2
             side_by_side(
@@ -358,7 +358,7 @@ class Trainer:
 
     def export_model(self, train: list[PairedVolume] | None = None) -> Path:
         """Weights and card; the card keeps what the training inputs looked like, for out-of-distribution checks."""
-        from . import ood
+        from ..trust import ood
 
         cfg = self.cfg
         card = ModelCard(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .encoding import MEDIASTINAL_WINDOW, window_bounds
+from ..engine.encoding import MEDIASTINAL_WINDOW, window_bounds
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _GAUSS_SIGMA, _GAUSS_TRUNCATE = 1.5, 3.5  # radius int(3.5 * 1.5 + 0.5) = 5: the 11-tap window

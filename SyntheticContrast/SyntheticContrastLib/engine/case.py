@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ood
-from .errors import OutOfDistributionError
+from ..trust import ood
+from ..errors import OutOfDistributionError
 from .inference import SynthesisOptions, synthesize_volume_with_uncertainty
-from .volume_io import READER_NOTES, Volume, _suffix, write_volume
+from ..io.reading import READER_NOTES, Volume, _suffix, write_volume
 
 OOD_KEY = "SyntheticContrast.ood"
 
@@ -74,7 +74,7 @@ def write_case(case: CaseResult, output: Path, dicom_dir: Path | None = None, so
     if case.sd is not None:
         written["sd_output"] = write_volume(case.sd, uncertainty_path(output))
     if dicom_dir is not None:
-        from .dicom_export import export_dicom_series
+        from ..io.dicom_export import export_dicom_series
 
         card = model.card
         export_dicom_series(case.result, dicom_dir, source_files, card.model_id, card.sha256, findings=case.ood_summary)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .rois import LesionROI
-from .volume_io import Volume
+from ..io.reading import Volume
 
 MIN_VOXELS = 5
 ROI_NAMES = ("lesion", "dta", "right_fat", "left_fat")

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import SYNTHETIC_LABEL
+from .. import SYNTHETIC_LABEL
 from .encoding import WindowEncoding
-from .errors import SynthesisCancelled
-from .orientation import AxialLayout
-from .volume_io import Volume
+from ..errors import SynthesisCancelled
+from ..io.orientation import AxialLayout
+from ..io.reading import Volume
 
 log = logging.getLogger(__name__)
 

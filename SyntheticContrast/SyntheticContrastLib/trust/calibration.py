@@ -52,7 +52,7 @@ def calibrate(pred: np.ndarray, sd: np.ndarray, reference: np.ndarray, mask: np.
 
 def sparsification_plot(results: dict[str, dict], path) -> None:
     """One panel: MAE of the remaining voxels against the fraction removed, by uncertainty and by the oracle."""
-    from .figures import save_figure
+    from ..measurement.figures import save_figure
     import matplotlib
 
     matplotlib.use("Agg")

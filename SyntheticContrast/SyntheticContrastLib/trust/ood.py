@@ -12,8 +12,8 @@ import numpy as np
 from scipy import stats
 
 from .anatomy import body_mask, bone_mask, mediastinal_box
-from .orientation import AxialLayout
-from .volume_io import Volume
+from ..io.orientation import AxialLayout
+from ..io.reading import Volume
 
 FORMAT = "synthetic-contrast-input-statistics/1"
 #: Histogram of body voxels: 10-HU bins over the range a CT can store.

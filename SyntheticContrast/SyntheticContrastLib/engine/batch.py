@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError, SyntheticContrastError
-from .fileio import atomic_write_csv, atomic_write_text, sha256_of
-from .volume_io import READ_SUFFIXES, dicom_series_in
+from ..errors import InputError, SyntheticContrastError
+from ..fileio import atomic_write_csv, atomic_write_text, sha256_of
+from ..io.reading import READ_SUFFIXES, dicom_series_in
 
 MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "model_id", "model_sha256", "seconds", "rank",
                    "error", "finished")
@@ -150,8 +150,8 @@ class BatchRunner:
 
     def run_case(self, case: Case) -> dict:
         from .case import check_input, ood_summary, refuse_if_strict, synthesize_case, uncertainty_dicom_dir, write_case
-        from .dicom_export import source_files_of
-        from .volume_io import read_volume
+        from ..io.dicom_export import source_files_of
+        from ..io.reading import read_volume
 
         log = logging.getLogger(f"batch.{case.name}")
         handler = logging.FileHandler(self.out_dir / "logs" / f"{case.name}.log")

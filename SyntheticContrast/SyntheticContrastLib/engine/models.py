@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .encoding import WindowEncoding
-from .errors import ModelError
-from .fileio import atomic_path, atomic_write_text, sha256_of
+from ..errors import ModelError
+from ..fileio import atomic_path, atomic_write_text, sha256_of
 from .networks import GENERATOR_ARCHITECTURE, GeneratorConfig, UNetGenerator3D
 
 CARD_FORMAT = "synthetic-contrast-model-card/1"
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 DEFAULT_MODEL_CARD = BUNDLED_MODELS_DIR / "demo_phantom_small.json"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".h5"}
 

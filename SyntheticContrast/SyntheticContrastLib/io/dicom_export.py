@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OutputError
-from .volume_io import Volume
+from ..errors import InputError, OutputError
+from .reading import Volume
 
 SERIES_PREFIX = "SYNTHETIC CONTRAST - "
 UNCERTAINTY_PREFIX = "SYNTHETIC UNCERTAINTY SD - "

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoding import MEDIASTINAL_WINDOW, window_bounds
-from .fileio import atomic_path
+from ..engine.encoding import MEDIASTINAL_WINDOW, window_bounds
+from ..fileio import atomic_path
 
 
 def side_by_side(slices, titles, path, suptitle: str = "", window=MEDIASTINAL_WINDOW) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .fileio import atomic_write_text
+from ..errors import InputError
+from ..fileio import atomic_write_text
 
 ROI_FORMAT = "synthetic-contrast-rois/1"
 REFERENCE_NAMES = ("dta", "right_fat", "left_fat")
