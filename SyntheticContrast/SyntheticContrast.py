@@ -344,7 +344,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         """Write the sCECT as a derived DICOM series (new folder) in the study of the DICOM input it came from."""
         from SyntheticContrastLib import mrml
         from SyntheticContrastLib.io.dicom_export import export_dicom_series
-        from SyntheticContrastLib.io.reading import check_dicom_series
+        from SyntheticContrastLib.io.dicom_series import check_dicom_series
 
         if not p.outputVolume or p.outputVolume.GetAttribute("SyntheticContrast.synthetic") != "true":
             raise ValueError(_("Run the synthesis first: only a synthetic volume made here can be exported."))

@@ -31,7 +31,7 @@ import numpy as np, torch
 torch.set_num_threads({threads})
 from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume_with_uncertainty
 from SyntheticContrastLib.engine.models import load_model
-from SyntheticContrastLib.io.reading import Volume
+from SyntheticContrastLib.io.volume import Volume
 volume = Volume(np.load({array!r}), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0))
 model = load_model({model!r}, device="cpu")
 t0 = time.perf_counter()

@@ -43,7 +43,7 @@ MUTATIONS = (
              ("tests/test_evaluation_cnr.py",), quick=True),
     # The "CNR plane from the rows of the direction" was an equivalent mutant: with orthonormal axes the
     # in-plane distance does not depend on them, and circle_roi no longer uses them. The direction enters here:
-    Mutation("physical point to index with the transposed direction", f"{LIB}/io/reading.py",
+    Mutation("physical point to index with the transposed direction", f"{LIB}/io/volume.py",
              "return np.linalg.solve(d, np.asarray(point, float)", "return np.linalg.solve(d.T, np.asarray(point, float)",
              ("tests/test_evaluation_cnr.py",)),
     Mutation("AFROC false positive = first NL mark, not highest", f"{LIB}/reader_study.py",
@@ -55,7 +55,7 @@ MUTATIONS = (
              '"SpecificCharacterSet", ', ("tests/test_dicom_export.py",), quick=True),
     Mutation("ImageOrientationPatient from the transposed direction", f"{LIB}/io/dicom_export.py",
              "(*direction[:, 0], *direction[:, 1])", "(*direction[0, :], *direction[1, :])", ("tests/test_dicom_export.py",)),
-    Mutation("uneven-spacing tolerance 10x looser", f"{LIB}/io/reading.py", "max(0.01 * median, 0.01)", "max(0.1 * median, 0.1)",
+    Mutation("uneven-spacing tolerance 10x looser", f"{LIB}/io/dicom_series.py", "max(0.01 * median, 0.01)", "max(0.1 * median, 0.1)",
              ("tests/test_bad_input.py",)),
     Mutation("batch is_done ignores a deleted output", f"{LIB}/engine/batch.py", 'if status.get("status") != "done" or not output.is_file():',
              'if status.get("status") != "done":', ("tests/test_batch.py",)),

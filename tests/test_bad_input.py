@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from conftest import chest_like, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.errors import InputError
-from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import read_volume, write_volume
+from SyntheticContrastLib.io.volume import Volume
 
 
 def snapshot(root: Path) -> dict:

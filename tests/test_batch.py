@@ -14,7 +14,8 @@ import numpy as np
 from conftest import chest_like, free_port, write_dicom_series
 from SyntheticContrastLib.engine.batch import discover_cases
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import read_volume, write_volume
+from SyntheticContrastLib.io.volume import Volume
 
 
 def make_cases(root: Path, n: int, slices: int = 20, bad: bool = False) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import chest_like, write_dicom_series
 from SyntheticContrastLib.cli import main
-from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import read_volume, write_volume
+from SyntheticContrastLib.io.volume import Volume
 
 
 def digest(path):

@@ -12,7 +12,7 @@ from SyntheticContrastLib.measurement.cnr import circle_roi, measure_cnr, summar
 from SyntheticContrastLib.measurement.evaluation import EvaluationSettings, evaluate_case, summarize, table2_markdown
 from SyntheticContrastLib.measurement.rois import ROI_FORMAT, parse_rois
 from SyntheticContrastLib.measurement.stats import paired_comparison
-from SyntheticContrastLib.io.reading import Volume
+from SyntheticContrastLib.io.volume import Volume
 
 
 def test_mae_and_psnr_by_hand():

@@ -12,7 +12,8 @@ from SyntheticContrastLib.trust import ood
 from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
 from SyntheticContrastLib.engine.models import load_model
 from SyntheticContrastLib.io.orientation import AxialLayout
-from SyntheticContrastLib.io.reading import Volume, read_volume
+from SyntheticContrastLib.io.reading import read_volume
+from SyntheticContrastLib.io.volume import Volume
 
 ORIENTATIONS = [  # SimpleITK's DICOMOrient codes: the patient direction each index axis (x, y, z) runs towards
     "LPS", "RAS", "RPI", "LAS",  # axial, with flips (RAS is what dcm2niix NIfTI files hold)

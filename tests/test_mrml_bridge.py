@@ -16,7 +16,7 @@ from SyntheticContrastLib import mrml  # noqa: E402
 from SyntheticContrastLib.measurement.cnr import measure_cnr  # noqa: E402
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom  # noqa: E402
 from SyntheticContrastLib.measurement.rois import parse_rois  # noqa: E402
-from SyntheticContrastLib.io.reading import Volume  # noqa: E402
+from SyntheticContrastLib.io.volume import Volume  # noqa: E402
 
 OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.05, 0.2, 1.0)).GetMatrix())
 

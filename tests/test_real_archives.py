@@ -11,7 +11,8 @@ from conftest import chest_like, dicom_validation_errors, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.io.dicom_export import on_source_grid
 from SyntheticContrastLib.errors import InputError
-from SyntheticContrastLib.io.reading import READER_NOTES, Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import read_volume, write_volume
+from SyntheticContrastLib.io.volume import READER_NOTES, Volume
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ import SimpleITK as sitk  # noqa: E402
 import slicer_harness  # noqa: E402
 from conftest import chest_like  # noqa: E402
 from SyntheticContrastLib import mrml  # noqa: E402
-from SyntheticContrastLib.io.reading import Volume, write_volume  # noqa: E402
+from SyntheticContrastLib.io.reading import write_volume  # noqa: E402
+from SyntheticContrastLib.io.volume import Volume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -22,7 +22,8 @@ from SyntheticContrastLib.engine.inference import (
 from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD, read_card
 from SyntheticContrastLib.engine.networks import GeneratorConfig
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
-from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import read_volume, write_volume
+from SyntheticContrastLib.io.volume import Volume
 
 ENC = WindowEncoding()
 WITH_DROPOUT = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.5)

@@ -6,7 +6,8 @@ import SimpleITK as sitk
 
 from conftest import chest_like, write_dicom_series
 from SyntheticContrastLib.errors import InputError, SeriesSelectionError
-from SyntheticContrastLib.io.reading import Volume, read_volume, write_volume
+from SyntheticContrastLib.io.reading import read_volume, write_volume
+from SyntheticContrastLib.io.volume import Volume
 
 OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, 0.05, 0.02, 1.0)).GetMatrix())
 

@@ -16,7 +16,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .measurement.rois import ROI_FORMAT, LesionROI
-from .io.reading import PROVENANCE_PREFIX, Volume
+from .io.volume import PROVENANCE_PREFIX, Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 WINDOW_PRESETS = {

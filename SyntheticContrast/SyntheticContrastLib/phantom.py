@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .measurement.rois import ROI_FORMAT
-from .io.reading import Volume
+from .io.volume import Volume
 
 # Tissue labels of the label map; lymph nodes are NODE_BASE + index.
 (AIR, SUBCUT_FAT, MUSCLE, BONE, CORTEX, LUNG, MED_FAT, MYOCARDIUM, LV, RV, AORTA, PULM_TRUNK, SVC,

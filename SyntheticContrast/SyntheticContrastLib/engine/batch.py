@@ -19,7 +19,8 @@ from typing import Callable
 
 from ..errors import InputError, SyntheticContrastError
 from ..fileio import atomic_write_csv, atomic_write_text, sha256_of
-from ..io.reading import READ_SUFFIXES, dicom_series_in
+from ..io.dicom_series import dicom_series_in
+from ..io.reading import READ_SUFFIXES
 
 MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "model_id", "model_sha256", "seconds", "rank",
                    "error", "finished")

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..trust import ood
 from ..errors import OutOfDistributionError
 from .inference import SynthesisOptions, synthesize_volume_with_uncertainty
-from ..io.reading import READER_NOTES, Volume, _suffix, write_volume
+from ..io.reading import suffix_of, write_volume
+from ..io.volume import READER_NOTES, Volume
 
 OOD_KEY = "SyntheticContrast.ood"
 
@@ -34,7 +35,7 @@ class CaseResult:
 def uncertainty_path(output: str | Path) -> Path:
     """'case_synthetic.nii.gz' -> 'case_synthetic_sd.nii.gz': the SD map sits beside the image it belongs to."""
     output = Path(output)
-    suffix = _suffix(output)
+    suffix = suffix_of(output)
     return output.with_name(output.name[: len(output.name) - len(suffix)] + "_sd" + suffix)
 
 

@@ -22,7 +22,7 @@ from .. import SYNTHETIC_LABEL
 from .encoding import WindowEncoding
 from ..errors import SynthesisCancelled
 from ..io.orientation import AxialLayout
-from ..io.reading import Volume
+from ..io.volume import Volume
 
 log = logging.getLogger(__name__)
 

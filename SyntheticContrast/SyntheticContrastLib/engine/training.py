@@ -29,7 +29,8 @@ from ..measurement.metrics import mae, psnr
 from .models import ModelCard, save_model
 from ..io.orientation import AxialLayout
 from .networks import DiscriminatorConfig, GeneratorConfig, PatchDiscriminator3D, UNetGenerator3D
-from ..io.reading import Volume, read_volume
+from ..io.reading import read_volume
+from ..io.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OutputError
-from .reading import Volume
+from .volume import Volume
 
 SERIES_PREFIX = "SYNTHETIC CONTRAST - "
 UNCERTAINTY_PREFIX = "SYNTHETIC UNCERTAINTY SD - "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .rois import LesionROI
-from ..io.reading import Volume
+from ..io.volume import Volume
 
 MIN_VOXELS = 5
 ROI_NAMES = ("lesion", "dta", "right_fat", "left_fat")

@@ -19,7 +19,7 @@ from ..engine.encoding import MEDIASTINAL_WINDOW
 from .figures import save_figure
 from ..fileio import atomic_write_csv, atomic_write_text
 from .stats import format_median_iqr, format_p, median_iqr, paired_comparison
-from ..io.reading import Volume
+from ..io.volume import Volume
 
 METRICS = ("mae", "psnr", "ms_ssim", "lpips")
 METRIC_LABELS = {"mae": "MAE ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM (×100) ↑", "lpips": "LPIPS (×100) ↓"}

@@ -13,7 +13,7 @@ from scipy import stats
 
 from .anatomy import body_mask, bone_mask, mediastinal_box
 from ..io.orientation import AxialLayout
-from ..io.reading import Volume
+from ..io.volume import Volume
 
 FORMAT = "synthetic-contrast-input-statistics/1"
 #: Histogram of body voxels: 10-HU bins over the range a CT can store.
