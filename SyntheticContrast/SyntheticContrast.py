@@ -344,14 +344,14 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         """Write the sCECT as a derived DICOM series (new folder) in the study of the DICOM input it came from."""
         from SyntheticContrastLib import mrml
         from SyntheticContrastLib.io.dicom_export import export_dicom_series
-        from SyntheticContrastLib.io.dicom_series import check_dicom_series
 
         if not p.outputVolume or p.outputVolume.GetAttribute("SyntheticContrast.synthetic") != "true":
             raise ValueError(_("Run the synthesis first: only a synthetic volume made here can be exported."))
         uids = (p.inputVolume.GetAttribute("DICOM.instanceUIDs") or "").split()
         if not uids:
             raise ValueError(_("The input was not loaded from DICOM, so there is no study to add the synthetic series to."))
-        files = check_dicom_series([slicer.dicomDatabase.fileForInstance(uid) for uid in uids], p.inputVolume.GetName())
+        # The export finds each slice's source image (or Enhanced CT frame) by position, so file order does not matter.
+        files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
         out = pathlib.Path(parentFolder) / f"{p.inputVolume.GetName()}_SYNTHETIC_CONTRAST".replace(" ", "_")
         written = export_dicom_series(mrml.volume_from_node(p.outputVolume), out, files,
                                       p.outputVolume.GetAttribute("SyntheticContrast.model_id"),

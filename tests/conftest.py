@@ -29,6 +29,11 @@ _hypothesis_settings.register_profile("reproducible", derandomize=True, database
 _hypothesis_settings.load_profile("reproducible")
 
 
+def variant(name: str):
+    """Marks the test of one input variant of io/rules.py; test_input_variants checks that every rule has one."""
+    return pytest.mark.variant(name)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now: fixed ports collide when two test runs share a machine."""
     import socket
@@ -109,19 +114,27 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), mo
     return files
 
 
+def debian_tool(name: str, package: str) -> str:
+    """The path of a command-line tool from a Debian package that CI installs (.ci/run); elsewhere a missing tool
+    skips the test with a reason, and in CI it fails it."""
+    import os
+    import shutil
+
+    tool = shutil.which(name)
+    if tool is None:
+        if os.environ.get("CI"):
+            raise AssertionError(f"{name} (Debian {package}) is not installed, and CI must run this test")
+        pytest.skip(f"{name} (Debian package {package}) is not installed")
+    return tool
+
+
 def dicom_validation_errors(folder: Path) -> list[str]:
     """dciodvfy (dicom3tools) on every file of an exported series: its 'Error' lines, empty when valid.
 
     CI installs dicom3tools (.ci/run); elsewhere a missing validator skips the check with a reason."""
-    import os
-    import shutil
     import subprocess
 
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        if os.environ.get("CI"):
-            raise AssertionError("dciodvfy (Debian dicom3tools) is not installed, and CI must validate DICOM exports")
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    tool = debian_tool("dciodvfy", "dicom3tools")
     errors = []
     for path in sorted(Path(folder).glob("*.dcm")):
         result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import chest_like, dicom_validation_errors, write_dicom_series
+from conftest import chest_like, dicom_validation_errors, variant, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.io.dicom_export import on_source_grid
 from SyntheticContrastLib.errors import InputError
@@ -21,6 +21,7 @@ def series(tmp_path):
     return tmp_path / "ct", files
 
 
+@variant("stray non-DICOM files")
 def test_stray_non_dicom_files_in_a_series_folder_are_ignored_and_said(series, tmp_path, tiny_model_card, capsys):
     folder, files = series
     (folder / "README.txt").write_text("exported by PACS")
@@ -36,6 +37,7 @@ def test_stray_non_dicom_files_in_a_series_folder_are_ignored_and_said(series, t
         read_volume(folder)
 
 
+@variant("localizer image inside the CT series")
 def test_a_localizer_filed_in_the_ct_series_is_left_out(series):
     folder, files = series
     scout = pydicom.dcmread(files[0])
@@ -48,6 +50,7 @@ def test_a_localizer_filed_in_the_ct_series_is_left_out(series):
     assert any("scout.dcm" in n and "LOCALIZER" in n for n in volume.metadata[READER_NOTES])
 
 
+@variant("padding (PixelPaddingValue)")
 def test_padding_outside_the_field_of_view_becomes_air(series):
     folder, files = series
     for path in files:
@@ -106,6 +109,7 @@ def test_exported_series_from_a_flipped_nrrd_has_the_source_geometry_and_validat
     assert dicom_validation_errors(tmp_path / "dicom") == []
 
 
+@variant("one DICOM slice given instead of its folder")
 def test_a_single_slice_given_instead_of_its_folder_points_to_the_folder(series, tmp_path):
     folder, files = series
     with pytest.raises(InputError, match=r"is one DICOM slice, not a volume; give the folder that holds its series instead: .*ct \(12 files"):
@@ -115,6 +119,7 @@ def test_a_single_slice_given_instead_of_its_folder_points_to_the_folder(series,
         read_volume(tmp_path / "notes")
 
 
+@variant("private vendor compression")
 def test_philips_private_compression_is_named(series):
     folder, files = series
     ds = pydicom.dcmread(files[5])
@@ -124,6 +129,7 @@ def test_philips_private_compression_is_named(series):
         read_volume(folder)
 
 
+@variant("DICOMDIR file-set (CD, PACS export)")
 def test_a_cd_root_with_a_dicomdir_is_read_through_it(tmp_path):
     from pydicom.fileset import FileSet
 
@@ -197,6 +203,7 @@ def enhanced_ct(path, hu, spacing=(0.8, 0.7, 2.0), origin=(-10.0, -20.0, 0.0), p
     return path
 
 
+@variant("Enhanced CT (multi-frame)")
 def test_an_enhanced_ct_object_is_read_like_the_classic_series(tmp_path):
     hu = np.round(chest_like((10, 24, 20)))
     write_dicom_series(tmp_path / "classic", hu, spacing=(0.8, 0.7, 2.0))
@@ -213,6 +220,7 @@ def test_an_enhanced_ct_object_is_read_like_the_classic_series(tmp_path):
 
 
 @pytest.mark.parametrize("syntax", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless"])
+@variant("JPEG, JPEG-LS, JPEG 2000, RLE transfer syntaxes")
 def test_compressed_series_read_like_the_uncompressed_one(tmp_path, syntax):
     import pydicom.uid
 
@@ -231,6 +239,7 @@ def test_compressed_series_read_like_the_uncompressed_one(tmp_path, syntax):
     assert volume.origin == plain.origin and volume.spacing == plain.spacing
 
 
+@variant("source series without StudyInstanceUID")
 def test_a_source_without_study_instance_uid_is_refused_not_exported_empty(series, tmp_path):
     from SyntheticContrastLib.io.dicom_export import export_dicom_series, source_files_of
 
@@ -243,3 +252,50 @@ def test_a_source_without_study_instance_uid_is_refused_not_exported_empty(serie
     with pytest.raises(InputError, match="slice000.dcm: has no StudyInstanceUID"):
         export_dicom_series(source, tmp_path / "out", source_files_of(source), "m", "0" * 64)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_derived_series_from_an_enhanced_ct_references_each_frame_and_validates(tmp_path, tiny_model_card):
+    """Before, the export referenced the multi-frame object once, for the first slice only, and no frame."""
+    hu = np.round(chest_like((10, 24, 20)))
+    source = enhanced_ct(tmp_path / "enhanced" / "ct.dcm", hu)  # frames stored in reverse z order
+    assert main(["synthesize", str(source.parent), str(tmp_path / "ct_synthetic.nii.gz"), "--model", str(tiny_model_card),
+                 "--device", "cpu", "--no-progress", "--dicom-out", str(tmp_path / "dicom")]) == 0
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    frame_z = {k + 1: float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for k, f in enumerate(header.PerFrameFunctionalGroupsSequence)}
+    exported = [pydicom.dcmread(p) for p in sorted((tmp_path / "dicom").glob("*.dcm"))]
+    assert len(exported) == 10
+    for ds in exported:
+        (ref,) = ds.SourceImageSequence
+        assert ref.ReferencedSOPInstanceUID == header.SOPInstanceUID
+        assert frame_z[int(ref.ReferencedFrameNumber)] == pytest.approx(float(ds.ImagePositionPatient[2]), abs=1e-4)
+        assert ds.StudyInstanceUID == header.StudyInstanceUID and ds.FrameOfReferenceUID == header.FrameOfReferenceUID
+    assert sorted(int(ds.SourceImageSequence[0].ReferencedFrameNumber) for ds in exported) == list(range(1, 11))
+    assert dicom_validation_errors(tmp_path / "dicom") == []
+
+
+def test_a_synthetic_volume_in_axial_order_goes_back_onto_a_sagittal_source(tmp_path, tiny_model_card):
+    """A sagittal source, and an sCECT that another tool saved reoriented to axial: the axes are permuted, not only
+    flipped. Before, export-dicom refused it (or, for a flip-only search, could not find the source's grid)."""
+    import SimpleITK as sitk
+
+    axial = Volume(np.round(chest_like((12, 24, 20))), (0.8, 0.7, 2.0), (-10.0, -20.0, 0.0))
+    sagittal = Volume.from_sitk(sitk.DICOMOrient(axial.to_sitk(), "PSL"))
+    d = np.asarray(sagittal.direction).reshape(3, 3)
+    files = write_dicom_series(tmp_path / "sag", sagittal.array, spacing=sagittal.spacing, direction=d,
+                               positions=[k * sagittal.spacing[2] for k in range(sagittal.array.shape[0])])
+    source = read_volume(tmp_path / "sag")
+    assert main(["synthesize", str(tmp_path / "sag"), str(tmp_path / "s_synthetic.nrrd"), "--model", str(tiny_model_card),
+                 "--device", "cpu", "--no-progress"]) == 0
+    made = read_volume(tmp_path / "s_synthetic.nrrd", check_hu=False)
+    axial_made = Volume.from_sitk(sitk.DICOMOrient(made.to_sitk(), "LPS"), metadata=made.metadata)
+    write_volume(axial_made, tmp_path / "axial_synthetic.nrrd")
+    assert main(["export-dicom", str(tmp_path / "axial_synthetic.nrrd"), str(tmp_path / "sag"), str(tmp_path / "dicom")]) == 0
+    back = on_source_grid(read_volume(tmp_path / "axial_synthetic.nrrd", check_hu=False), source)
+    np.testing.assert_array_equal(back.array, made.array)
+    sources = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+    for path in (tmp_path / "dicom").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        src = pydicom.dcmread(sources[ds.SourceImageSequence[0].ReferencedSOPInstanceUID])
+        np.testing.assert_allclose(np.array(ds.ImagePositionPatient, float), np.array(src.ImagePositionPatient, float), atol=1e-4)
+        np.testing.assert_allclose(np.array(ds.ImageOrientationPatient, float), np.array(src.ImageOrientationPatient, float), atol=1e-6)
+    assert dicom_validation_errors(tmp_path / "dicom") == []

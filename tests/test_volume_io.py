@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import chest_like, write_dicom_series
+from conftest import chest_like, variant, write_dicom_series
 from SyntheticContrastLib.errors import InputError, SeriesSelectionError
 from SyntheticContrastLib.io.reading import read_volume, write_volume
 from SyntheticContrastLib.io.volume import Volume
@@ -24,6 +24,7 @@ def test_geometry_round_trip(tmp_path, suffix):
     assert not list(tmp_path.glob("*.partial*"))
 
 
+@variant("classic CT series")
 def test_dicom_series_geometry_and_values(tmp_path):
     hu = np.round(chest_like((12, 24, 20)))
     write_dicom_series(tmp_path / "ct", hu, spacing=(0.8, 0.7, 2.0))
@@ -44,6 +45,7 @@ def test_an_oblique_dicom_series_is_read_with_its_direction(tmp_path):
     np.testing.assert_allclose(vol.index_to_physical((0, 0, 9)), np.array([-10.0, -20.0, 0.0]) + 18.0 * np.asarray(OBLIQUE).reshape(3, 3)[:, 2], atol=1e-4)
 
 
+@variant("several image series in one folder")
 def test_folder_with_two_series_asks_which(tmp_path):
     write_dicom_series(tmp_path / "mixed", chest_like((8, 16, 16)), series_uid="1.2.3.1", description="NCCT 3mm")
     write_dicom_series(tmp_path / "mixed2", chest_like((10, 16, 16)), series_uid="1.2.3.2", description="CECT 3mm")
@@ -52,17 +54,18 @@ def test_folder_with_two_series_asks_which(tmp_path):
     with pytest.raises(SeriesSelectionError) as err:
         read_volume(tmp_path / "mixed")
     text = str(err.value)
-    assert "2 DICOM series" in text and "NCCT 3mm" in text and "CECT 3mm" in text and "10 slices" in text
+    assert "2 DICOM series" in text and "NCCT 3mm" in text and "CECT 3mm" in text and "10 images" in text and "[CT images]" in text
     assert read_volume(tmp_path / "mixed", series_uid="1.2.3.2").array.shape[0] == 10
 
 
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"modality": "MR"}, "modality is MR, not CT"),
-        ({"positions": [0, 2, 4, 6, 10, 12, 14, 16]}, "1 slice(s) missing"),
-        ({"positions": [0, 2, 4, 6, 7.5, 9, 11, 13]}, "uneven slice spacing"),
-        ({"tilt": 15.0}, "gantry tilt"),
+        pytest.param({"modality": "MR"}, "modality is MR, not CT", marks=variant("non-CT modality")),
+        pytest.param({"positions": [0, 2, 4, 6, 10, 12, 14, 16]}, "1 slice(s) missing", marks=variant("missing slices")),
+        pytest.param({"positions": [0, 2, 4, 6, 7.5, 9, 11, 13]}, "uneven slice spacing", marks=variant("uneven spacing")),
+        pytest.param({"tilt": 15.0}, "gantry tilt", marks=variant("gantry tilt")),
+        pytest.param({"positions": [0, 2, 4, 4, 6, 8, 10, 12]}, "two slices share one position", marks=variant("duplicate positions")),
     ],
 )
 def test_dicom_problems_are_reported(tmp_path, kwargs, message):

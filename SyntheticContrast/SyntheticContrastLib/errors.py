@@ -24,7 +24,7 @@ class SeriesSelectionError(InputError):
     def __init__(self, path, series: list[dict]):
         self.series = series
         listing = "\n".join(
-            f"  {s['series_uid']}  {s['slices']:4d} slices  {s['description'] or '(no SeriesDescription)'}"
+            f"  {s['series_uid']}  {s['slices']:4d} images  {s['description'] or '(no SeriesDescription)'}  [{s.get('kind', '?')}]"
             for s in series
         )
         super().__init__(path, f"holds {len(series)} DICOM series; choose one with --series UID:\n{listing}")

@@ -8,6 +8,7 @@ model and its sha256, and no contrast/bolus attribute is written.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import os
 import shutil
 import tempfile
@@ -61,6 +62,7 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
             raise OutputError(out_dir, "is inside the source series folder; write the synthetic series beside it")
         source_headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
     first = source_headers[0] if source_headers else None
+    sources = source_images(source_headers)
     slope = UNCERTAINTY_SLOPE if uncertainty else 1.0
     hu = np.rint(volume.array / slope)
     if hu.min() < -32768 or hu.max() > 32767:
@@ -124,12 +126,9 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
             ds.BurnedInAnnotation = "NO"
             ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
             ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-            if k < len(source_headers):
-                ref = Dataset()
-                ref.ReferencedSOPClassUID = source_headers[k].SOPClassUID
-                ref.ReferencedSOPInstanceUID = source_headers[k].SOPInstanceUID
-                ds.SourceImageSequence = [ref]
             position = volume.index_to_physical((0, 0, k))
+            if sources:
+                ds.SourceImageSequence = [_source_at(sources, position, float(volume.spacing[2]), source_files[0], k)]
             ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
             ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
             ds.PixelSpacing = [f"{volume.spacing[1]:.6f}", f"{volume.spacing[0]:.6f}"]  # row, column spacing
@@ -154,6 +153,42 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
     return files
 
 
+def source_images(headers) -> list[tuple[np.ndarray, object]]:
+    """(position, Source Image Sequence item) of every source image: one per classic slice, one per frame of a
+    multi-frame (Enhanced CT) object, which is referenced with its frame number."""
+    from pydicom.dataset import Dataset
+
+    from .enhanced_ct import frame_item
+
+    images = []
+    for ds in headers:
+        frames = [None]
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            frames = range(int(ds.NumberOfFrames))
+        for frame in frames:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+            if frame is None:
+                position = ds.get("ImagePositionPatient")
+            else:
+                position = frame_item(ds, frame, "PlanePositionSequence").ImagePositionPatient
+                ref.ReferencedFrameNumber = frame + 1
+            if position is not None:
+                images.append((np.array([float(v) for v in position]), ref))
+    return images
+
+
+def _source_at(sources, position: np.ndarray, slice_spacing: float, where, k: int):
+    """The source image at a derived slice's position: referencing by position, not by file order, holds for
+    any sort order and for frames."""
+    distances = [float(np.linalg.norm(p - position)) for p, _ in sources]
+    nearest = int(np.argmin(distances))
+    if distances[nearest] > 0.25 * slice_spacing:
+        raise InputError(where, f"no source image lies at derived slice {k + 1}'s position {np.round(position, 3).tolist()} "
+                         f"(nearest {distances[nearest]:.2f} mm away); the synthetic volume is not on the source grid")
+    return sources[nearest][1]
+
+
 #: How far a synthetic volume's grid may lie from its source series' grid (NIfTI keeps geometry in float32).
 GRID_TOLERANCE = {"origin_mm": 0.05, "spacing_mm": 1e-3, "direction": 1e-4}
 
@@ -161,33 +196,39 @@ GRID_TOLERANCE = {"origin_mm": 0.05, "spacing_mm": 1e-3, "direction": 1e-4}
 def on_source_grid(synthetic: Volume, source: Volume) -> Volume:
     """``synthetic`` expressed on ``source``'s grid, so the derived series has the source's geometry exactly.
 
-    A volume whose axes are flipped relative to the source (a NIfTI written in another orientation) covers the
-    same voxels and is flipped back; any other difference in shape, origin, spacing or direction is refused with
-    the figures, because a synthetic slice filed at the wrong position is worse than none.
+    A volume that covers the same voxels in another order (axes flipped or permuted: a NIfTI written in another
+    orientation) is put back in the source's order; any other difference in shape, origin, spacing or direction is
+    refused with the figures, because a synthetic slice filed at the wrong position is worse than none.
     """
-    if synthetic.array.shape != source.array.shape:
+    if sorted(synthetic.array.shape) != sorted(source.array.shape):
         raise InputError(synthetic.source, f"grid {synthetic.array.shape} (z, y, x) differs from the source series {source.array.shape}")
     src_dir = np.asarray(source.direction, float).reshape(3, 3)
+    old_dir, old_spacing = np.asarray(synthetic.direction, float).reshape(3, 3), np.asarray(synthetic.spacing, float)
     best = None
-    for flips in ((fz, fy, fx) for fz in (False, True) for fy in (False, True) for fx in (False, True)):
-        array = synthetic.array[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
-        direction = np.asarray(synthetic.direction, float).reshape(3, 3).copy()
-        corner = [n - 1 if f else 0 for n, f in zip(synthetic.array.shape[::-1], flips[::-1])]  # (x, y, z) index
-        origin = synthetic.index_to_physical(corner)
-        for axis, flipped in enumerate(flips[::-1]):  # direction columns are x, y, z
-            if flipped:
-                direction[:, axis] *= -1
-        gaps = (float(np.abs(origin - np.asarray(source.origin)).max()),
-                float(np.abs(np.asarray(synthetic.spacing) - np.asarray(source.spacing)).max()),
-                float(np.abs(direction - src_dir).max()))
-        if best is None or gaps[2] + gaps[0] < best[1][2] + best[1][0]:
-            best = (array, gaps, origin, direction)
-        if gaps[0] <= GRID_TOLERANCE["origin_mm"] and gaps[1] <= GRID_TOLERANCE["spacing_mm"] and gaps[2] <= GRID_TOLERANCE["direction"]:
-            return source.with_array(np.ascontiguousarray(array), **synthetic.metadata)
-    _, gaps, origin, direction = best
+    for perm in itertools.permutations(range(3)):  # new array axis m is old array axis perm[m]
+        for flips in itertools.product((False, True), repeat=3):
+            array = np.transpose(synthetic.array, perm)[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+            if array.shape != source.array.shape:
+                continue
+            old_index_axis = [2 - perm[2 - i] for i in range(3)]  # new index axis i (x, y, z) <- old index axis
+            direction = np.column_stack([old_dir[:, old_index_axis[i]] * (-1.0 if flips[2 - i] else 1.0) for i in range(3)])
+            spacing = old_spacing[old_index_axis]
+            corner = [0, 0, 0]  # the old (z, y, x) voxel that becomes the new first voxel
+            for m in range(3):
+                if flips[m]:
+                    corner[perm[m]] = synthetic.array.shape[perm[m]] - 1
+            origin = synthetic.index_to_physical(corner[::-1])
+            gaps = (float(np.abs(origin - np.asarray(source.origin)).max()),
+                    float(np.abs(spacing - np.asarray(source.spacing)).max()),
+                    float(np.abs(direction - src_dir).max()))
+            if best is None or gaps[2] + gaps[0] < best[1][2] + best[1][0]:
+                best = (array, gaps, origin, spacing)
+            if gaps[0] <= GRID_TOLERANCE["origin_mm"] and gaps[1] <= GRID_TOLERANCE["spacing_mm"] and gaps[2] <= GRID_TOLERANCE["direction"]:
+                return source.with_array(np.ascontiguousarray(array), **synthetic.metadata)
+    _, gaps, origin, spacing = best
     raise InputError(synthetic.source, (
         f"does not lie on the source series' grid: origin {np.round(origin, 3).tolist()} vs {np.round(source.origin, 3).tolist()} mm "
-        f"(off by {gaps[0]:.3f}, tolerance {GRID_TOLERANCE['origin_mm']}), spacing {np.round(synthetic.spacing, 4).tolist()} vs "
+        f"(off by {gaps[0]:.3f}, tolerance {GRID_TOLERANCE['origin_mm']}), spacing {np.round(spacing, 4).tolist()} vs "
         f"{np.round(source.spacing, 4).tolist()} mm, direction off by {gaps[2]:.4f} (tolerance {GRID_TOLERANCE['direction']}); "
         "resample it onto the source grid, or export the series it was made from"))
 

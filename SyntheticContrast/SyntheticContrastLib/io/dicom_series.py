@@ -4,12 +4,14 @@ order along the slice normal, and the checks (missing slices, tilt, spacing, sco
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, SeriesSelectionError
+from . import rules
 from .volume import AIR_HU, Volume
 
 @contextlib.contextmanager
@@ -32,17 +34,48 @@ def dicom_series_in(folder: Path) -> list[dict]:
         uids = reader.GetGDCMSeriesIDs(str(folder))
     for uid in uids:
         files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-        series.append({"series_uid": uid, "files": files, "slices": len(files), "description": _description(files[0])})
+        series.append(_series_entry(uid, files))
     return series
 
 
-def _description(file: str) -> str:
+#: The series kind that can be synthesised; every other kind is named and left out of the choice.
+CT_IMAGES = "CT images"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _series_entry(uid: str, files: list[str]) -> dict:
+    """A series as listed to the user: uid, files, slices, description, and its kind (CT images, a localizer
+    series, screen captures such as a dose screen, or another modality)."""
     import pydicom
 
     try:
-        return str(pydicom.dcmread(file, stop_before_pixels=True).get("SeriesDescription", ""))
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
     except Exception:
-        return ""
+        return {"series_uid": uid, "files": files, "slices": len(files), "description": "", "kind": "unreadable"}
+    modality = str(ds.get("Modality", "") or "no modality")
+    if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE):
+        kind = "screen captures (such as a dose screen)"
+    elif is_localizer(ds):
+        kind = "a localizer series"
+    else:
+        kind = CT_IMAGES if modality == "CT" else f"{modality} images"
+    return {"series_uid": uid, "files": files, "slices": len(files), "description": str(ds.get("SeriesDescription", "")), "kind": kind}
+
+
+def choose_series(folder: Path, series: list[dict], series_uid: str | None, notes: list[str]) -> dict:
+    """The series to read: the one asked for, else the only CT image series (the others named in ``notes``)."""
+    if series_uid is not None:
+        chosen = next((s for s in series if s["series_uid"] == series_uid), None)
+        if chosen is None:
+            raise InputError(folder, f"has no series {series_uid}; it has {[s['series_uid'] for s in series]}")
+        return chosen
+    candidates = [s for s in series if s["kind"] == CT_IMAGES]
+    if len(series) > 1 and len(candidates) != 1:
+        raise SeriesSelectionError(folder, series)
+    chosen = candidates[0] if candidates else series[0]
+    notes += [f"series {s['description'] or s['series_uid']} ({s['slices']} images): {s['kind']}; left out"
+              for s in series if s is not chosen]
+    return chosen
 
 
 #: Vendor transfer syntaxes no open reader decodes; the series must be decompressed with the vendor's tools first.
@@ -75,8 +108,16 @@ def _refuse_private_compression(path, ds) -> None:
                          "decompress the series with the vendor's tools first, then read the decompressed files")
 
 
-def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None = None, padding: dict | None = None) -> list[str]:
-    """Header checks with pydicom; returns the files sorted along the slice normal or raises InputError.
+@dataclass
+class CheckedSeries:
+    """A series' image files in slice order along the normal, and the slice spacing the positions give."""
+
+    files: list[str]
+    spacing: float
+
+
+def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None = None, padding: dict | None = None) -> CheckedSeries:
+    """Header checks with pydicom; the files sorted along the slice normal, or InputError.
 
     A LOCALIZER (scout) image filed in the CT series is left out, with a line in ``notes``; ``padding`` gets the
     HU that each file's PixelPaddingValue stands for, so the pixels need no second reading of the headers.
@@ -92,7 +133,7 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
         _refuse_private_compression(f, ds)
         if padding is not None and "PixelPaddingValue" in ds:
             padding[f] = float(ds.PixelPaddingValue) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+        if is_localizer(ds):
             if notes is not None:
                 notes.append(f"{Path(f).name}: a LOCALIZER (scout) image in the series; left out")
             continue
@@ -107,34 +148,64 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
             raise InputError(f, "lacks ImagePositionPatient/ImageOrientationPatient; slice geometry unknown")
     orientation = np.array(headers[0][1].ImageOrientationPatient, float)
     for f, ds in headers:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, float), orientation, atol=1e-4):
+        if not np.allclose(np.array(ds.ImageOrientationPatient, float), orientation, atol=rules.ORIENTATION_ATOL):
             raise InputError(f, "slice orientation differs from the rest of the series")
-    positions = np.array([np.array(ds.ImagePositionPatient, float) for _, ds in headers])
+    written = [ds.ImagePositionPatient for _, ds in headers]
     tilt = [float(ds.get("GantryDetectorTilt", 0) or 0) for _, ds in headers]
-    order = check_slice_stack(positions, orientation, tilt, folder)
-    return [headers[i][0] for i in order]
+    order, spacing = check_slice_stack(written, orientation, tilt, folder, notes)
+    return CheckedSeries([headers[i][0] for i in order], spacing)
 
 
-def check_slice_stack(positions: np.ndarray, orientation: np.ndarray, tilt: list[float], folder) -> np.ndarray:
-    """The order of slices (or frames) along the normal; refuses duplicates, tilt, gaps and uneven spacing."""
+def is_localizer(ds) -> bool:
+    return "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]
+
+
+def written_precision_mm(values) -> float:
+    """How far rounding may have moved positions written as decimal strings: half their last decimal place
+    (0.05 mm for '12.3'). Values without their original text are taken as exact."""
+    decimals = 0
+    for value in values:
+        text = str(getattr(value, "original_string", "") or "").strip()
+        if not text or "e" in text.lower():
+            return 0.0
+        decimals = max(decimals, len(text.partition(".")[2]))
+    return 0.5 * 10.0 ** -decimals
+
+
+def check_slice_stack(written_positions, orientation: np.ndarray, tilt: list[float], folder, notes: list[str] | None = None):
+    """(order along the normal, slice spacing) of slices or frames; refuses duplicates, tilt, gaps and uneven
+    spacing that the rounding of the written positions does not explain (rules.py)."""
+    positions = np.array([[float(v) for v in p] for p in written_positions])
     normal = np.cross(orientation[:3], orientation[3:])
     order = np.argsort(positions @ normal)
     positions = positions[order]
-    steps = np.diff(positions @ normal)
-    if np.any(steps < 1e-3):
+    along = positions @ normal
+    steps = np.diff(along)
+    if np.any(steps < rules.DUPLICATE_STEP_MM):
         raise InputError(folder, "two slices share one position (duplicate slices, or two series mixed in one folder)")
     offsets = positions[-1] - positions[0]
     off_axis = np.linalg.norm(offsets - (offsets @ normal) * normal)
-    if any(abs(t) > 0.01 for t in tilt) or off_axis > 0.01 * np.linalg.norm(offsets) + 0.1:
+    if any(abs(t) > rules.TILT_DEGREES for t in tilt) or off_axis > rules.OFF_AXIS_SHARE * np.linalg.norm(offsets) + rules.OFF_AXIS_MM:
         raise InputError(folder, f"gantry tilt ({max(tilt, key=abs):.1f} deg in the header, slices shifted {off_axis:.1f} mm off the normal); resample to an orthogonal grid first")
     median = float(np.median(steps))
-    gaps = np.where(steps > 1.5 * median)[0]
+    gaps = np.where(steps > rules.GAP_FACTOR * median)[0]
     if len(gaps):
         missing = int(round(float(np.sum(steps[gaps] / median - 1))))
         raise InputError(folder, f"about {missing} slice(s) missing: gap of {steps[gaps[0]]:.2f} mm after slice {gaps[0] + 1} where spacing is {median:.2f} mm")
-    if steps.max() - steps.min() > max(0.01 * median, 0.01):
-        raise InputError(folder, f"uneven slice spacing ({steps.min():.3f} to {steps.max():.3f} mm); resample to even spacing first")
-    return order
+    if steps.max() - steps.min() <= max(rules.UNEVEN_RELATIVE * median, rules.UNEVEN_MM):
+        return order, float(np.mean(steps))
+    # Thin slices written with few decimals (0.625 mm steps as 0.6 and 0.7): even, if rounding explains it.
+    rounding = written_precision_mm(v for p in written_positions for v in p)
+    k = np.arange(len(along))
+    spacing, start = np.polyfit(k, along, 1)
+    off_grid = float(np.abs(along - (start + spacing * k)).max())
+    # Rounding bounds the error against the true grid; a least-squares line may sit up to that far again from it.
+    if 0 < rounding <= rules.ROUNDING_SHARE_OF_SPACING * spacing and off_grid <= 2 * rounding + 1e-6:
+        if notes is not None:
+            notes.append(f"slice positions are written to {2 * rounding:g} mm; read on an even grid of {spacing:.4f} mm "
+                         f"(steps {steps.min():.3f} to {steps.max():.3f} mm, every position within {off_grid:.3f} mm of it)")
+        return order, float(spacing)
+    raise InputError(folder, f"uneven slice spacing ({steps.min():.3f} to {steps.max():.3f} mm); resample to even spacing first")
 
 
 def dicomdir_series(dicomdir: Path) -> list[dict]:
@@ -153,7 +224,7 @@ def dicomdir_series(dicomdir: Path) -> list[dict]:
         if missing:
             raise InputError(missing[0], f"is listed in {dicomdir} but missing ({len(missing)} file(s) of series {uid})")
         if files:
-            series.append({"series_uid": str(uid), "files": files, "slices": len(files), "description": _description(files[0])})
+            series.append(_series_entry(str(uid), files))
     return series
 
 
@@ -195,7 +266,11 @@ def report_unreadable_files(folder: Path, entries: list[Path], series: list[dict
             ds = pydicom.dcmread(path)
         except Exception as exc:
             raise InputError(path, f"is not a readable DICOM file ({exc.__class__.__name__}); it sits in the series folder {folder}") from exc
-        if "PixelData" in ds and "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+        if "PixelData" not in ds:
+            notes.append(f"{path.name}: {ds.get('Modality', 'a DICOM')} object without pixels "
+                         f"({ds.get('SeriesDescription', '') or 'no description'}); ignored")
+            continue
+        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
             expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
             if len(ds.PixelData) < expected and ds.file_meta.TransferSyntaxUID.is_compressed is False:
                 raise InputError(path, f"is truncated: pixel data has {len(ds.PixelData)} of {expected} bytes")

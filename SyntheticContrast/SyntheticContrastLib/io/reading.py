@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, OutputError, SeriesSelectionError
+from ..errors import InputError, OutputError
 from ..fileio import atomic_path
-from .dicom_series import check_dicom_series, dicom_series_in, dicomdir_series, padding_to_air, quiet_itk, report_unreadable_files, single_file_problem
+from . import rules
+from .dicom_series import check_dicom_series, choose_series, dicom_series_in, dicomdir_series, padding_to_air, quiet_itk, report_unreadable_files, single_file_problem
 from .enhanced_ct import is_enhanced_ct, read_enhanced_ct
 from .volume import PROVENANCE_PREFIX, READER_NOTES, Volume
 
@@ -46,8 +47,49 @@ def check_hu_volume(volume: Volume, path, min_slices: int = 2) -> None:
         raise InputError(
             path,
             f"intensities do not look like Hounsfield units (1st percentile {lo:.0f}, min {a.min():.0f}, max {hi:.0f}); "
-            "a chest CT in HU contains air near -1000. Apply the DICOM rescale slope/intercept first",
+            "a chest CT in HU contains air near -1000. Apply the DICOM rescale slope/intercept first "
+            "(in a NIfTI file: set scl_slope and scl_inter, as dcm2niix does)",
         )
+
+
+def _nifti_header(path: Path) -> bytes:
+    import gzip
+
+    opener = gzip.open if suffix_of(path) == ".nii.gz" else open
+    with opener(path, "rb") as fh:
+        return fh.read(348)
+
+
+def nifti_form_disagreement(path: Path) -> str | None:
+    """When a NIfTI file carries both an sform and a qform that place it differently: by how much. ITK and
+    Slicer use the sform, so this tool does too, but one of the two is wrong and the user should know.
+    Read from the header itself: ITK's metadata drops qfac, the sign that makes a qform left-handed."""
+    import struct
+
+    header = _nifti_header(path)
+    if len(header) < 348:
+        return None
+    endian = "<" if struct.unpack_from("<i", header, 0)[0] == 348 else ">"
+    qform_code, sform_code = struct.unpack_from(endian + "2h", header, 252)
+    if qform_code <= 0 or sform_code <= 0:
+        return None
+    qfac = struct.unpack_from(endian + "f", header, 76)[0]
+    b, c, d, *q_origin = struct.unpack_from(endian + "6f", header, 256)
+    srows = np.array(struct.unpack_from(endian + "12f", header, 280), float).reshape(3, 4)
+    a = np.sqrt(max(0.0, 1.0 - b * b - c * c - d * d))
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])  # NIfTI-1 qform
+    if qfac < 0:
+        rotation[:, 2] *= -1
+    s_axes = srows[:, :3] / np.linalg.norm(srows[:, :3], axis=0)
+    origin_off = float(np.abs(srows[:, 3] - np.asarray(q_origin)).max())
+    axes_off = float(np.abs(s_axes - rotation).max())
+    tolerance = rules.NIFTI_FORM_TOLERANCE
+    if origin_off <= tolerance["origin_mm"] and axes_off <= tolerance["direction"]:
+        return None
+    return (f"sform and qform differ (origin by {origin_off:.2f} mm, axes by {axes_off:.3f}); read with the sform, "
+            "as ITK and 3D Slicer do")
 
 
 def read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
@@ -61,18 +103,15 @@ def read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         stray = report_unreadable_files(folder, entries, series)
     if not series:
         raise InputError(folder, "contains no DICOM series (and is not a NIfTI/NRRD/MHA file)")
-    if series_uid is None and len(series) > 1:
-        raise SeriesSelectionError(folder, series)
-    chosen = series[0] if series_uid is None else next((s for s in series if s["series_uid"] == series_uid), None)
-    if chosen is None:
-        raise InputError(folder, f"has no series {series_uid}; it has {[s['series_uid'] for s in series]}")
     notes = list(stray)
+    chosen = choose_series(folder, series, series_uid, notes)
     if len(chosen["files"]) == 1 and is_enhanced_ct(chosen["files"][0]):
         volume = read_enhanced_ct(Path(chosen["files"][0]))
         volume.metadata[READER_NOTES][:0] = notes
         return volume
     padding = {}
-    files = check_dicom_series(chosen["files"], folder, notes, padding)
+    checked = check_dicom_series(chosen["files"], folder, notes, padding)
+    files = checked.files
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -83,6 +122,7 @@ def read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
     meta = {"dicom_series_uid": chosen["series_uid"], "dicom_files": files, "series_description": chosen["description"],
             READER_NOTES: notes}
     volume = Volume.from_sitk(image, str(folder), meta)
+    volume.spacing = (*volume.spacing[:2], checked.spacing)  # GDCM takes the first step; the checks measured them all
     padding_to_air(volume, [padding.get(f) for f in files], notes)
     return volume
 
@@ -110,12 +150,18 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(path, f"cannot be read as an image (corrupt or truncated?): {str(exc).strip().splitlines()[-1]}") from exc
+        if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+            image = image[:, :, :, 0]  # one time point of a 4D file is a 3D volume
         if image.GetDimension() != 3:
-            raise InputError(path, f"is a {image.GetDimension()}D image; a 3D CT volume is needed")
+            extra = f" with {image.GetSize()[3]} time points" if image.GetDimension() == 4 else ""
+            raise InputError(path, f"is a {image.GetDimension()}D image{extra}; give one 3D CT volume")
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is needed")
         provenance = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if k.startswith(PROVENANCE_PREFIX)}
         volume = Volume.from_sitk(image, str(path), provenance)
+        form_note = nifti_form_disagreement(path) if suffix in (".nii", ".nii.gz") else None
+        if form_note:
+            volume.metadata[READER_NOTES] = [f"{path.name}: {form_note}"]
     if check_hu:
         check_hu_volume(volume, path)
     return volume
