@@ -40,6 +40,7 @@ def test_discovery_finds_files_and_dicom_folders(tmp_path):
 
 def test_bad_case_is_reported_and_the_batch_goes_on_then_resumes(tmp_path, tiny_model_card, capsys):
     make_cases(tmp_path / "in", 3, bad=True)
+    (tmp_path / "in" / "dicom_study" / "series1" / "README.txt").write_text("exported by PACS")
     args = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"]
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -48,6 +49,7 @@ def test_bad_case_is_reported_and_the_batch_goes_on_then_resumes(tmp_path, tiny_
     assert rows["broken"]["status"] == "failed" and "broken.nrrd" in rows["broken"]["error"]
     done = [r for r in rows.values() if r["status"] == "done"]
     assert len(done) == 4 and all(r["model_sha256"] == json.loads(tiny_model_card.read_text())["sha256"] for r in done)
+    assert rows["dicom_study__series1"]["notes"] == "README.txt: not a DICOM file; ignored"  # the manifest says it too
     mtimes = {r["case"]: os.path.getmtime(r["output"]) for r in done}
     assert main(args) == 1  # the broken case is retried and fails again; done cases are skipped
     assert {c: os.path.getmtime(manifest(tmp_path / "out")[c]["output"]) for c in mtimes} == mtimes

@@ -21,8 +21,9 @@ from ..errors import InputError, SyntheticContrastError
 from ..fileio import atomic_write_csv, atomic_write_text, sha256_of
 from ..io.dicom_series import dicom_series_in
 from ..io.reading import READ_SUFFIXES
+from ..io.volume import READER_NOTES
 
-MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "model_id", "model_sha256", "seconds", "rank",
+MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "notes", "model_id", "model_sha256", "seconds", "rank",
                    "error", "finished")
 
 
@@ -164,10 +165,11 @@ class BatchRunner:
             stale.unlink()  # a temporary file left by a killed earlier attempt; never a finished output
         status = {"case": case.name, "input": case.input, "model_id": self.model.card.model_id,
                   "model_sha256": self.model.card.sha256, "rank": self.rank, "output": "", "sd_output": "", "dicom_output": "",
-                  "ood": "", "error": ""}
+                  "ood": "", "notes": "", "error": ""}
         try:
             log.info("reading %s", case.input)
             volume = read_volume(case.input, series_uid=case.series_uid)
+            status["notes"] = "; ".join(volume.metadata.get(READER_NOTES, []))  # what the reader did on its own
             findings = check_input(volume, self.model)
             status["ood"] = ood_summary(findings, self.model)
             for finding in findings:
