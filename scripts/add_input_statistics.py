@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SyntheticContrast"))
 
-from SyntheticContrastLib import ood  # noqa: E402
-from SyntheticContrastLib.cli import _seed_list  # noqa: E402
+from SyntheticContrastLib.trust import ood  # noqa: E402
+from SyntheticContrastLib.cli.common import seed_list  # noqa: E402
 from SyntheticContrastLib.fileio import atomic_write_text  # noqa: E402
 from SyntheticContrastLib.engine.models import read_card  # noqa: E402
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom  # noqa: E402
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     read_card(args.card)  # refuse anything that is not a valid card before rewriting it
     if args.phantom_seeds:
-        volumes = [make_phantom(seed, PhantomSpec(slices=args.phantom_slices)).ncct for seed in _seed_list(args.phantom_seeds)]
+        volumes = [make_phantom(seed, PhantomSpec(slices=args.phantom_slices)).ncct for seed in seed_list(args.phantom_seeds)]
     else:
         volumes = [read_volume(path) for path in args.inputs]
     data = json.loads(args.card.read_text())

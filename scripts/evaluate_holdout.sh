@@ -16,7 +16,7 @@ python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
 from SyntheticContrastLib.measurement.cnr import measure_cnr, summarize_cnr
-from SyntheticContrastLib.cli import cnr_report
+from SyntheticContrastLib.cli.training import cnr_report
 from SyntheticContrastLib.measurement.rois import read_rois
 from SyntheticContrastLib.io.reading import read_volume
 out = Path(sys.argv[1])

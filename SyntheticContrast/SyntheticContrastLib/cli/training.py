@@ -1,0 +1,188 @@
+"""Training and evaluation verbs: train, evaluate (Table 2 metrics), cnr (lymph-node contrast-to-noise)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, seed_list
+from .data import phantom_pairs
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a generator (paper recipe by default); torchrun for several GPUs/nodes")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", type=Path, help="CSV with columns input,target, or folder of <case>_ncct.*/<case>_cect.*")
+    src.add_argument("--phantom-seeds", help="train on generated phantom cases with these seeds, e.g. '1000-1015'")
+    p.add_argument("--output", type=Path, required=True, help="folder for checkpoint, log, samples and the model card")
+    p.add_argument("--config", type=Path, help="JSON with TrainConfig fields (anything below overrides it)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--ngf", type=int, help="generator base width (paper 64)")
+    p.add_argument("--levels", type=int, help="U-Net levels (paper 9 for 512 px)")
+    p.add_argument("--dropout", type=float, help="decoder dropout of the innermost 3 levels (pix2pix 0.5)")
+    p.add_argument("--residual", action="store_true", help="generator predicts a correction added to its input (not the paper; helps small models)")
+    p.add_argument("--ndf", type=int, help="discriminator base width (paper 64)")
+    p.add_argument("--crop", type=int, help="in-plane training crop in px (default: whole slices)")
+    p.add_argument("--samples-per-volume", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-decay-epoch", type=int)
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--model-id")
+    p.add_argument("--default-stride", type=int)
+    p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly")
+    p.add_argument("--phantom-slices", type=int, default=48)
+    p.set_defaults(func=cmd_train)
+
+
+    p = sub.add_parser("evaluate", help="MAE, PSNR, MS-SSIM (LPIPS with local weights) of sCECT and input vs reference CECT")
+    p.add_argument("--pred", type=Path, help="sCECT volume of one case")
+    p.add_argument("--input", type=Path, help="NCCT (input) volume of that case")
+    p.add_argument("--reference", type=Path, help="real CECT volume of that case")
+    p.add_argument("--cases", type=Path, help="CSV with columns case,pred,input,reference (instead of the three above)")
+    p.add_argument("--output", type=Path, required=True, help="folder for metrics_per_case.csv, metrics.json, table2.md, box plots")
+    p.add_argument("--window", default="350,50", help="evaluation window 'width,level' in HU (default mediastinal 350,50)")
+    rng = p.add_mutually_exclusive_group()
+    rng.add_argument("--slices", help="inclusive slice index range 'first:last' (e.g. aortic arch top to diaphragm)")
+    rng.add_argument("--z-range-mm", help="inclusive physical z range 'lo:hi' in LPS mm")
+    p.add_argument("--body-mask", help="'auto' (largest body region, holes filled) or a mask volume; MAE/PSNR only")
+    p.add_argument("--input-label", default="NCCT", help="name of the input in the table (NCCT or VNC)")
+    p.add_argument("--lpips-weights", type=Path, help="local AlexNet+LPIPS weights (.safetensors); without it LPIPS is skipped")
+    p.add_argument("--sd", type=Path, help="the sCECT's SD map (synthesize --samples N): adds Spearman(SD, |error|), AUSE and a sparsification plot")
+    p.set_defaults(func=cmd_evaluate)
+
+
+    p = sub.add_parser("cnr", help="lesion CNR (paper definition) from ROI JSON on one or more volumes")
+    p.add_argument("volumes", nargs="+", type=Path, help="volumes to measure, e.g. NCCT sCECT CECT")
+    p.add_argument("--rois", type=Path, required=True, help="ROI JSON (phantom annotations or Slicer export)")
+    p.add_argument("--names", help="comma-separated names for the volumes (default: file names)")
+    p.add_argument("--sd", action="append", default=[], metavar="NAME=PATH",
+                   help="SD map of the volume called NAME (synthesize --samples N): adds the CNR's uncertainty; repeatable")
+    p.add_argument("--output", type=Path, help="folder for cnr_per_lesion.csv and cnr.json")
+    p.set_defaults(func=cmd_cnr)
+
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from ..engine.training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
+
+    cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
+    gen = dataclasses.replace(cfg.generator, **{k: v for k, v in (("ngf", args.ngf), ("levels", args.levels), ("dropout", args.dropout), ("residual", args.residual or None)) if v is not None})
+    overrides = {
+        "epochs": args.epochs, "discriminator_ndf": args.ndf, "crop": args.crop, "samples_per_volume": args.samples_per_volume,
+        "lr": args.lr, "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device,
+        "seed": args.seed, "model_id": args.model_id, "default_stride": args.default_stride,
+    }
+    cfg = dataclasses.replace(cfg, generator=gen, **{k: v for k, v in overrides.items() if v is not None})
+    if args.phantom_seeds:
+        pairs = phantom_pairs(seed_list(args.phantom_seeds), args.phantom_slices)
+        cfg = dataclasses.replace(cfg, training_data=f"procedural chest phantom, seeds {args.phantom_seeds}, {args.phantom_slices} slices")
+    else:
+        pairs = load_pairs(read_pair_list(args.pairs), register=args.register)
+    train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    trainer = Trainer(cfg, args.output, progress=print)
+    if args.resume:
+        trainer.load_checkpoint()
+        print(f"resumed after epoch {trainer.epoch}")
+    try:
+        trainer.fit(train, val)
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        print(f"model card: {args.output / (cfg.model_id + '.json')}")
+    return EXIT_OK
+
+
+def _range(text: str | None, cast=int):
+    if not text:
+        return None
+    lo, hi = text.split(":")
+    return cast(lo), cast(hi)
+
+
+def cmd_evaluate(args) -> int:
+    from ..measurement.evaluation import EvaluationSettings, evaluate_case, lpips_metric, table2_markdown, write_reports
+    from ..io.reading import read_volume
+
+    width, level = (float(v) for v in args.window.split(","))
+    settings = EvaluationSettings((width, level), _range(args.slices), _range(args.z_range_mm, float), args.body_mask,
+                                  str(args.lpips_weights) if args.lpips_weights else None)
+    lpips = lpips_metric(settings)
+    if args.cases:
+        import csv
+
+        with open(args.cases, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        base = args.cases.parent
+        cases = [(r["case"], base / r["pred"], base / r["input"], base / r["reference"], base / r["sd"] if r.get("sd") else None) for r in rows]
+    elif args.pred and args.input and args.reference:
+        cases = [(args.input.name.split(".")[0], args.pred, args.input, args.reference, args.sd)]
+    else:
+        print("error: give --pred, --input and --reference, or --cases CSV", file=sys.stderr)
+        return EXIT_USAGE
+    results = []
+    for name, pred, src, ref, sd in cases:
+        res = evaluate_case(read_volume(pred), read_volume(src), read_volume(ref), settings, lpips,
+                            read_volume(sd, check_hu=False) if sd else None)
+        res["case"] = name
+        results.append(res)
+    summary = write_reports(results, args.output, args.input_label)
+    print(table2_markdown(summary, args.input_label))
+    if "calibration" in summary:
+        c = summary["calibration"]
+        print(f"uncertainty: Spearman(SD, |error|) median {c['spearman_rho']['median']:.3f}, AUSE median {c['ause_hu']['median']:.2f} HU "
+              f"({c['ause_relative']['median']:.1%} of the MAE); see uncertainty_calibration.csv and sparsification.png")
+    if "lpips_note" in results[0]:
+        print(results[0]["lpips_note"])
+    print(f"reports in {args.output}")
+    return EXIT_OK
+
+
+def cnr_report(rows, summary) -> str:
+    lines = [f"{'lesion':10s} {'volume':12s} {'CNR':>7s} {'noise':>7s} {'lesion HU':>10s} {'DTA HU':>8s}  error"]
+    for r in rows:
+        plus = f" +-{r['cnr_uncertainty']:.2f}" if "cnr_uncertainty" in r else ""
+        lines.append(f"{r['lesion']:10s} {r['volume']:12s} {r['cnr']:7.2f}{plus} {r['noise']:7.2f} "
+                     f"{r.get('lesion_mean', float('nan')):10.1f} {r.get('dta_mean', float('nan')):8.1f}  {r['error']}")
+    lines.append("")
+    for name, s in summary["volumes"].items():
+        c, n = s["cnr"], s["noise"]
+        lines.append(f"{name}: CNR median {c['median']:.2f} (IQR {c['q1']:.2f}-{c['q3']:.2f}), noise {n['median']:.1f} HU, n={c['n']}")
+    for cmp in summary["comparisons"]:
+        if cmp["measure"] == "cnr":
+            lines.append(f"{cmp['a']} vs {cmp['b']} CNR: {cmp['test'] or cmp.get('note')} p={cmp['p']:.3g} (n={cmp['n']})")
+    return "\n".join(lines)
+
+
+def cmd_cnr(args) -> int:
+    from ..measurement.cnr import measure_cnr, summarize_cnr
+    from ..fileio import atomic_write_csv, atomic_write_text
+    from ..measurement.rois import read_rois
+    from ..io.reading import read_volume
+
+    names = args.names.split(",") if args.names else [v.name.split(".")[0] for v in args.volumes]
+    if len(names) != len(args.volumes):
+        print(f"error: {len(names)} names for {len(args.volumes)} volumes", file=sys.stderr)
+        return EXIT_USAGE
+    lesions = read_rois(args.rois)
+    volumes = {n: read_volume(v, check_hu=False) for n, v in zip(names, args.volumes)}
+    sd_maps = {}
+    for item in args.sd:
+        name, _, path = item.partition("=")
+        if name not in volumes or not path:
+            print(f"error: --sd {item!r}: give NAME=PATH with NAME one of {', '.join(volumes)}", file=sys.stderr)
+            return EXIT_USAGE
+        sd_maps[name] = read_volume(path, check_hu=False)
+    rows = measure_cnr(volumes, lesions, sd_maps)
+    summary = summarize_cnr(rows)
+    print(cnr_report(rows, summary))
+    if args.output:
+        atomic_write_csv(args.output / "cnr_per_lesion.csv", rows)
+        atomic_write_text(args.output / "cnr.json", json.dumps({"rows": rows, "summary": summary}, indent=2, default=float) + "\n")
+        print(f"wrote {args.output / 'cnr_per_lesion.csv'}")
+    failed = sum(1 for r in rows if r["error"])
+    return EXIT_FAILED if failed == len(rows) else EXIT_OK
