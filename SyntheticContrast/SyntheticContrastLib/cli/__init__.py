@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from . import batch, data, reader_study, synthesis, training
+from . import batch, data, node, reader_study, synthesis, training
 from .common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OUT_OF_DISTRIBUTION, EXIT_USAGE, emit_event
 
-VERB_GROUPS = (synthesis, batch, data, training, reader_study)
+VERB_GROUPS = (synthesis, batch, data, training, reader_study, node)
 
 
 def build_parser() -> argparse.ArgumentParser:
