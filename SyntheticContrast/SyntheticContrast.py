@@ -59,7 +59,7 @@ class SyntheticContrastParameterNode:
     referenceVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
     uncertaintyVolume: vtkMRMLScalarVolumeNode  # the sCECT's SD map, when Samples > 1
-    modelPath: pathlib.Path  # ctkPathLineEdit binds to a Path; empty means the bundled demo model
+    model: str = ""  # a model store name (or a card path); empty means the bundled demo model
     device: Annotated[str, Choice(["auto", "cuda", "cpu", "mps"])] = "auto"
     stride: Annotated[int, WithinRange(0, 64)] = 0
     blend: Annotated[str, Choice(["gaussian", "mean"])] = "gaussian"
@@ -112,6 +112,9 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._connect(ui.rerateMarkButton, _("Could not change the rating."),
                       lambda: self._setReadingText(logic.rerateLastMark(self._parameterNode)))
         self._connect(ui.nextCaseButton, _("Could not go to the next case."), lambda: self._setReadingText(logic.nextReadingCase()))
+
+        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)  # a dynamic list: no Choice to bind
+        self._populateModels()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -183,8 +186,41 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.enabled = state["canApply"]
         self.ui.applyButton.toolTip = state["applyHint"]
         self.ui.cancelButton.enabled = state["running"]
+        self._showChosenModel()
         self._showOutOfDistribution(state["outOfDistribution"])
         self.logic.updateOverlay(self._parameterNode)
+
+    def _populateModels(self):
+        from SyntheticContrastSlicer.models import INSTALL_ENTRY
+
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for k, choice in enumerate(self.logic.modelChoices()):
+            combo.addItem(choice["name"])
+            combo.setItemData(k, choice["tooltip"], qt.Qt.ToolTipRole)
+        combo.addItem(_(INSTALL_ENTRY))
+        combo.blockSignals(False)
+        self._showChosenModel()
+
+    def _showChosenModel(self):
+        combo, p = self.ui.modelComboBox, self._parameterNode
+        chosen = (p.model if p is not None else "") or self.logic.models.default_name()
+        index = combo.findText(chosen)
+        combo.blockSignals(True)
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        combo.blockSignals(False)
+
+    def onModelChosen(self, index):
+        combo = self.ui.modelComboBox
+        if index != combo.count - 1:
+            self._parameterNode.model = combo.itemText(index)
+            return
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Install a model card"), "", _("Model card (*.json)"))
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("The model could not be installed."), waitCursor=True):
+                self.logic.installModel(path, self._parameterNode)
+        self._populateModels()
 
     def _showOutOfDistribution(self, text):
         """The yellow warning: the sCECT shown comes from an input unlike the model's training data."""
@@ -254,11 +290,13 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         from SyntheticContrastSlicer.annotation import AnnotationController
         from SyntheticContrastSlicer.dependencies import DependencyChecker
+        from SyntheticContrastSlicer.models import ModelChoices
         from SyntheticContrastSlicer.reading import ReadingController
         from SyntheticContrastSlicer.synthesis import SynthesisController
         from SyntheticContrastSlicer.views import ViewsController
 
         self.dependencies = DependencyChecker()
+        self.models = ModelChoices()
         self.synthesis = SynthesisController()
         self.views = ViewsController()
         self.annotation = AnnotationController()
@@ -279,6 +317,17 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
 
     def describeEnvironment(self) -> str:
         return self.dependencies.describe()
+
+    # -- models ---------------------------------------------------------------------------------------
+    def modelChoices(self) -> list[dict]:
+        return self.models.choices()
+
+    def installModel(self, cardPath: str, p=None) -> str:
+        """Install a model card into the user's store and choose it."""
+        name = self.models.install(cardPath)
+        if p is not None:
+            p.model = name
+        return name
 
     # -- synthesis --------------------------------------------------------------------------------------
     def panelState(self, p) -> dict:

@@ -3,7 +3,7 @@
 Cards written by `synthetic-contrast train` have them already; this is for cards made before, such as the bundled
 demo model, whose training inputs are reproducible phantoms:
 
-    python scripts/add_input_statistics.py SyntheticContrast/Resources/Models/demo_phantom_small.json --phantom-seeds 1000-1015
+    python scripts/add_input_statistics.py SyntheticContrast/SyntheticContrastLib/engine/bundled_models/demo_phantom_small.json --phantom-seeds 1000-1015
 
 The weights and their sha256 are not touched; the card is rewritten atomically.
 """

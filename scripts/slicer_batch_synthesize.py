@@ -44,7 +44,7 @@ def main(argv):
             p = logic.getParameterNode()
             p.inputVolume, p.stride, p.device = node, args.stride, args.device
             if args.model:
-                p.modelPath = args.model
+                p.model = str(args.model)
             print(f"[{n}/{len(inputs)}] {stem}: {logic.synthesize(p)}")
             # The engine's writer, not slicer.util.saveNode: Slicer's volume storage node writes no node
             # attributes, and the header must say SYNTHETIC with the model's provenance. It writes atomically.

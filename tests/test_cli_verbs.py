@@ -35,17 +35,20 @@ def test_cnr_verb_on_phantom_volumes(phantoms, tmp_path, capsys):
     assert (tmp_path / "cnr_per_lesion.csv").read_text().startswith("lesion,volume")
 
 
-def test_train_then_synthesize_with_the_model_it_made(phantoms, tmp_path):
+def test_train_then_synthesize_with_the_model_it_made(phantoms, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHETIC_CONTRAST_MODELS", str(tmp_path / "store"))
     out = tmp_path / "model"
     code = main(["train", "--pairs", str(phantoms), "--output", str(out), "--epochs", "1", "--ngf", "2", "--levels", "3",
-                 "--ndf", "4", "--crop", "32", "--samples-per-volume", "1", "--device", "cpu", "--model-id", "cli-test", "--seed", "1"])
+                 "--ndf", "4", "--crop", "32", "--samples-per-volume", "1", "--device", "cpu", "--model-id", "cli-test", "--seed", "1",
+                 "--install", "site-chest-v1"])
     assert code == 0
     card = json.loads((out / "cli-test.json").read_text())
     assert card["input_statistics"]["volumes"] >= 1 and len(card["sha256"]) == 64
-    result = tmp_path / "p_synthetic.nii.gz"
-    code = main(["synthesize", str(phantoms / "phantom0003_ncct.nii.gz"), str(result), "--model", str(out / "cli-test.json"),
-                 "--device", "cpu", "--no-progress"])
-    assert code == 0 and read_volume(result, check_hu=False).array.shape == (16, 128, 128)
+    result = tmp_path / "p_synthetic.nrrd"  # NRRD keeps every provenance key
+    code = main(["synthesize", str(phantoms / "phantom0003_ncct.nii.gz"), str(result), "--model", "site-chest-v1",
+                 "--device", "cpu", "--no-progress"])  # by its store name
+    made = read_volume(result, check_hu=False)
+    assert code == 0 and made.array.shape == (16, 128, 128) and made.metadata["SyntheticContrast.model_id"] == "cli-test"
 
 
 def test_demo_runs_the_main_job(tmp_path, capsys):

@@ -205,3 +205,51 @@ def test_statistics_equal_scipy_and_statsmodels_directly(phantom_study):
         assert cmp["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
         if np.any(a != b):
             assert cmp["wilcoxon"]["p"] == pytest.approx(wilcoxon(a, b).pvalue)
+
+
+def test_the_plan_records_the_model_and_a_session_refuses_another(tmp_path, tiny_model_card, monkeypatch):
+    from conftest import TINY, chest_like, tiny_generator
+    from SyntheticContrastLib.engine import store
+    from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
+    from SyntheticContrastLib.engine.models import ModelCard, load_model, save_model
+    from SyntheticContrastLib.engine.encoding import WindowEncoding
+    from SyntheticContrastLib.io.reading import write_volume
+    from SyntheticContrastLib.io.volume import Volume
+    from SyntheticContrastLib.errors import InputError
+
+    monkeypatch.setenv(store.USER_ENV, str(tmp_path / "store"))
+    store.install(tiny_model_card, "chest-v1")
+    other_card = save_model(tiny_generator(seed=5, config=TINY), ModelCard(
+        model_id="tiny-other", architecture={}, encoding=WindowEncoding(), window={"z": 16, "y": 32, "x": 32}, default_stride=4,
+        intended_use="tests only", training_data="none", weights_file=""), tmp_path / "other" / "tiny-other.json")
+    cases = []
+    for k, suffix in enumerate((".nrrd", ".nii.gz")):  # NRRD keeps the full sha256, NIfTI a 12-hex prefix in its label
+        ncct = Volume(np.round(chest_like((16, 32, 32), seed=k)), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0))
+        scect, _ = synthesize_volume(ncct, load_model("chest-v1"), SynthesisOptions(device="cpu"))
+        write_volume(ncct, tmp_path / f"c{k}_ncct{suffix}")
+        write_volume(scect, tmp_path / f"c{k}_sCECT_synthetic{suffix}")
+        write_volume(ncct, tmp_path / f"c{k}_cect{suffix}")
+        cases.append({"id": f"case{k}", "ncct": f"c{k}_ncct{suffix}", "scect": f"c{k}_sCECT_synthetic{suffix}", "cect": f"c{k}_cect{suffix}"})
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1"], "cases": cases, "model": "chest-v1"}))
+    plan = rs.write_plan(study, tmp_path / "S")
+    assert plan["model"] == {"name": "chest-v1", "model_id": "tiny-test", "sha256": json.loads(tiny_model_card.read_text())["sha256"]}
+    session = rs.ReadingSession(tmp_path / "S", "R1", 2)  # NCCT+sCECT
+    assert all(session.volumes(code) for code in session.entry["order"])
+    # A different model installed under the planned name: no session runs.
+    store.remove("chest-v1")
+    store.install(other_card, "chest-v1")
+    with pytest.raises(InputError, match=r"planned with model chest-v1 \(sha256 \w{12}\), but chest-v1 is now sha256"):
+        rs.ReadingSession(tmp_path / "S", "R1", 2)
+    store.remove("chest-v1")
+    store.install(tiny_model_card, "chest-v1")
+    # An sCECT remade with another model after planning: its case is refused, in the session and in a new plan.
+    ncct = Volume(np.round(chest_like((16, 32, 32), seed=1)), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0))
+    remade, _ = synthesize_volume(ncct, load_model(other_card), SynthesisOptions(device="cpu"))
+    write_volume(remade, tmp_path / "c1_sCECT_synthetic.nii.gz")
+    session = rs.ReadingSession(tmp_path / "S", "R1", 2)
+    code = next(c for c, case_id in session.entry["key"].items() if case_id == "case1")
+    with pytest.raises(InputError, match="was made by another model .*a session refuses a different model"):
+        session.volumes(code)
+    with pytest.raises(InputError, match="case case1 \\(scect\\): .*was made by another model"):
+        rs.write_plan(study, tmp_path / "S2")

@@ -84,8 +84,8 @@ def test_path_fields_browse_for_a_folder_and_for_model_cards():
 
     assert "ctkPathLineEdit::Dirs" in prop("studyDirLineEdit", "filters")
     assert "ctkPathLineEdit::Files" not in prop("studyDirLineEdit", "filters")
-    assert "ctkPathLineEdit::Files" in prop("modelPathLineEdit", "filters")
-    assert "*.json" in prop("modelPathLineEdit", "nameFilters")
+    assert widgets["modelComboBox"].get("class") == "QComboBox"  # the model store by name, and "Install from file..."
+    assert not prop("modelComboBox", "SlicerParameterName")  # a dynamic list: wired by the widget, not bound as a Choice
 
 
 # --- R2: "Add lymph node" clicks land in that lesion's line --------------------------------------------------
@@ -365,7 +365,7 @@ def _pump(harness, until, limit_s=120.0):
 
 def test_synthesis_runs_out_of_process_and_names_the_output_from_the_input_at_start(harness, tiny_model_card):
     p = harness.logic.getParameterNode()
-    p.inputVolume, p.modelPath, p.device = _volume_node("Patient CT"), tiny_model_card, "cpu"
+    p.inputVolume, p.model, p.device = _volume_node("Patient CT"), str(tiny_model_card), "cpu"
     events, finished = [], []
     job = harness.logic.startSynthesis(p, events.append, lambda result, node: finished.append((result, node)))
     with pytest.raises(RuntimeError, match="already running"):
@@ -384,11 +384,28 @@ def test_synthesis_runs_out_of_process_and_names_the_output_from_the_input_at_st
     assert harness.app.process_events_calls == 0
 
 
+def test_the_model_choice_lists_the_store_with_card_summaries_and_installs_a_card(harness, tiny_model_card, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHETIC_CONTRAST_MODELS", str(tmp_path / "store"))
+    choices = {c["name"]: c["tooltip"] for c in harness.logic.modelChoices()}
+    assert list(choices) == ["demo_phantom_small"] and "DEMONSTRATION ONLY" in choices["demo_phantom_small"]
+    p = harness.logic.getParameterNode()
+    assert harness.logic.installModel(str(tiny_model_card), p) == "tiny-test" and p.model == "tiny-test"
+    choices = {c["name"]: c["tooltip"] for c in harness.logic.modelChoices()}
+    assert list(choices) == ["tiny-test", "demo_phantom_small"] and "user model tiny-test, sha256" in choices["tiny-test"]
+    p.inputVolume, p.device = _volume_node("Patient CT"), "cpu"
+    finished = []
+    harness.logic.startSynthesis(p, None, lambda result, node: finished.append((result, node)))  # the child finds the store
+    _pump(harness, lambda: finished)
+    result, node = finished[0]
+    assert result.state == "done", result.message
+    assert node.GetAttribute("SyntheticContrast.model_id") == "tiny-test"
+
+
 def test_failed_synthesis_reports_the_clis_message_and_keeps_the_log(harness, tmp_path):
     bad = tmp_path / "model.json"
     bad.write_text("{not json")
     p = harness.logic.getParameterNode()
-    p.inputVolume, p.modelPath, p.device = _volume_node(), bad, "cpu"
+    p.inputVolume, p.model, p.device = _volume_node(), str(bad), "cpu"
     finished = []
     harness.logic.startSynthesis(p, None, lambda result, node: finished.append((result, node)))
     _pump(harness, lambda: finished)
@@ -487,7 +504,7 @@ def test_dependencies_are_offered_once_and_never_replace_slicers_packages(harnes
 
 def test_samples_bring_an_sd_map_node_and_its_overlay(harness, tiny_model_card):
     p = harness.logic.getParameterNode()
-    p.inputVolume, p.modelPath, p.device, p.samples = _volume_node("Patient CT"), tiny_model_card, "cpu", 2
+    p.inputVolume, p.model, p.device, p.samples = _volume_node("Patient CT"), str(tiny_model_card), "cpu", 2
     finished = []
     harness.logic.startSynthesis(p, None, lambda result, node: finished.append(result))
     _pump(harness, lambda: finished)

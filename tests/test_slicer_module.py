@@ -53,8 +53,9 @@ def test_every_bound_widget_has_a_parameter():
     bound = {p.find("string").text for p in ET.parse(UI_FILE).iter("property") if p.get("name") == "SlicerParameterName"}
     fields = _parameter_fields()
     assert bound and bound <= fields, f"bound in .ui but not parameters: {sorted(bound - fields)}"
-    for required in ("inputVolume", "referenceVolume", "modelPath", "device", "stride", "blend", "batchSize", "precision"):
+    for required in ("inputVolume", "referenceVolume", "device", "stride", "blend", "batchSize", "precision"):
         assert required in bound, required
+    assert "model" in fields and "model" not in bound  # the model combo lists the store at run time: the widget wires it
 
 
 def test_module_imports_no_engine_at_import_time():
@@ -75,6 +76,7 @@ def test_module_cmake_lists_every_shipped_file():
     scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
     shipped_py = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     shipped_res = {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
+    shipped_res |= {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "SyntheticContrastLib").rglob("bundled_models/*")}
     assert scripts == shipped_py
     assert resources == shipped_res
     assert "slicerMacroBuildScriptedModule" in text
@@ -104,10 +106,13 @@ def test_every_engine_module_the_slicer_code_imports_is_shipped():
     imported = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module in ("SyntheticContrastLib", "SyntheticContrastSlicer"):
-                imported |= {f"{node.module}/{alias.name}.py" for alias in node.names}  # from package import submodule
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("SyntheticContrastLib", "SyntheticContrastSlicer"):
-                imported.add(node.module.replace(".", "/") + ".py")
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("SyntheticContrastLib", "SyntheticContrastSlicer"):
+                module = node.module.replace(".", "/")
+                if (MODULE_DIR / module).is_dir():  # from package import submodule (or a name of its __init__)
+                    imported.add(f"{module}/__init__.py")
+                    imported |= {f"{module}/{a.name}.py" for a in node.names if (MODULE_DIR / module / f"{a.name}.py").exists()}
+                else:
+                    imported.add(module + ".py")
             elif isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:  # relative, inside the Slicer package
                 imported.add(f"SyntheticContrastSlicer/{node.module}.py")
     assert "SyntheticContrastSlicer/process.py" in imported and "SyntheticContrastLib/mrml.py" in imported

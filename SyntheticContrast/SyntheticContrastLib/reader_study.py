@@ -70,6 +70,43 @@ def _code(seed, reader, condition, case_id) -> str:
     return f"C{digest[:6].upper()}"
 
 
+def planned_model(study: dict, where) -> dict | None:
+    """The model a study names (store name or card): its name, id and sha256, after checking that every synthetic
+    volume of the study was made by it, so readers never read images of another model by mistake."""
+    if not study.get("model"):
+        return None
+    from .engine.models import read_card
+
+    card = read_card(study["model"])
+    model = {"name": str(study["model"]), "model_id": card.model_id, "sha256": card.sha256}
+    for case in study["cases"]:
+        for role, path in case.items():
+            if role != "id" and isinstance(path, str):
+                problem = model_mismatch(path, model)
+                if problem:
+                    raise InputError(where, f"case {case['id']} ({role}): {problem}")
+    return model
+
+
+def model_mismatch(path, model: dict) -> str | None:
+    """Why a volume's SYNTHETIC label names another model than ``model``, or None (also for acquired images)."""
+    from .io.reading import synthetic_provenance
+
+    if not Path(path).is_file():
+        return None
+    provenance = synthetic_provenance(path)
+    if provenance is None:
+        return None
+    if provenance["sha256"]:
+        same = provenance["sha256"] == model["sha256"]
+    else:  # NIfTI: the label holds the model id and 12 hex of its sha256
+        same = model["sha256"][:12] in provenance["label"]
+    if same:
+        return None
+    return (f"{path} was made by another model ({provenance['model_id'] or provenance['label']}) than the study's "
+            f"{model['name']} (sha256 {model['sha256'][:12]})")
+
+
 def make_plan(study: dict) -> dict:
     """Independent, reproducible random case order per reader and session, with opaque case codes."""
     seed = int(study["seed"])
@@ -94,6 +131,9 @@ def write_plan(study_path: str | Path, out_dir: str | Path) -> dict:
         raise InputError(out_dir / "plan.json", "a plan exists already; plan a new study in a new folder")
     study = load_study(study_path)
     plan = make_plan(study)
+    model = planned_model(study, study_path)
+    if model:
+        plan["model"] = model
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
     atomic_write_text(out_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
@@ -123,7 +163,25 @@ class ReadingSession:
         self.dir = self.study_dir / "marks" / _safe(reader) / f"session{session}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "session.json"
+        self._check_model()
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else self._start()
+
+    def _check_model(self) -> None:
+        """A session refuses to run when the model the study was planned with is no longer the one its name gives."""
+        model = self.plan.get("model")
+        if not model:
+            return
+        from .engine.models import read_card
+        from .errors import ModelError
+
+        try:
+            current = read_card(model["name"]).sha256
+        except ModelError as exc:
+            raise InputError(self.study_dir, f"the study was planned with model {model['name']}, which is not available: {exc}") from exc
+        if current != model["sha256"]:
+            raise InputError(self.study_dir, f"the study was planned with model {model['name']} (sha256 {model['sha256'][:12]}), "
+                             f"but {model['name']} is now sha256 {current[:12]}; a session refuses a different model. "
+                             "Install the planned model, or plan a new study")
 
     def _start(self) -> dict:
         state = {"reader": self.entry["reader"], "session": self.entry["session"], "started": _now(), "finished": None}
@@ -169,7 +227,13 @@ class ReadingSession:
     def volumes(self, code: str) -> dict[str, str]:
         """Volume paths to load for this case and condition; callers show them only under neutral names."""
         case = next(c for c in self.study["cases"] if c["id"] == self.entry["key"][code])
-        return {role: case[role] for role in self.entry["shows"]}
+        shown = {role: case[role] for role in self.entry["shows"]}
+        model = self.plan.get("model")
+        for path in shown.values() if model else ():
+            problem = model_mismatch(path, model)  # a volume remade with another model after planning
+            if problem:
+                raise InputError(self.study_dir, f"case {code}: {problem}; a session refuses a different model")
+        return shown
 
     def add_mark(self, code: str, point_lps, rating: int, simulated: bool = False) -> int:
         if rating not in RATINGS:

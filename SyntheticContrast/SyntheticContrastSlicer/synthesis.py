@@ -41,13 +41,13 @@ class SynthesisJob:
 
 
 def synthesis_arguments(p) -> list[str]:
-    """The CLI options for the panel's settings; an empty model field means the CLI's default (the demo model)."""
+    """The CLI options for the panel's settings; no model chosen means the CLI's default (the demo model)."""
     args = ["--blend", p.blend, "--batch", str(p.batchSize), "--precision", p.precision, "--device", p.device,
             "--samples", str(p.samples)]
     if p.stride:
         args += ["--stride", str(p.stride)]
-    if chosen_path(p.modelPath):
-        args += ["--model", chosen_path(p.modelPath)]
+    if p.model:
+        args += ["--model", p.model]  # a store name or a card path; the CLI resolves both
     return args
 
 
@@ -141,7 +141,7 @@ class SynthesisController:
         from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD, load_model
 
         source, name = p.inputVolume, p.inputVolume.GetName()
-        model = load_model(chosen_path(p.modelPath) or DEFAULT_MODEL_CARD, device="cpu")
+        model = load_model(p.model or DEFAULT_MODEL_CARD, device="cpu")
         options = SynthesisOptions(p.stride or None, p.blend, p.batchSize, p.precision, p.device, samples=p.samples)
         try:
             volume = mrml.volume_from_node(source)

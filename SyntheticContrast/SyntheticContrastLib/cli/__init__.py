@@ -1,5 +1,5 @@
 """Command line ``synthetic-contrast <verb>``: one module per verb group (synthesis, batch, data, training and
-evaluation, reader study, DICOM node); this entry registers them and turns errors into exit codes.
+evaluation, model store, reader study, DICOM node); this entry registers them and turns errors into exit codes.
 
 Exit codes: 0 success, 1 the work failed (bad input, bad model, write error), 2 usage error, 3 refused as
 out of distribution (--strict), 130 cancelled.
@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from . import batch, data, node, reader_study, synthesis, training
+from . import batch, data, models, node, reader_study, synthesis, training
 from .common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OUT_OF_DISTRIBUTION, EXIT_USAGE, emit_event
 
-VERB_GROUPS = (synthesis, batch, data, training, reader_study, node)
+VERB_GROUPS = (synthesis, batch, data, training, models, reader_study, node)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,8 @@ def synthetic_output_path(input_path: Path, output: Path) -> Path:
 def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     from ..engine.models import DEFAULT_MODEL_CARD
 
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_CARD, help="model card JSON (default: bundled phantom demo model)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_CARD,
+                   help="model store name ('models list') or model card JSON (default: the bundled phantom demo model)")
     p.add_argument("--stride", type=int, default=None, help="slices between window starts (default: the model card's; 1 = paper)")
     p.add_argument("--blend", choices=["mean", "gaussian"], default="gaussian", help="how overlapping windows are combined (default gaussian)")
     p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")

@@ -84,25 +84,16 @@ def cmd_synthesize(args) -> int:
 
 
 def cmd_export_dicom(args) -> int:
-    import SimpleITK as sitk
-
     from ..io.dicom_export import export_dicom_series, on_source_grid, source_files_of
     from ..engine.models import read_card
-    from ..io.reading import read_volume
+    from ..io.reading import read_volume, synthetic_provenance
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(args.synthetic))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        print(f"error: {args.synthetic}: cannot be read as an image", file=sys.stderr)
-        return EXIT_FAILED
-    meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
-    notes = meta.get("ITK_FileNotes", meta.get("descrip", ""))
-    if not (notes.startswith("SYNTHETIC") or meta.get("SyntheticContrast.synthetic") == "true"):
+    provenance = synthetic_provenance(args.synthetic)
+    if provenance is None:
         print(f"error: {args.synthetic}: carries no SYNTHETIC label; only volumes made by this tool are exported", file=sys.stderr)
         return EXIT_FAILED
-    model_id, sha = meta.get("SyntheticContrast.model_id"), meta.get("SyntheticContrast.model_sha256")
+    notes = provenance["label"]
+    model_id, sha = provenance["model_id"], provenance["sha256"]
     if sha is None:  # NIfTI keeps only an 80-byte description: the card supplies the full digest
         if args.model is None:
             print(f"error: {args.synthetic}: the header lacks the model's full sha256 (NIfTI); name the model with --model CARD", file=sys.stderr)

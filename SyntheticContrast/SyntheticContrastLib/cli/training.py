@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly")
     p.add_argument("--phantom-slices", type=int, default=48)
+    p.add_argument("--install", metavar="NAME", help="install the trained model into your model store under NAME")
     p.set_defaults(func=cmd_train)
 
 
@@ -94,6 +95,11 @@ def cmd_train(args) -> int:
         trainer.close()
     if trainer.rank == 0:
         print(f"model card: {args.output / (cfg.model_id + '.json')}")
+        if args.install:
+            from ..engine import store
+
+            model = store.install(args.output / (cfg.model_id + ".json"), args.install)
+            print(f"installed as {model.name} in {model.card_path.parent}; use it with --model {model.name}")
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from ..fileio import atomic_path, atomic_write_text, sha256_of
 from .networks import GENERATOR_ARCHITECTURE, GeneratorConfig, UNetGenerator3D
 
 CARD_FORMAT = "synthetic-contrast-model-card/1"
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "bundled_models"  # package data: in every wheel
 DEFAULT_MODEL_CARD = BUNDLED_MODELS_DIR / "demo_phantom_small.json"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".h5"}
 
@@ -119,8 +119,10 @@ def _check_not_pickle(path: Path) -> None:
 
 
 def _card_file(card_path: str | Path) -> Path:
-    """The card itself, also when given the folder that holds exactly one card."""
-    card_path = Path(card_path)
+    """The card itself, also when given the folder that holds exactly one card, or a model store name."""
+    from .store import resolve
+
+    card_path = resolve(card_path)
     if card_path.is_dir():
         cards = sorted(card_path.glob("*.json"))
         if len(cards) != 1:

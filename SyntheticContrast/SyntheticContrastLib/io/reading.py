@@ -167,6 +167,22 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
     return volume
 
 
+def synthetic_provenance(path: str | Path) -> dict | None:
+    """From a volume file's header only: None when it carries no SYNTHETIC label, else its label text and the
+    model id and sha256 it names (NIfTI keeps an 80-byte description, so only a 12-hex prefix of the sha256)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(path, "cannot be read as an image") from exc
+    meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    label = meta.get("ITK_FileNotes", meta.get("descrip", ""))
+    if not (label.startswith("SYNTHETIC") or meta.get(PROVENANCE_PREFIX + "synthetic") == "true"):
+        return None
+    return {"label": label, "model_id": meta.get(PROVENANCE_PREFIX + "model_id"), "sha256": meta.get(PROVENANCE_PREFIX + "model_sha256")}
+
+
 def write_volume(volume: Volume, path: str | Path, metadata: dict | None = None) -> Path:
     """Write atomically (temporary file, then rename) as NIfTI/NRRD/MHA; string metadata goes into the header."""
     path = Path(path)

@@ -1,0 +1,27 @@
+"""The panel's model choice: the model store's models by name, each with its card's summary, and installing a
+model card from a file into the user's store."""
+
+from __future__ import annotations
+
+#: The combo's last entry; choosing it opens a file dialog instead of selecting a model.
+INSTALL_ENTRY = "Install from file..."
+
+
+class ModelChoices:
+    def choices(self) -> list[dict]:
+        """[{name, tooltip}] for the combo, the bundled demo model included; tooltips say what the card says."""
+        from SyntheticContrastLib.engine import store
+
+        return [{"name": m.name, "tooltip": f"{m.place} model {m.summary()}\nTraining data: {m.card.training_data}"}
+                for m in store.list_models()]
+
+    def default_name(self) -> str:
+        from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD
+
+        return DEFAULT_MODEL_CARD.stem
+
+    def install(self, card_path: str) -> str:
+        """Install a card (and its weights) into the user store; returns the name it is chosen by."""
+        from SyntheticContrastLib.engine import store
+
+        return store.install(card_path).name
