@@ -72,7 +72,11 @@ def test_a_site_store_is_shared_read_only_and_a_user_model_shadows_it(stores, ti
 
 def test_a_built_wheel_carries_the_demo_model(tmp_path):
     """pip install of a wheel: the demo model is package data, so the default --model works outside the source tree."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+    source = tmp_path / "source"  # a copy: building writes build/ and egg-info next to the sources
+    shutil.copytree(ROOT / "SyntheticContrast", source / "SyntheticContrast", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
                    check=True, capture_output=True, timeout=600)
     (wheel,) = (tmp_path / "dist").glob("synthetic_contrast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,4 +1,4 @@
-"""Data verbs: the procedural paired phantom, written as cases or given to training as pairs."""
+"""Data verbs: training pairs from a DICOM archive, and the procedural paired phantom."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from pathlib import Path
 
 from .common import EXIT_OK, seed_list
 
+
 def register(sub) -> None:
+    p = sub.add_parser("pairs", help="walk a DICOM archive and write the NCCT/CECT training pairs CSV that 'train --pairs' reads")
+    p.add_argument("archive", type=Path, help="folder of DICOM studies (any depth)")
+    p.add_argument("output", type=Path, help="pairs CSV (input,target,study_uid,reason,...); <stem>_unpaired.csv goes beside it")
+    p.add_argument("--review", action="store_true", help="also write <stem>_review.html: a thumbnail, class and reason per series")
+    p.add_argument("--min-overlap", type=float, default=0.8, help="z overlap that pairs series without a shared frame of reference (default 0.8)")
+    p.add_argument("--phase", choices=["arterial", "venous", "delayed"], help="pair only CECT series of this phase")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_pairs)
+
     p = sub.add_parser("phantom", help="write procedural paired chest phantom cases (NCCT, CECT, ROI JSON)")
     p.add_argument("output", type=Path, help="folder to write <case>_ncct.nii.gz, <case>_cect.nii.gz, <case>_rois.json")
     p.add_argument("--seeds", default="0", help="seeds, e.g. '1-5,9' (default 0)")
@@ -44,3 +54,22 @@ def phantom_pairs(seeds, slices: int = 48):
         case = make_phantom(seed, PhantomSpec(slices=slices))
         pairs.append(PairedVolume(f"phantom{seed:04d}", case.ncct.array, case.cect.array, tuple(case.ncct.spacing)))
     return pairs
+
+
+def cmd_pairs(args) -> int:
+    from tqdm import tqdm
+
+    from ..io.pairing import write_pairs
+
+    with tqdm(unit="series", desc="classifying", disable=args.no_progress) as bar:
+        def progress(done, total):
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        pairs, unpaired = write_pairs(args.archive, args.output, args.review, args.min_overlap, args.phase, progress)
+    print(f"{len(pairs)} pair(s) in {args.output}; {len(unpaired)} series not paired, each with its reason, in "
+          f"{args.output.with_name(args.output.stem + '_unpaired.csv')}")
+    if args.review:
+        print(f"review page: {args.output.with_name(args.output.stem + '_review.html')}")
+    print("NCCT and CECT are rarely on one grid: train with 'train --pairs CSV --register'")
+    return EXIT_OK

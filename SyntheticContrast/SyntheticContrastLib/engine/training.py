@@ -85,12 +85,18 @@ class PairedVolume:
     spacing: tuple = (1.0, 1.0, 1.0)  # (x, y, z) mm of the source, for the card's input statistics
 
 
+def _read_ref(ref) -> Volume:
+    """A pair member: a path, or (path, SeriesInstanceUID) when its folder holds several series."""
+    path, series = (ref, None) if isinstance(ref, (str, Path)) else ref
+    return read_volume(path, series_uid=series or None)
+
+
 def register_rigid(fixed_path, moving_path):
     """Rigidly align ``moving`` (e.g. CECT) to ``fixed`` (NCCT) with Mattes MI; returns it resampled on fixed's grid."""
     import SimpleITK as sitk
 
-    fixed = read_volume(fixed_path).to_sitk()
-    moving = read_volume(moving_path).to_sitk()
+    fixed = _read_ref(fixed_path).to_sitk()
+    moving = _read_ref(moving_path).to_sitk()
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(50)
@@ -111,21 +117,23 @@ def load_pairs(pairs: Sequence[tuple[str, str]], register: bool = False) -> list
     """Read (input, target) paths; targets must share the input grid unless ``register`` aligns them."""
     out = []
     for src, tgt in pairs:
-        s = read_volume(src)
+        s = _read_ref(src)
         if register:
             t_arr = register_rigid(src, tgt)
         else:
-            t = read_volume(tgt)
+            t = _read_ref(tgt)
             if t.array.shape != s.array.shape or not np.allclose(t.spacing, s.spacing, atol=1e-3) or not np.allclose(t.origin, s.origin, atol=1e-2):
                 raise InputError(tgt, f"grid differs from its input {src} (shape {t.array.shape} vs {s.array.shape}); align the pair or use --register")
             t_arr = t.array
         layout = AxialLayout.of(s.direction)  # trained in the voxel order that inference uses
-        out.append(PairedVolume(Path(src).name, layout.to_axial(s.array), layout.to_axial(t_arr), layout.spacing(s.spacing)))
+        name = Path(src if isinstance(src, (str, Path)) else src[0]).name
+        out.append(PairedVolume(name, layout.to_axial(s.array), layout.to_axial(t_arr), layout.spacing(s.spacing)))
     return out
 
 
-def read_pair_list(path: str | Path) -> list[tuple[str, str]]:
-    """A CSV with columns input,target, or a folder with <case>_ncct.* / <case>_cect.* files."""
+def read_pair_list(path: str | Path) -> list[tuple]:
+    """A CSV with columns input,target (and input_series,target_series where a folder holds several series, as
+    'synthetic-contrast pairs' writes), or a folder with <case>_ncct.* / <case>_cect.* files."""
     path = Path(path)
     if path.is_dir():
         pairs = []
@@ -142,7 +150,8 @@ def read_pair_list(path: str | Path) -> list[tuple[str, str]]:
     if not rows or not {"input", "target"} <= set(rows[0]):
         raise InputError(path, "CSV needs the columns 'input' and 'target'")
     base = path.parent
-    return [(str(base / r["input"]), str(base / r["target"])) for r in rows]
+    return [((str(base / r["input"]), r.get("input_series") or None), (str(base / r["target"]), r.get("target_series") or None))
+            for r in rows]
 
 
 def _sample(pair: PairedVolume, cfg: TrainConfig, rng: np.random.Generator):
