@@ -12,8 +12,10 @@ import pytest
 from scipy.stats import wilcoxon
 from statsmodels.stats.contingency_tables import mcnemar
 
-from SyntheticContrastLib import reader_study as rs
+from SyntheticContrastLib.readerstudy import analysis, sessions
+from SyntheticContrastLib.readerstudy.foms import fom_of_cases
 from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.errors import InputError
 
 INF = -math.inf
 
@@ -23,31 +25,31 @@ def test_afroc1_and_wafroc1_by_hand_with_ties_and_unmarked_lesions():
     nl = [[2.0], []]
     ll = [[3.0, INF], [4.0]]
     # FP per case: 2 and -inf. Pairs (fp, lesion): (2,3)=1 (2,-inf)=0 (2,4)=1 (-inf,3)=1 (-inf,-inf)=0.5 (-inf,4)=1
-    assert rs.fom_afroc1(nl, ll) == pytest.approx(4.5 / 6)
+    assert fom_of_cases("AFROC1", nl, ll) == pytest.approx(4.5 / 6)
     # wAFROC1: case-1 lesions weigh 1/2 each: fp=2 -> 0.5 + 1, fp=-inf -> 0.5 + 0.25 + 1; / (2 cases x 2 abnormal)
-    assert rs.fom_wafroc1(nl, ll) == pytest.approx(3.25 / 4)
+    assert fom_of_cases("wAFROC1", nl, ll) == pytest.approx(3.25 / 4)
 
 
 def test_fom_with_a_normal_case_and_an_exact_tie():
     nl = [[2.0], [], [4.0]]  # case 3 has no lesion and an NL rated 4
     ll = [[3.0, INF], [4.0], []]
     # The extra FP of 4 beats 3 and -inf and ties with 4 (1/2).
-    assert rs.fom_afroc1(nl, ll) == pytest.approx(5.0 / 9)
-    assert rs.fom_wafroc1(nl, ll) == pytest.approx(3.75 / 6)
-    assert rs.fom_afroc1([[]], [[INF]]) == 0.5  # nothing marked anywhere: a coin toss
-    assert rs.fom_afroc1([[]], [[1.0]]) == 1.0
+    assert fom_of_cases("AFROC1", nl, ll) == pytest.approx(5.0 / 9)
+    assert fom_of_cases("wAFROC1", nl, ll) == pytest.approx(3.75 / 6)
+    assert fom_of_cases("AFROC1", [[]], [[INF]]) == 0.5  # nothing marked anywhere: a coin toss
+    assert fom_of_cases("AFROC1", [[]], [[1.0]]) == 1.0
 
 
 def test_fom_takes_each_cases_highest_non_lesion_mark_not_its_first():
     nl = [[1.0, 3.0], [2.0, 1.0]]  # case 1's highest NL (3) comes second
     ll = [[2.5], [4.0]]
     # FPs 3 and 2 against lesions 2.5 and 4: (2.5 > 3? no) + (4 > 3) + (2.5 > 2) + (4 > 2) = 3 of 4.
-    assert rs.fom_afroc1(nl, ll) == pytest.approx(3 / 4)
-    assert rs.fom_wafroc1(nl, ll) == pytest.approx(3 / 4)
+    assert fom_of_cases("AFROC1", nl, ll) == pytest.approx(3 / 4)
+    assert fom_of_cases("wAFROC1", nl, ll) == pytest.approx(3 / 4)
 
 
 def _lesion(lid, center, radius=5.0):
-    return rs.Lesion("c", lid, np.array(center, float), radius)
+    return analysis.Lesion("c", lid, np.array(center, float), radius)
 
 
 def test_matching_marks_to_lesions():
@@ -58,10 +60,10 @@ def test_matching_marks_to_lesions():
         {"id": 3, "point_lps": [50, 0, 0], "rating": 3},  # far from both: NL
         {"id": 4, "point_lps": [10, 0, 0], "rating": 1},  # 10 mm from both: outside both radii
     ]
-    ll, nl = rs.match_marks(marks, lesions)
+    ll, nl = analysis.match_marks(marks, lesions)
     assert ll == {"A": 4.0, "B": INF}
     assert sorted(nl) == [1.0, 2.0, 3.0]
-    ll, nl = rs.match_marks(marks, lesions, tolerance_mm=12)
+    ll, nl = analysis.match_marks(marks, lesions, tolerance_mm=12)
     assert ll == {"A": 4.0, "B": 1.0} and sorted(nl) == [2.0, 3.0]
 
 
@@ -71,13 +73,13 @@ def study_file(tmp_path):
     for k in range(6):
         cases.append({"id": f"patient{k}", "ncct": f"p{k}_ncct.nii.gz", "scect": f"p{k}_sCECT_synthetic.nii.gz", "cect": f"p{k}_cect.nii.gz"})
     path = tmp_path / "study.json"
-    path.write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 42, "cases": cases}))
+    path.write_text(json.dumps({"format": sessions.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 42, "cases": cases}))
     return path
 
 
 def test_plan_is_reproducible_blinded_and_differs_between_readers_and_sessions(study_file, tmp_path):
-    study = rs.load_study(study_file)
-    a, b = rs.make_plan(study), rs.make_plan(study)
+    study = sessions.load_study(study_file)
+    a, b = sessions.make_plan(study), sessions.make_plan(study)
     assert [s["order"] for s in a["sessions"]] == [s["order"] for s in b["sessions"]]
     assert [s["condition"] for s in a["sessions"]] == ["NCCT", "NCCT+sCECT", "CECT"] * 2
     orders = [tuple(s["key"][c] for c in s["order"]) for s in a["sessions"]]
@@ -86,15 +88,15 @@ def test_plan_is_reproducible_blinded_and_differs_between_readers_and_sessions(s
     assert all(not (x & y) for i, x in enumerate(codes) for y in codes[i + 1:])  # codes never repeat across sessions
     assert not any("patient" in c for s in a["sessions"] for c in s["order"])
     study["seed"] = 43
-    assert [s["order"] for s in rs.make_plan(study)["sessions"]] != [s["order"] for s in a["sessions"]]
-    rs.write_plan(study_file, tmp_path / "S")
+    assert [s["order"] for s in sessions.make_plan(study)["sessions"]] != [s["order"] for s in a["sessions"]]
+    sessions.write_plan(study_file, tmp_path / "S")
     with pytest.raises(Exception, match="a plan exists already"):
-        rs.write_plan(study_file, tmp_path / "S")
+        sessions.write_plan(study_file, tmp_path / "S")
 
 
 def test_session_marks_edit_delete_resume_and_washout(study_file, tmp_path):
-    rs.write_plan(study_file, tmp_path / "S")
-    s1 = rs.ReadingSession(tmp_path / "S", "R1", 1)
+    sessions.write_plan(study_file, tmp_path / "S")
+    s1 = sessions.ReadingSession(tmp_path / "S", "R1", 1)
     first = s1.current_code()
     assert set(s1.volumes(first)) == {"ncct"}
     m = s1.add_mark(first, [1, 2, 3], 3)
@@ -102,20 +104,37 @@ def test_session_marks_edit_delete_resume_and_washout(study_file, tmp_path):
     s1.edit_mark(first, m, rating=4)
     s1.delete_mark(first, m + 1)
     nxt = s1.complete_case(first)
-    again = rs.ReadingSession(tmp_path / "S", "R1", 1)
+    again = sessions.ReadingSession(tmp_path / "S", "R1", 1)
     assert again.current_code() == nxt != first
     assert [(x["id"], x["rating"]) for x in again.case_record(first)["marks"]] == [(1, 4)]
     with pytest.raises(ValueError):
         again.add_mark(nxt, [0, 0, 0], 5)
-    s2 = rs.ReadingSession(tmp_path / "S", "R1", 2)
+    s2 = sessions.ReadingSession(tmp_path / "S", "R1", 2)
     assert "washout" in s2.state["washout_warning"] and set(s2.volumes(s2.current_code())) == {"ncct", "scect"}
 
 
+def test_a_study_may_declare_its_own_rating_scale(study_file, tmp_path):
+    study = json.loads(study_file.read_text())
+    study["rating_scale"] = [0, 100]
+    study_file.write_text(json.dumps(study))
+    sessions.write_plan(study_file, tmp_path / "S")
+    session = sessions.ReadingSession(tmp_path / "S", "R1", 1)
+    code = session.current_code()
+    session.add_mark(code, [0, 0, 0], 37.5)
+    with pytest.raises(ValueError, match="scale 0 to 100, got 120"):
+        session.add_mark(code, [0, 0, 0], 120)
+    assert [m["rating"] for m in session.case_record(code)["marks"]] == [37.5]
+    study["rating_scale"] = [5, 1]
+    study_file.write_text(json.dumps(study))
+    with pytest.raises(InputError, match="rating_scale must be"):
+        sessions.load_study(study_file)
+
+
 def test_kill_mid_session_loses_no_saved_mark(study_file, tmp_path):
-    rs.write_plan(study_file, tmp_path / "S")
+    sessions.write_plan(study_file, tmp_path / "S")
     script = f"""
 import os, signal
-from SyntheticContrastLib.reader_study import ReadingSession
+from SyntheticContrastLib.readerstudy.sessions import ReadingSession
 s = ReadingSession({str(tmp_path / 'S')!r}, "R2", 3)
 c = s.current_code()
 for k in range(3):
@@ -129,7 +148,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert res.returncode == -signal.SIGKILL
     second = res.stdout.strip()
-    session = rs.ReadingSession(tmp_path / "S", "R2", 3)
+    session = sessions.ReadingSession(tmp_path / "S", "R2", 3)
     assert session.current_code() == second
     assert [m["rating"] for m in session.case_record(second)["marks"]] == [4, 2]
     assert session.progress() == (1, 6)
@@ -161,7 +180,7 @@ def phantom_study(tmp_path_factory):
             write_volume(scect.with_array(np.full(scect.array.shape, 7.0, np.float32)), root / "p501_scect_sd.nii.gz")
             entry["scect_sd"] = "p501_scect_sd.nii.gz"
         cases.append(entry)
-    (root / "study.json").write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 7, "cases": cases}))
+    (root / "study.json").write_text(json.dumps({"format": sessions.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 7, "cases": cases}))
     assert main(["reader-study", "plan", str(root / "study.json"), str(root / "S")]) == 0
     assert main(["reader-study", "simulate", str(root / "S"), "--seed", "3"]) == 0
     assert main(["reader-study", "analyze", str(root / "S")]) == 0
@@ -231,25 +250,25 @@ def test_the_plan_records_the_model_and_a_session_refuses_another(tmp_path, tiny
         write_volume(ncct, tmp_path / f"c{k}_cect{suffix}")
         cases.append({"id": f"case{k}", "ncct": f"c{k}_ncct{suffix}", "scect": f"c{k}_sCECT_synthetic{suffix}", "cect": f"c{k}_cect{suffix}"})
     study = tmp_path / "study.json"
-    study.write_text(json.dumps({"format": rs.STUDY_FORMAT, "readers": ["R1"], "cases": cases, "model": "chest-v1"}))
-    plan = rs.write_plan(study, tmp_path / "S")
+    study.write_text(json.dumps({"format": sessions.STUDY_FORMAT, "readers": ["R1"], "cases": cases, "model": "chest-v1"}))
+    plan = sessions.write_plan(study, tmp_path / "S")
     assert plan["model"] == {"name": "chest-v1", "model_id": "tiny-test", "sha256": json.loads(tiny_model_card.read_text())["sha256"]}
-    session = rs.ReadingSession(tmp_path / "S", "R1", 2)  # NCCT+sCECT
+    session = sessions.ReadingSession(tmp_path / "S", "R1", 2)  # NCCT+sCECT
     assert all(session.volumes(code) for code in session.entry["order"])
     # A different model installed under the planned name: no session runs.
     store.remove("chest-v1")
     store.install(other_card, "chest-v1")
     with pytest.raises(InputError, match=r"planned with model chest-v1 \(sha256 \w{12}\), but chest-v1 is now sha256"):
-        rs.ReadingSession(tmp_path / "S", "R1", 2)
+        sessions.ReadingSession(tmp_path / "S", "R1", 2)
     store.remove("chest-v1")
     store.install(tiny_model_card, "chest-v1")
     # An sCECT remade with another model after planning: its case is refused, in the session and in a new plan.
     ncct = Volume(np.round(chest_like((16, 32, 32), seed=1)), (0.8, 0.8, 2.5), (0.0, 0.0, 0.0))
     remade, _ = synthesize_volume(ncct, load_model(other_card), SynthesisOptions(device="cpu"))
     write_volume(remade, tmp_path / "c1_sCECT_synthetic.nii.gz")
-    session = rs.ReadingSession(tmp_path / "S", "R1", 2)
+    session = sessions.ReadingSession(tmp_path / "S", "R1", 2)
     code = next(c for c, case_id in session.entry["key"].items() if case_id == "case1")
     with pytest.raises(InputError, match="was made by another model .*a session refuses a different model"):
         session.volumes(code)
     with pytest.raises(InputError, match="case case1 \\(scect\\): .*was made by another model"):
-        rs.write_plan(study, tmp_path / "S2")
+        sessions.write_plan(study, tmp_path / "S2")

@@ -148,7 +148,7 @@ def test_cancelled_reference_placement_does_not_relabel_the_next_point(harness):
 # --- R3 and R15: blinded reading -----------------------------------------------------------------------------
 
 def _reading_study(tmp_path, cases=2):
-    from SyntheticContrastLib.reader_study import write_plan
+    from SyntheticContrastLib.readerstudy.sessions import write_plan
 
     entries = []
     for k in range(cases):

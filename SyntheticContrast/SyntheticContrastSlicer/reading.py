@@ -34,7 +34,7 @@ class ReadingController:
 
     def start(self, study_dir, reader: str, session_number: int) -> str:
         """Open (or resume) a reader's session and load its first incomplete case."""
-        from SyntheticContrastLib.reader_study import ReadingSession
+        from SyntheticContrastLib.readerstudy.sessions import ReadingSession
 
         folder = chosen_path(study_dir)
         if not folder:

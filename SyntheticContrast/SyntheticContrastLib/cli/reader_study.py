@@ -1,4 +1,5 @@
-"""The reader-study verb: plan blinded sessions, their status, the analysis, and simulated readers for checks."""
+"""The reader-study verb: plan blinded sessions, their status, the analysis with its significance tests, RJafroc's
+Excel format in and out, and simulated readers for pipeline checks."""
 
 from __future__ import annotations
 
@@ -6,18 +7,28 @@ from pathlib import Path
 
 from .common import EXIT_OK
 
+
 def register(sub) -> None:
-    p = sub.add_parser("reader-study", help="blinded reader comparison: plan, status, analyze (simulate for pipeline checks)")
+    from ..readerstudy.foms import FOMS
+    from ..readerstudy.sessions import STUDY_FORMAT
+
+    p = sub.add_parser("reader-study", help="blinded reader comparison: plan, status, analyze, import-rjafroc (simulate for pipeline checks)")
     rs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = rs.add_parser("plan", help="make the blinded, seeded session plan from a study file")
-    q.add_argument("study", type=Path, help=f"study JSON (format {'synthetic-contrast-reader-study/1'})")
+    q.add_argument("study", type=Path, help=f"study JSON (format {STUDY_FORMAT})")
     q.add_argument("output", type=Path, help="new study folder: study.json, plan.json, later marks/")
     q = rs.add_parser("status", help="progress and washout warnings of every session")
     q.add_argument("study_dir", type=Path)
-    q = rs.add_parser("analyze", help="detection (McNemar), conspicuity (Wilcoxon), JAFROC FOMs, plots")
+    q = rs.add_parser("analyze", help="detection, conspicuity, figures of merit, and the Obuchowski-Rockette-Hillis significance tests")
     q.add_argument("study_dir", type=Path)
     q.add_argument("--output", type=Path, help="report folder (default STUDY_DIR/analysis)")
     q.add_argument("--tolerance-mm", type=float, help="match distance (default: each lesion's short-axis radius)")
+    q.add_argument("--fom", choices=FOMS, help="figure of merit of the significance tests (default wAFROC, as in RJafroc; "
+                                                "wAFROC1 when the study has no non-diseased case)")
+    q.add_argument("--export-rjafroc", type=Path, metavar="FILE.xlsx", help="also write the ratings in RJafroc's JAFROC Excel format")
+    q = rs.add_parser("import-rjafroc", help="a study read elsewhere, from RJafroc's JAFROC Excel file, as a study folder 'analyze' accepts")
+    q.add_argument("xlsx", type=Path)
+    q.add_argument("study_dir", type=Path, help="new folder")
     q = rs.add_parser("simulate", help="fill all sessions with SIMULATED readers (pipeline check; marks are flagged)")
     q.add_argument("study_dir", type=Path)
     q.add_argument("--seed", type=int, default=0)
@@ -25,22 +36,32 @@ def register(sub) -> None:
 
 
 def cmd_reader_study(args) -> int:
-    from .. import reader_study as rs
+    from ..readerstudy import analysis, sessions
 
     if args.action == "plan":
-        plan = rs.write_plan(args.study, args.output)
+        plan = sessions.write_plan(args.study, args.output)
         readers = sorted({s["reader"] for s in plan["sessions"]})
         print(f"planned {len(plan['sessions'])} sessions for readers {', '.join(readers)} in {args.output} (seed {plan['seed']})")
     elif args.action == "status":
-        for row in rs.study_status(args.study_dir):
+        for row in sessions.study_status(args.study_dir):
             warn = f"  WARNING: {row['washout_warning']}" if row["washout_warning"] else ""
             print(f"reader {row['reader']:8s} session {row['session']} ({row['condition']:11s}) {row['done']:3d}/{row['total']} cases{warn}")
     elif args.action == "simulate":
-        rs.simulate_readers(args.study_dir, args.seed)
+        from ..readerstudy.simulation import simulate_readers
+
+        simulate_readers(args.study_dir, args.seed)
         print(f"simulated readers filled every session of {args.study_dir} (marks flagged 'simulated')")
+    elif args.action == "import-rjafroc":
+        from ..readerstudy.rjafroc import import_rjafroc
+
+        ratings = import_rjafroc(args.xlsx, args.study_dir)
+        i, j, k1, k2 = ratings.shape
+        print(f"imported {i} modalities, {j} readers, {k1} non-diseased and {k2} diseased cases ({ratings.paradigm}) into {args.study_dir}")
     else:
+        from ..readerstudy.report import significance_markdown
+
         out = args.output or args.study_dir / "analysis"
-        summary = rs.analyze(args.study_dir, out, args.tolerance_mm)
-        print(rs.summary_markdown(summary))
+        summary = analysis.analyze(args.study_dir, out, args.tolerance_mm, args.fom, args.export_rjafroc)
+        print(significance_markdown(summary["significance"]) if summary.get("imported") else analysis.summary_markdown(summary))
         print(f"reports in {out}")
     return EXIT_OK

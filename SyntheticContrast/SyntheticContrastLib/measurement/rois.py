@@ -69,7 +69,10 @@ def parse_rois(data: dict, source: str | Path = "<rois>") -> list[LesionROI]:
                 if name not in item.get("references", {}):
                     p[2] = center[2]  # a shared point is used on the lesion's own axial slice
                 refs[name] = p
-            lesions.append(LesionROI(lid, center, fraction * short_mm, refs, short, {"short_axis_mm": short_mm}))
+            extra = {"short_axis_mm": short_mm}
+            if item.get("weight") is not None:  # a reader study's lesion weight (wAFROC); equal weights when absent
+                extra["weight"] = float(item["weight"])
+            lesions.append(LesionROI(lid, center, fraction * short_mm, refs, short, extra))
     except ValueError as exc:
         raise InputError(source, str(exc)) from exc
     return lesions

@@ -1,0 +1,95 @@
+"""The significance analysis written out: significance.json (everything, pseudovalues included), a short report
+that names the method and its references, and each modality's empirical operating characteristics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import atomic_write_text
+from .ratings import Ratings
+from .significance import analyze_or
+
+
+def write_significance(ratings: Ratings, fom: str, why: str, out_dir: Path, simulated: bool = False) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = analyze_or(ratings, fom)
+    result["fom_choice"] = why
+    result["simulated_marks"] = simulated
+    atomic_write_text(out_dir / "significance.json", json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(out_dir / "significance.md", significance_markdown(result))
+    operating_characteristics(ratings, fom, out_dir / "operating_characteristics.png")
+    return result
+
+
+def significance_markdown(r: dict) -> str:
+    lines = ["# Is the difference significant?", ""]
+    if r.get("simulated_marks"):
+        lines += ["**These ratings come from SIMULATED readers (pipeline check), not from radiologists.**", ""]
+    lines += [
+        f"Figure of merit: **{r['fom']}** ({r['fom_choice']}). {len(r['readers'])} readers, {r['cases']['non_diseased']} non-diseased "
+        f"and {r['cases']['diseased']} diseased cases.", "",
+        "Method: Obuchowski-Rockette analysis with jackknife covariances and Hillis' corrections (Obuchowski & Rockette "
+        "1995; Hillis 2007; Hillis, Obuchowski & Berbaum 2008), as in RJafroc's St(method = \"OR\") and the Iowa "
+        "OR-DBM MRMC program (Chakraborty, *Observer Performance Methods for Diagnostic Imaging*, 2017, ch. 10).", "",
+        "| modality | FOM (reader mean) | 95% CI, random readers and cases | 95% CI, fixed readers |", "|---|---|---|---|"]
+    for rr, fr in zip(r["RRRC"]["modalities"], r["FRRC"]["modalities"]):
+        lines.append(f"| {rr['modality']} | {rr['estimate']:.4f} | {rr['ci'][0]:.4f} to {rr['ci'][1]:.4f} | {fr['ci'][0]:.4f} to {fr['ci'][1]:.4f} |")
+    rrrc, frrc, rrfc = r["RRRC"], r["FRRC"], r["RRFC"]
+    lines += ["", "| analysis | test | P |", "|---|---|---|",
+              f"| random readers, random cases (RRRC) | F({rrrc['ndf']}, {rrrc['ddf']:.2f}) = {rrrc['F']:.4f} | {rrrc['p']:.4g} |",
+              f"| fixed readers, random cases (FRRC) | chi-square({frrc['df']}) = {frrc['chi2']:.4f} | {frrc['p']:.4g} |",
+              f"| random readers, fixed cases (RRFC) | F({rrfc['ndf']}, {rrfc['ddf']}) = {rrfc['F']:.4f} | {rrfc['p']:.4g} |",
+              "", "| difference | estimate | 95% CI (RRRC) | P (RRRC) |", "|---|---|---|---|"]
+    for d in rrrc["differences"]:
+        lines.append(f"| {d['comparison']} | {d['estimate']:.4f} | {d['ci'][0]:.4f} to {d['ci'][1]:.4f} | {d['p']:.4g} |")
+    v = r["variance_components"]
+    lines += ["", "Variance components: " + ", ".join(f"{k} {v[k]:.6g}" for k in ("VarR", "VarTR", "Var", "Cov1", "Cov2", "Cov3")),
+              "", "The random-reader random-case result is the one that generalises to other readers and cases.", ""]
+    return "\n".join(lines)
+
+
+def _curve(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_per_case: np.ndarray, k1: int):
+    """Empirical operating points from the strictest to the laxest rating: (FPF, LLF or TPF)."""
+    highest = nl.max(axis=1) if nl.shape[1] else np.full(nl.shape[0], -np.inf)
+    present = np.arange(ll.shape[1])[None, :] < lesions_per_case[:, None]
+    if name == "ROC":
+        negatives, positives = highest[:k1], np.maximum(highest[k1:], ll.max(axis=1, initial=-np.inf))
+        weighted = np.ones_like(positives) / len(positives)
+    else:
+        negatives = highest if name.endswith("1") else highest[:k1]
+        positives = ll[present]
+        weighted = (weights[present] / len(lesions_per_case)) if name.startswith("w") else np.ones(present.sum()) / present.sum()
+    thresholds = sorted({v for v in np.concatenate([negatives, positives]) if np.isfinite(v)}, reverse=True)
+    x, y = [0.0], [0.0]
+    for t in thresholds:
+        x.append(float((negatives >= t).mean()))
+        y.append(float(weighted[positives >= t].sum()))
+    return x, y
+
+
+def operating_characteristics(ratings: Ratings, fom: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..measurement.figures import save_figure
+
+    i_count, j_count, k1, _ = ratings.shape
+    fig, axes = plt.subplots(1, i_count, figsize=(4.2 * i_count, 4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        for j in range(j_count):
+            x, y = _curve(fom, ratings.nl[i, j], ratings.ll[i, j], ratings.weights, ratings.lesions_per_case, k1)
+            ax.plot(x, y, marker=".", label=f"reader {ratings.reader_ids[j]}")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("FPF")
+        ax.set_ylabel("TPF" if fom == "ROC" else ("weighted LLF" if fom.startswith("w") else "LLF"))
+        ax.set_title(f"{ratings.modality_ids[i]}: empirical {fom}")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)

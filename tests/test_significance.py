@@ -1,0 +1,193 @@
+"""The Obuchowski-Rockette-Hillis analysis against RJafroc's own stored results (tests/data/rjafroc, written by
+scripts/rjafroc_fixtures.py from RJafroc's data/ and tests/testthat/goodValues361/; each fixture names its file),
+and against the Iowa OR-DBM MRMC program's printed output for the fixed-reader and fixed-case analyses."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import openpyxl
+import pytest
+
+from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.errors import InputError
+from SyntheticContrastLib.readerstudy.foms import fom_of_cases
+from SyntheticContrastLib.readerstudy.ratings import Ratings
+from SyntheticContrastLib.readerstudy.rjafroc import read_jafroc_excel, write_jafroc_excel
+from SyntheticContrastLib.readerstudy.significance import analyze_or
+
+DATA = Path(__file__).parent / "data" / "rjafroc"
+REL = 1e-6
+
+
+def fixture(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def ratings(name: str) -> Ratings:
+    return Ratings.from_json(fixture(name))
+
+
+def varcomp(table: dict) -> dict:
+    return {k: v["Estimates"] for k, v in table.items()}
+
+
+def test_dataset01_wafroc_random_readers_and_cases_equals_rjafroc():
+    """RJafroc St(dataset01, FOM = 'wAFROC', method = 'OR'): F 10.30, P 0.0037."""
+    ours = analyze_or(ratings("dataset01"), "wAFROC")
+    ref = fixture("dataset01_wAFROC_OR_RRRC")["result"]
+    np.testing.assert_allclose(ours["foms"], ref["FOMs"]["foms"], rtol=REL)
+    np.testing.assert_allclose(ours["modality_means"], [v["Estimate"] for v in ref["FOMs"]["trtMeans"].values()], rtol=REL)
+    tests = ref["RRRC"]["FTests"]
+    assert ours["RRRC"]["F"] == pytest.approx(tests["Treatment"]["FStat"], rel=REL) == pytest.approx(10.2988, abs=1e-4)
+    assert ours["RRRC"]["ddf"] == pytest.approx(tests["Error"]["DF"], rel=REL)
+    assert ours["RRRC"]["p"] == pytest.approx(tests["Treatment"]["p"], rel=REL) == pytest.approx(0.003669, abs=1e-6)
+    assert ours["RRRC"]["error_term"] == pytest.approx(tests["Error"]["MS"], rel=REL)
+    (diff,) = ours["RRRC"]["differences"]
+    (ref_diff,) = ref["RRRC"]["ciDiffTrt"].values()
+    for key, ref_key in (("estimate", "Estimate"), ("stderr", "StdErr"), ("df", "DF"), ("statistic", "t"), ("p", "PrGTt")):
+        assert diff[key] == pytest.approx(ref_diff[ref_key], rel=REL), key
+    np.testing.assert_allclose(diff["ci"], [ref_diff["CILower"], ref_diff["CIUpper"]], rtol=REL)
+    for mine, theirs in zip(ours["RRRC"]["modalities"], ref["RRRC"]["ciAvgRdrEachTrt"].values()):
+        for key, ref_key in (("estimate", "Estimate"), ("stderr", "StdErr"), ("df", "DF")):
+            assert mine[key] == pytest.approx(theirs[ref_key], rel=REL)
+        np.testing.assert_allclose(mine["ci"], [theirs["CILower"], theirs["CIUpper"]], rtol=REL)
+    for key, value in varcomp(ref["ANOVA"]["VarCom"]).items():
+        assert ours["variance_components"][key] == pytest.approx(value, rel=REL), key
+    for source, key in (("T", "msT"), ("R", "msR"), ("TR", "msTR")):
+        assert ours["mean_squares"][key] == pytest.approx(ref["ANOVA"]["TRanova"][source]["MS"], rel=REL)
+    for mine, theirs in zip(ours["per_modality"], ref["ANOVA"]["IndividualTrt"].values()):
+        assert (mine["msR"], mine["var"], mine["cov2"]) == pytest.approx((theirs["msREachTrt"], theirs["varEachTrt"], theirs["cov2EachTrt"]), rel=REL)
+    for mine, theirs in zip(ours["per_reader"], ref["ANOVA"]["IndividualRdr"].values()):
+        assert (mine["var"], mine["cov1"]) == pytest.approx((theirs["varEachRdr"], theirs["cov1EachRdr"]), rel=REL)
+
+
+@pytest.mark.parametrize("dataset,fom,reference", [
+    ("dataset02", "ROC", "dataset02_Wilcoxon_OR_varcomp"),  # an ROC study (Van Dyke)
+    ("dataset04", "ROC", "dataset04_ROC_OR_varcomp"),  # an FROC study, as ROC from each case's highest rating
+])
+def test_roc_variance_components_and_mean_squares_equal_rjafroc(dataset, fom, reference):
+    ours = analyze_or(ratings(dataset), fom)
+    ref = fixture(reference)["result"]
+    for key, value in varcomp(ref["VarCom"]).items():
+        assert ours["variance_components"][key] == pytest.approx(value, rel=REL), key
+    for source, key in (("T", "msT"), ("R", "msR"), ("TR", "msTR")):
+        assert ours["mean_squares"][key] == pytest.approx(ref["TRanova"][source]["MS"], rel=REL)
+    for mine, theirs in zip(ours["per_modality"], ref["IndividualTrt"].values()):
+        assert (mine["msR"], mine["var"], mine["cov2"]) == pytest.approx((theirs["msREachTrt"], theirs["varEachTrt"], theirs["cov2EachTrt"]), rel=REL)
+
+
+def test_dataset05_wafroc_mean_squares_equal_rjafroc():
+    ours = analyze_or(ratings("dataset05"), "wAFROC")
+    ref = fixture("dataset05_wAFROC_OR_meansquares")["result"]
+    for key in ("msT", "msR", "msTR"):
+        assert ours["mean_squares"][key] == pytest.approx(ref[key][0], rel=REL)
+
+
+def _printed(ours: float, printed: float) -> bool:
+    """Equal to a value as a program printed it: within half a unit of its last printed decimal."""
+    decimals = len(repr(printed).split(".")[1]) if "." in repr(printed) else 0
+    return abs(ours - printed) <= 0.5 * 10 ** -decimals + 1e-12
+
+
+def test_all_three_analyses_equal_the_iowa_program_on_dataset02():
+    """RJafroc stores no full-precision FRRC and RRFC results; the Iowa OR-DBM MRMC output it ships does (printed)."""
+    ours = analyze_or(ratings("dataset02"), "ROC")
+    iowa = fixture("dataset02_Iowa_OR-DBM_MRMC")
+    checks = [(ours["RRRC"]["F"], iowa["RRRC"]["F"]), (ours["RRRC"]["ddf"], iowa["RRRC"]["ddf"]), (ours["RRRC"]["p"], iowa["RRRC"]["p"]),
+              (ours["FRRC"]["chi2"], iowa["FRRC"]["chi2"]), (ours["FRRC"]["p"], iowa["FRRC"]["p"]),
+              (ours["RRFC"]["F"], iowa["RRFC"]["F"]), (ours["RRFC"]["p"], iowa["RRFC"]["p"])]
+    for analysis in ("RRRC", "FRRC", "RRFC"):
+        (diff,) = ours[analysis]["differences"]
+        checks += [(diff["stderr"], iowa[analysis]["diff_stderr"])] + list(zip(diff["ci"], iowa[analysis]["diff_ci"]))
+        for mine, theirs in zip(ours[analysis]["modalities"], iowa[analysis]["modalities"]):
+            checks += [(mine["stderr"], theirs["stderr"])] + list(zip(mine["ci"], theirs["ci"]))
+            if "df" in theirs:
+                checks.append((mine["df"], theirs["df"]))
+    for mine, theirs in zip(ours["FRRC"]["readers"], iowa["FRRC"]["readers"]):
+        checks += [(mine["estimate"], theirs["estimate"]), (mine["stderr"], theirs["stderr"]), (mine["p"], theirs["p"])]
+    wrong = [(a, b) for a, b in checks if not _printed(a, b)]
+    assert not wrong and len(checks) == 51
+
+
+def test_rjafroc_excel_in_reproduces_jafroc_and_our_excel_out_reproduces_rjafroc(tmp_path, capsys):
+    """RJafroc's own example workbook (inst/extdata/Froc.xlsx) through import-rjafroc and analyze gives the
+    variance components Windows JAFROC printed (6 significant digits); dataset01 written by us and read back
+    gives RJafroc's full-precision result."""
+    assert main(["reader-study", "import-rjafroc", str(DATA / "Froc.xlsx"), str(tmp_path / "froc")]) == 0
+    assert main(["reader-study", "analyze", str(tmp_path / "froc"), "--fom", "ROC"]) == 0
+    ours = json.loads((tmp_path / "froc" / "analysis" / "significance.json").read_text())
+    jafroc = {k: v[0] for k, v in fixture("Froc_xlsx_HrAuc_OR_varcomp")["result"].items()}
+    mapping = {"varR": "VarR", "varTR": "VarTR", "Cov1": "Cov1", "Cov2": "Cov2", "Cov3": "Cov3", "varErr": "Var"}
+    for theirs, mine in mapping.items():
+        assert ours["variance_components"][mine] == pytest.approx(jafroc[theirs], rel=1e-5), mine
+    assert "Obuchowski-Rockette" in (tmp_path / "froc" / "analysis" / "significance.md").read_text()
+    assert (tmp_path / "froc" / "analysis" / "operating_characteristics.png").stat().st_size > 10_000
+
+    write_jafroc_excel(ratings("dataset01"), tmp_path / "dataset01.xlsx")
+    assert main(["reader-study", "import-rjafroc", str(tmp_path / "dataset01.xlsx"), str(tmp_path / "d1")]) == 0
+    assert main(["reader-study", "analyze", str(tmp_path / "d1"), "--export-rjafroc", str(tmp_path / "again.xlsx")]) == 0  # wAFROC
+    ours = json.loads((tmp_path / "d1" / "analysis" / "significance.json").read_text())
+    ref = fixture("dataset01_wAFROC_OR_RRRC")["result"]["RRRC"]["FTests"]
+    assert (ours["fom"], ours["RRRC"]["F"], ours["RRRC"]["ddf"], ours["RRRC"]["p"]) == (
+        "wAFROC", pytest.approx(ref["Treatment"]["FStat"], rel=REL), pytest.approx(ref["Error"]["DF"], rel=REL), pytest.approx(ref["Treatment"]["p"], rel=REL))
+    again = read_jafroc_excel(tmp_path / "again.xlsx")
+    np.testing.assert_array_equal(again.ll, read_jafroc_excel(tmp_path / "dataset01.xlsx").ll)
+
+
+def _workbook(path, truth, fp, tp, tp_header=("ReaderID", "ModalityID", "CaseID", "LesionID", "TP_Rating")):
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "TRUTH"
+    for row in [["CaseID", "LesionID", "Weight"], *truth]:
+        sheet.append(row)
+    for name, header, rows in (("FP", ["ReaderID", "ModalityID", "CaseID", "FP_Rating"], fp),
+                               ("TP", list(tp_header), tp)):
+        sheet = book.create_sheet(name)
+        for row in [header, *rows]:
+            sheet.append(row)
+    book.save(path)
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t, f, p: (t, f, [r[:4] for r in p], ("ReaderID", "ModalityID", "CaseID", "LesionID")), "sheet TP: missing column(s) TP_Rating"),
+    (lambda t, f, p: (t, [f[0], ["1", "A", 2, "high"]], p), "sheet FP, row 3: FP_Rating 'high' is not a number"),
+    (lambda t, f, p: (t, f, p + [["1", "A", 9, 1, 50]]), "sheet TP, row 6: CaseID 9 is not in sheet TRUTH"),
+    (lambda t, f, p: (t, f, p + [["1", "A", 3, 1, 60]]), "sheet TP, row 6: lesion 1 of case 3 is rated twice"),
+    (lambda t, f, p: (t + [[1, 1, 1.0]], f, p), "sheet TRUTH, row 6: case 1 is listed as non-diseased (LesionID 0) and with lesions"),
+])
+def test_bad_sheets_are_refused_by_sheet_and_row_and_nothing_is_written(tmp_path, change, message):
+    truth = [[1, 0, 0], [2, 0, 0], [3, 1, 0.5], [3, 2, 0.5]]
+    fp = [["1", "A", 1, 30], ["1", "A", 2, 10]]
+    tp = [["1", "A", 3, 1, 80], ["1", "A", 3, 2, 20], ["1", "B", 3, 1, 70], ["1", "B", 3, 2, 40]]
+    path = _workbook(tmp_path / "bad.xlsx", *change(truth, fp, tp))
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_jafroc_excel(path)
+    assert main(["reader-study", "import-rjafroc", str(path), str(tmp_path / "study")]) == 1
+    assert not (tmp_path / "study").exists()
+
+
+def test_weighted_lesions_on_a_0_to_100_scale_by_hand(tmp_path):
+    """Two non-diseased cases (highest NL 30 and none), one diseased case with lesions weighted 0.75 / 0.25 rated
+    80 and 20, one with a single lesion rated 30 (a tie with the FP 30). wAFROC by hand:
+    case 3: FP 30 -> 0.75*1 + 0.25*0 = 0.75; FP -inf -> 1. Case 4: FP 30 -> 0.5 (tie); FP -inf -> 1.
+    (0.75 + 1 + 0.5 + 1) / (2 x 2) = 0.8125. Equal weights would give (0.5 + 1 + 0.5 + 1) / 4 = 0.75."""
+    nl = [[30.0, 12.5], [], [], []]
+    ll = [[], [], [80.0, 20.0], [30.0]]
+    assert fom_of_cases("wAFROC", nl, ll, weights=[None, None, [0.75, 0.25], [1.0]]) == pytest.approx(0.8125)
+    assert fom_of_cases("wAFROC", nl, ll) == pytest.approx(0.75)
+    # The same study in the JAFROC format, two readers and two modalities, through import and analyze.
+    truth = [[1, 0, 0], [2, 0, 0], [3, 1, 0.75], [3, 2, 0.25], [4, 1, 1.0]]
+    fp = [[r, m, 1, 30] for r in ("R1", "R2") for m in ("A", "B")] + [[r, m, 1, 12.5] for r in ("R1", "R2") for m in ("A", "B")]
+    tp = [[r, m, 3, 1, 80] for r in ("R1", "R2") for m in ("A", "B")] + [[r, m, 3, 2, 20] for r in ("R1", "R2") for m in ("A", "B")]
+    tp += [[r, m, 4, 1, 30] for r in ("R1", "R2") for m in ("A", "B")]
+    tp[-1][4] = 99.5  # reader R2, modality B, rates case 4's lesion above every FP
+    path = _workbook(tmp_path / "weighted.xlsx", truth, fp, tp)
+    imported = read_jafroc_excel(path)
+    from SyntheticContrastLib.readerstudy.foms import fom_matrix
+
+    foms = fom_matrix("wAFROC", imported)
+    assert foms[0].tolist() == [0.8125, 0.8125] and foms[1].tolist() == [0.8125, pytest.approx(0.9375)]  # (0.75+1+1+1)/4
+    assert math.isfinite(analyze_or(imported, "wAFROC")["RRRC"]["F"])
