@@ -127,6 +127,11 @@ def test_a_refused_ae_title_or_host_and_a_malformed_instance_leave_the_node_serv
         assert assoc.send_c_store(broken).Status == 0xA900
         assert assoc.send_c_store(pydicom.dcmread(series[1])).Status == 0x0000  # still serving
         assert assoc.send_c_echo().Status == 0x0000
+        # A spool that cannot take the instance (here a file stands where its study folder belongs): refused, not acknowledged.
+        other = pydicom.dcmread(series[2])
+        other.StudyInstanceUID = generate_uid()
+        (node.spool / "incoming" / other.StudyInstanceUID).write_text("in the way")
+        assert assoc.send_c_store(other).Status == 0xA700
         assoc.release()
     finally:
         assert node.stop() == 0
@@ -136,6 +141,7 @@ def test_a_refused_ae_title_or_host_and_a_malformed_instance_leave_the_node_serv
     assert any(e["calling_ae"] == "INTRUDER" for e in refused)
     (rejected,) = [e for e in events if e["event"] == "rejected"]
     assert rejected["reason"] == "instance lacks PixelData" and rejected["calling_ae"] == SCU_AE
+    assert any(e["event"] == "spool_error" for e in events)
     assert (node.spool / "incoming").exists() and len(list((node.spool / "incoming").glob("*/*/*.dcm"))) == 1
 
 
