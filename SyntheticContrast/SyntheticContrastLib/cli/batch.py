@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .common import EXIT_FAILED, EXIT_OK, add_strict_option, add_synthesis_options, synthesis_options
 
+
 def register(sub) -> None:
     p = sub.add_parser("batch", help="synthesize many cases (folder tree or CSV manifest); resumable; torchrun shards cases")
     p.add_argument("input", type=Path, help="folder tree of NIfTI/NRRD/MHA files and DICOM series folders, or CSV with case,input[,series]")

@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, seed_list
 from .data import phantom_pairs
 
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a generator (paper recipe by default); torchrun for several GPUs/nodes")
     src = p.add_mutually_exclusive_group(required=True)

@@ -14,6 +14,7 @@ from ..errors import InputError, SeriesSelectionError
 from . import rules
 from .volume import AIR_HU, Volume
 
+
 @contextlib.contextmanager
 def quiet_itk():
     """ITK/GDCM print their own warnings ('No Series were found') to the terminal; our messages say it better.
@@ -27,7 +28,7 @@ def quiet_itk():
 
 
 def dicom_series_in(folder: Path) -> list[dict]:
-    """The DICOM series directly in ``folder``: uid, description, files (GDCM's order)."""
+    """The DICOM series directly in ``folder``: uid, files (GDCM's order), description and kind."""
     reader = sitk.ImageSeriesReader
     series = []
     with quiet_itk():
