@@ -16,7 +16,7 @@ import slicer
 
 MINIMUM_TORCH = (2, 1)
 #: import name -> pip requirement, for the packages the engine CLI needs beyond torch.
-ENGINE_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.60", "scipy": "scipy>=1.10"}
+ENGINE_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.60", "scipy": "scipy>=1.10", "platformdirs": "platformdirs>=3"}
 #: Distributions Slicer ships; when present, pip is told to keep exactly these versions.
 SLICER_SHIPPED = ("numpy", "SimpleITK", "pydicom", "scipy", "Pillow", "packaging")
 
