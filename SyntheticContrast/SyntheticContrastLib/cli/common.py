@@ -46,6 +46,9 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
                    help="stochastic passes (MC dropout + test-time shifts); > 1 also writes the per-voxel SD as <output>_sd. "
                         "Time grows N-fold (default 1)")
     p.add_argument("--samples-seed", type=int, default=0, help="seed of the samples' dropout masks and shifts (default 0)")
+    p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+                   help="what runs the network: PyTorch (default), or OpenVINO on the CPU in fp32 (about 2x faster on the CPUs "
+                        "measured; needs the 'openvino' extra; no MC-dropout samples)")
 
 
 def add_strict_option(p: argparse.ArgumentParser) -> None:
@@ -78,7 +81,7 @@ def synthesis_options(args, device: str | None = None):
     from ..engine.inference import SynthesisOptions
 
     return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device, tile_overlap=args.tile_overlap,
-                            samples=args.samples, seed=args.samples_seed)
+                            samples=args.samples, seed=args.samples_seed, backend=args.backend)
 
 
 def synthesize_with_progress(volume, model, args):

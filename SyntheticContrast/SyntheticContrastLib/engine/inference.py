@@ -9,6 +9,7 @@ of the output, so device memory does not grow with the volume.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class SynthesisOptions:
     tile_overlap: float = 0.5  # in-plane, only for models whose window is smaller than the slice
     samples: int = 1  # > 1: MC dropout + test-time shifted passes, combined into a mean and an SD
     seed: int = 0  # seeds the samples' dropout masks and shifts
+    backend: str = "torch"  # or "openvino" (CPU, fp32; engine/backends.py)
 
 
 @dataclass
@@ -403,9 +405,18 @@ def synthesize_volume_with_uncertainty(volume: Volume, model, options: Synthesis
     if tile is not None and int(card.window.get("x", tile)) != tile:
         raise ValueError(f"model window {card.window} is not square in-plane; only square in-plane windows are supported")
     layout = AxialLayout.of(volume.direction)  # the network knows axial LPS slabs only
+    generator = model.generator
+    if options.backend != "torch":
+        from .backends import predictor
+
+        if options.precision != "fp32":
+            raise ValueError(f"backend {options.backend!r} runs in fp32; drop --precision {options.precision}")
+        options = dataclasses.replace(options, device="cpu")
+        size = tile or inplane_multiple * max(1, 64 // inplane_multiple)
+        generator = predictor(model, options.backend, (int(card.window["z"]), size, size), options.samples)
     array, sd, report = synthesize_array_with_uncertainty(
         layout.to_axial(volume.array),
-        model.generator,
+        generator,
         card.encoding,
         int(card.window["z"]),
         options,
@@ -416,6 +427,8 @@ def synthesize_volume_with_uncertainty(volume: Volume, model, options: Synthesis
         tile=tile,
     )
     array, sd = layout.back(array), None if sd is None else layout.back(sd)
+    if options.backend != "torch":
+        report.device = f"{report.device} ({options.backend})"
     if not layout.is_identity:
         report.notes.append(f"synthesised in axial LPS voxel order ({layout.describe()}; no resampling), "
                             "then put back on the input's own grid")
