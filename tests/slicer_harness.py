@@ -75,11 +75,58 @@ class QTimer:
         callback()
 
 
+class QComboBox:
+    """The calls the panel makes on a combo box, as PythonQt shows them (``count`` and ``currentIndex`` are
+    properties); ``select`` is a user's choice, which emits currentIndexChanged(int) unless signals are blocked."""
+
+    def __init__(self):
+        self.items, self.data, self.currentIndex = [], {}, -1
+        self._slots, self._blocked = [], False
+
+    def connect(self, signal, slot):
+        assert signal == "currentIndexChanged(int)", signal
+        self._slots.append(slot)
+
+    def blockSignals(self, blocked):
+        self._blocked = bool(blocked)
+
+    def clear(self):
+        self.items, self.data, self.currentIndex = [], {}, -1
+
+    def addItem(self, text):
+        self.items.append(text)
+        if self.currentIndex < 0:
+            self.setCurrentIndex(0)
+
+    def setItemData(self, index, value, role):
+        self.data[(index, role)] = value
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def itemText(self, index):
+        return self.items[index]
+
+    def findText(self, text):
+        return self.items.index(text) if text in self.items else -1
+
+    def setCurrentIndex(self, index):
+        changed, self.currentIndex = index != self.currentIndex, index
+        if changed and not self._blocked:
+            for slot in list(self._slots):
+                slot(index)
+
+    def select(self, index):
+        self.setCurrentIndex(index)
+
+
 def _qt_module() -> types.ModuleType:
     qt = types.ModuleType("qt")
     qt.QTimer = QTimer
     qt.QObject = object
-    qt.Qt = types.SimpleNamespace(WaitCursor=3)
+    qt.QComboBox = QComboBox
+    qt.Qt = types.SimpleNamespace(WaitCursor=3, ToolTipRole=3)
 
     class QFileDialog:
         answers: list[str] = []

@@ -401,6 +401,33 @@ def test_the_model_choice_lists_the_store_with_card_summaries_and_installs_a_car
     assert node.GetAttribute("SyntheticContrast.model_id") == "tiny-test"
 
 
+def test_the_panels_model_combo_installs_from_a_file_and_chooses_by_name(harness, tiny_model_card, tmp_path, monkeypatch):
+    """The widget's own wiring of the combo (its items change at run time, so it is not bound by the wrapper)."""
+    import types
+
+    import qt
+
+    monkeypatch.setenv("SYNTHETIC_CONTRAST_MODELS", str(tmp_path / "store"))
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
+    widget = harness.module.SyntheticContrastWidget.__new__(harness.module.SyntheticContrastWidget)
+    widget.logic, widget._parameterNode = harness.logic, harness.logic.getParameterNode()
+    combo = qt.QComboBox()
+    widget.ui = types.SimpleNamespace(modelComboBox=combo)
+    combo.connect("currentIndexChanged(int)", widget.onModelChosen)
+    widget._populateModels()
+    assert combo.items == ["demo_phantom_small", "Install from file..."] and combo.currentIndex == 0
+    assert "DEMONSTRATION ONLY" in combo.data[(0, qt.Qt.ToolTipRole)]
+    p = widget._parameterNode
+    qt.QFileDialog.answers.append(str(tiny_model_card))
+    combo.select(1)  # "Install from file...", then the card in the file dialog
+    assert p.model == "tiny-test" and combo.items == ["tiny-test", "demo_phantom_small", "Install from file..."]
+    assert combo.itemText(combo.currentIndex) == "tiny-test" and "user model tiny-test" in combo.data[(0, qt.Qt.ToolTipRole)]
+    combo.select(1)
+    assert p.model == "demo_phantom_small"
+    combo.select(2)  # the file dialog cancelled: nothing installed, the chosen model stays shown
+    assert p.model == "demo_phantom_small" and combo.itemText(combo.currentIndex) == "demo_phantom_small" and combo.count == 3
+
+
 def test_failed_synthesis_reports_the_clis_message_and_keeps_the_log(harness, tmp_path):
     bad = tmp_path / "model.json"
     bad.write_text("{not json")
