@@ -73,7 +73,7 @@ class SyntheticContrastParameterNode:
     readingStudyDir: pathlib.Path
     readingReader: str = ""
     readingSession: Annotated[int, WithinRange(1, 9)] = 1
-    readingRating: Annotated[str, Choice(["1", "2", "3", "4"])] = "3"
+    readingRating: float = 3.0  # on the study's rating scale; the spin box takes the scale when a session starts
 
 
 class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -106,8 +106,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._connect(ui.importROIsButton, _("ROI file could not be imported."), self.onImportROIs)
         self._connect(ui.exportROIsButton, _("ROI file could not be written."), self.onExportROIs)
         self._connect(ui.exportDICOMButton, _("DICOM export failed."), self.onExportDICOM)
-        self._connect(ui.startReadingButton, _("The reading session could not start."),
-                      lambda: self._setReadingText(logic.startReading(self._parameterNode)))
+        self._connect(ui.startReadingButton, _("The reading session could not start."), self.onStartReading)
         self._connect(ui.placeMarkButton, _("Could not start placing a mark."), logic.startReadingMark)
         self._connect(ui.rerateMarkButton, _("Could not change the rating."),
                       lambda: self._setReadingText(logic.rerateLastMark(self._parameterNode)))
@@ -221,6 +220,13 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             with slicer.util.tryWithErrorDisplay(_("The model could not be installed."), waitCursor=True):
                 self.logic.installModel(path, self._parameterNode)
         self._populateModels()
+
+    def onStartReading(self):
+        self._setReadingText(self.logic.startReading(self._parameterNode))
+        lo, hi = self.logic.readingScale()  # the study's own scale, such as 0-100
+        self.ui.ratingSpinBox.minimum, self.ui.ratingSpinBox.maximum = lo, hi
+        if not lo <= self._parameterNode.readingRating <= hi:
+            self._parameterNode.readingRating = hi
 
     def _showOutOfDistribution(self, text):
         """The yellow warning: the sCECT shown comes from an input unlike the model's training data."""
@@ -448,11 +454,15 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
     def startReading(self, p) -> str:
         return self.reading.start(p.readingStudyDir, p.readingReader, p.readingSession)
 
+    def readingScale(self) -> tuple[float, float]:
+        """The running study's rating scale (lowest, highest); the paper's 1-4 before a session starts."""
+        return self.reading.scale()
+
     def startReadingMark(self):
         self.reading.start_mark()
 
     def rerateLastMark(self, p) -> str:
-        return self.reading.rerate_last(int(p.readingRating))
+        return self.reading.rerate_last(p.readingRating)
 
     def nextReadingCase(self) -> str:
         return self.reading.next_case()

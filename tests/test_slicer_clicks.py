@@ -147,7 +147,7 @@ def test_cancelled_reference_placement_does_not_relabel_the_next_point(harness):
 
 # --- R3 and R15: blinded reading -----------------------------------------------------------------------------
 
-def _reading_study(tmp_path, cases=2):
+def _reading_study(tmp_path, cases=2, scale=None):
     from SyntheticContrastLib.readerstudy.sessions import write_plan
 
     entries = []
@@ -163,6 +163,8 @@ def _reading_study(tmp_path, cases=2):
         roi_path.write_text(json.dumps(rois))
         entries.append({"id": f"case{k}", **paths, "truth": str(roi_path)})
     study = {"format": "synthetic-contrast-reader-study/1", "cases": entries, "readers": ["R1"], "seed": 5}
+    if scale:
+        study["rating_scale"] = scale
     study_file = tmp_path / "study_input.json"
     study_file.write_text(json.dumps(study))
     write_plan(study_file, tmp_path / "study")
@@ -171,7 +173,7 @@ def _reading_study(tmp_path, cases=2):
 
 def _start_reading(harness, study_dir):
     p = harness.logic.getParameterNode()
-    p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = study_dir, "R1", 1, "4"
+    p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = study_dir, "R1", 1, 4.0
     return harness.logic.startReading(p)
 
 
@@ -191,9 +193,32 @@ def test_reading_mark_placed_by_click_is_saved(harness, tmp_path):
     np.testing.assert_allclose(marks[0]["point_lps"], (-3.0, 4.0, 10.0), atol=1.0)  # LPS on disk
     assert marks[0]["rating"] == 4
     p = harness.logic.getParameterNode()
-    p.readingRating = "2"
+    p.readingRating = 2.0
     harness.logic.rerateLastMark(p)
     assert _saved_marks(study_dir)[0]["rating"] == 2
+
+
+def test_a_study_on_a_0_to_100_scale_is_read_in_the_panel_on_that_scale(harness, tmp_path):
+    """The rating spin box takes the study's scale when the session starts; a click saves the rating as set."""
+    import types
+
+    study_dir = _reading_study(tmp_path, scale=[0, 100])
+    widget = harness.module.SyntheticContrastWidget.__new__(harness.module.SyntheticContrastWidget)
+    widget.logic, widget._parameterNode = harness.logic, harness.logic.getParameterNode()
+    widget.ui = types.SimpleNamespace(ratingSpinBox=types.SimpleNamespace(minimum=1.0, maximum=4.0), readingStatusLabel=types.SimpleNamespace(text=""))
+    widget._setReadingText = lambda text: setattr(widget.ui.readingStatusLabel, "text", text)
+    p = widget._parameterNode
+    p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = study_dir, "R1", 1, 3.0
+    widget.onStartReading()
+    assert (widget.ui.ratingSpinBox.minimum, widget.ui.ratingSpinBox.maximum) == (0.0, 100.0)
+    p.readingRating = 62.5
+    harness.logic.startReadingMark()
+    harness.slice_view().click((3.0, -4.0, 10.0))
+    assert [m["rating"] for m in _saved_marks(study_dir)] == [62.5]
+    p.readingRating = 120.0  # beyond the scale: refused, the saved rating stays
+    with pytest.raises(ValueError, match="scale 0 to 100"):
+        harness.logic.rerateLastMark(p)
+    assert [m["rating"] for m in _saved_marks(study_dir)] == [62.5]
 
 
 CHILD = textwrap.dedent("""
@@ -204,7 +229,7 @@ CHILD = textwrap.dedent("""
         module = slicer_harness.import_module_fresh()
         logic = module.SyntheticContrastLogic()
         p = logic.getParameterNode()
-        p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = {study!r}, "R1", 1, "3"
+        p.readingStudyDir, p.readingReader, p.readingSession, p.readingRating = {study!r}, "R1", 1, 3.0
         logic.startReading(p)
         view = h.slice_view()
         logic.startReadingMark()

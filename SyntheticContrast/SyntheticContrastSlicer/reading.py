@@ -95,10 +95,10 @@ class ReadingController:
             lps = [float(v) for v in mrml.LPS_TO_RAS @ ras]
             mark_id = marks.GetNthControlPointDescription(i)
             if not mark_id:
-                rating = int(self._rating())
+                rating = float(self._rating())  # any scale the study declares, such as 0-100
                 mark_id = session.add_mark(code, lps, rating)
                 marks.SetNthControlPointDescription(i, str(mark_id))
-                marks.SetNthControlPointLabel(i, f"#{mark_id} ({rating})")
+                marks.SetNthControlPointLabel(i, f"#{mark_id} ({rating:g})")
             else:
                 mark_id = int(mark_id)
                 if mark_id in saved and list(saved[mark_id]["point_lps"]) != lps:
@@ -112,7 +112,13 @@ class ReadingController:
         self._require_session()
         mrml.start_placement(slicer.mrmlScene, self._marks)
 
-    def rerate_last(self, rating: int) -> str:
+    def scale(self) -> tuple[float, float]:
+        from SyntheticContrastLib.readerstudy.sessions import PAPER_RATING_SCALE
+
+        lo, hi = self.session.study.get("rating_scale", PAPER_RATING_SCALE) if self.session is not None else PAPER_RATING_SCALE
+        return float(lo), float(hi)
+
+    def rerate_last(self, rating: float) -> str:
         from SyntheticContrastLib import mrml
         self._require_session()
         placed = mrml.defined_points(self._marks)
@@ -120,9 +126,9 @@ class ReadingController:
             raise ValueError("Place a mark first; the new rating applies to the last mark placed.")
         i = placed[-1][0]
         mark_id = int(self._marks.GetNthControlPointDescription(i))
-        self.session.edit_mark(self.code, mark_id, rating=int(rating))
-        self._marks.SetNthControlPointLabel(i, f"#{mark_id} ({int(rating)})")
-        return f"Mark #{mark_id} rated {int(rating)}."
+        self.session.edit_mark(self.code, mark_id, rating=float(rating))
+        self._marks.SetNthControlPointLabel(i, f"#{mark_id} ({float(rating):g})")
+        return f"Mark #{mark_id} rated {float(rating):g}."
 
     def next_case(self) -> str:
         self._require_session()
