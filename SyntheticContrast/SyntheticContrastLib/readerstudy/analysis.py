@@ -163,11 +163,11 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | No
     from statsmodels.stats.contingency_tables import mcnemar
 
     from .report import write_significance
-    from .rjafroc import RATINGS_FILE, ratings_from_json, write_jafroc_excel
+    from .rjafroc import RATINGS_FILE, write_jafroc_excel
 
     out_dir = Path(out_dir)
     if (Path(study_dir) / RATINGS_FILE).exists():
-        ratings = ratings_from_json(json.loads((Path(study_dir) / RATINGS_FILE).read_text()))
+        ratings = Ratings.from_json(json.loads((Path(study_dir) / RATINGS_FILE).read_text()))
         name, why = choose_fom(fom, ratings)
         significance = write_significance(ratings, name, why, out_dir)
         if export_rjafroc:

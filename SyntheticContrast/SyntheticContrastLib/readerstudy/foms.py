@@ -21,28 +21,34 @@ def _wins(negatives: np.ndarray, positives: np.ndarray) -> np.ndarray:
     return below + 0.5 * tied
 
 
-def fom(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_per_case: np.ndarray, k1: int,
-        keep: np.ndarray | None = None) -> float:
-    """One reader's figure of merit in one modality. ``nl`` (K, marks) over all cases, non-diseased first;
-    ``ll`` (K2, lesions); ``keep`` (K,) leaves cases out (the jackknife)."""
+def scored(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_per_case: np.ndarray, k1: int,
+           keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a figure of merit compares, for one reader in one modality: the negative ratings, the positive ratings,
+    and each positive's share of the figure (the shares sum to 1). ``nl`` (K, marks) over all cases, non-diseased
+    first; ``ll`` (K2, lesions); ``keep`` (K,) leaves cases out (the jackknife)."""
+    if name not in FOMS:
+        raise ValueError(f"unknown figure of merit {name!r}; one of {', '.join(FOMS)}")
     k = nl.shape[0]
     keep = np.ones(k, bool) if keep is None else keep
     highest_nl = nl.max(axis=1) if nl.shape[1] else np.full(k, -np.inf)
     normal, abnormal = keep[:k1], keep[k1:]
-    present = np.arange(ll.shape[1])[None, :] < lesions_per_case[:, None]  # real lesions, not padding
-    if name == "ROC":
-        negatives = highest_nl[:k1][normal]
+    if name == "ROC":  # each case's highest rating: non-diseased cases against diseased ones
         positives = np.maximum(highest_nl[k1:], ll.max(axis=1, initial=-np.inf))[abnormal]
-        return float(_wins(negatives, positives).sum() / (len(negatives) * len(positives)))
-    if name not in FOMS:
-        raise ValueError(f"unknown figure of merit {name!r}; one of {', '.join(FOMS)}")
+        return highest_nl[:k1][normal], positives, np.full(len(positives), 1.0 / len(positives))
     # False positives: the highest NL mark of each non-diseased case (AFROC, wAFROC) or of every case (the '1' FOMs).
     fps = highest_nl[:k1][normal] if not name.endswith("1") else highest_nl[keep]
+    present = np.arange(ll.shape[1])[None, :] < lesions_per_case[:, None]  # real lesions, not padding
     lesions = present & abnormal[:, None]
-    wins = _wins(fps, ll[lesions])
-    if name.startswith("w"):
-        return float((weights[lesions] * wins).sum() / (len(fps) * abnormal.sum()))
-    return float(wins.sum() / (len(fps) * lesions.sum()))
+    if name.startswith("w"):  # every abnormal case counts once, its lesions by weight
+        return fps, ll[lesions], weights[lesions] / abnormal.sum()
+    return fps, ll[lesions], np.full(int(lesions.sum()), 1.0 / lesions.sum())
+
+
+def fom(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_per_case: np.ndarray, k1: int,
+        keep: np.ndarray | None = None) -> float:
+    """One reader's figure of merit in one modality (arguments as for ``scored``)."""
+    negatives, positives, shares = scored(name, nl, ll, weights, lesions_per_case, k1, keep)
+    return float((shares * _wins(negatives, positives)).sum() / len(negatives))
 
 
 def fom_matrix(name: str, ratings: Ratings) -> np.ndarray:

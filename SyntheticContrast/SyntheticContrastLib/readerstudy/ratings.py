@@ -43,15 +43,25 @@ class Ratings:
         k2 = self.ll.shape[2]
         return i, j, k - k2, k2
 
+    def to_json(self) -> dict:
+        """Plain JSON (null for -inf, which JSON cannot hold), as an imported study's ratings.json keeps it."""
+
+        def plain(array):
+            return np.where(np.isfinite(array), array.astype(object), None).tolist()
+
+        return {"format": "synthetic-contrast-ratings/1", "type": self.paradigm, "modality_ids": self.modality_ids,
+                "reader_ids": self.reader_ids, "case_ids": self.case_ids, "nl": plain(self.nl), "ll": plain(self.ll),
+                "lesions_per_case": self.lesions_per_case.tolist(), "weights": self.weights.tolist()}
+
     @classmethod
     def from_json(cls, data: dict) -> "Ratings":
-        """RJafroc's arrays as tests/data/rjafroc stores them (null for -inf)."""
+        """What ``to_json`` wrote, or RJafroc's arrays as tests/data/rjafroc stores them (null for -inf)."""
 
         def array(nested):
             return np.vectorize(lambda v: -np.inf if v is None else float(v), otypes=[float])(np.array(nested, dtype=object))
 
         return cls(array(data["nl"]), array(data["ll"]), data["lesions_per_case"], array(data["weights"]),
-                   list(data["modality_ids"]), list(data["reader_ids"]), paradigm=data.get("type", "FROC"))
+                   list(data["modality_ids"]), list(data["reader_ids"]), list(data.get("case_ids", [])), data.get("type", "FROC"))
 
 
 def equal_weights_where_missing(weights: np.ndarray, lesions_per_case: np.ndarray) -> np.ndarray:

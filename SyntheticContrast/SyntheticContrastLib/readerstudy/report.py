@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write_text
+from .foms import scored
 from .ratings import Ratings
 from .significance import analyze_or
 
@@ -53,21 +54,14 @@ def significance_markdown(r: dict) -> str:
 
 
 def _curve(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_per_case: np.ndarray, k1: int):
-    """Empirical operating points from the strictest to the laxest rating: (FPF, LLF or TPF)."""
-    highest = nl.max(axis=1) if nl.shape[1] else np.full(nl.shape[0], -np.inf)
-    present = np.arange(ll.shape[1])[None, :] < lesions_per_case[:, None]
-    if name == "ROC":
-        negatives, positives = highest[:k1], np.maximum(highest[k1:], ll.max(axis=1, initial=-np.inf))
-        weighted = np.ones_like(positives) / len(positives)
-    else:
-        negatives = highest if name.endswith("1") else highest[:k1]
-        positives = ll[present]
-        weighted = (weights[present] / len(lesions_per_case)) if name.startswith("w") else np.ones(present.sum()) / present.sum()
+    """Empirical operating points from the strictest to the laxest rating: (FPF, LLF or TPF), from the same
+    negatives, positives and shares as the figure of merit."""
+    negatives, positives, shares = scored(name, nl, ll, weights, lesions_per_case, k1)
     thresholds = sorted({v for v in np.concatenate([negatives, positives]) if np.isfinite(v)}, reverse=True)
     x, y = [0.0], [0.0]
     for t in thresholds:
         x.append(float((negatives >= t).mean()))
-        y.append(float(weighted[positives >= t].sum()))
+        y.append(float(shares[positives >= t].sum()))
     return x, y
 
 

@@ -177,24 +177,6 @@ def write_jafroc_excel(ratings: Ratings, path: str | Path) -> Path:
     return path
 
 
-def ratings_to_json(ratings: Ratings) -> dict:
-    def plain(array):
-        return np.where(np.isfinite(array), array, np.nan).tolist()
-
-    return {"format": "synthetic-contrast-ratings/1", "type": ratings.paradigm, "modality_ids": ratings.modality_ids,
-            "reader_ids": ratings.reader_ids, "case_ids": ratings.case_ids, "nl": plain(ratings.nl), "ll": plain(ratings.ll),
-            "lesions_per_case": ratings.lesions_per_case.tolist(), "weights": ratings.weights.tolist()}
-
-
-def ratings_from_json(data: dict) -> Ratings:
-    def array(nested):
-        a = np.array(nested, dtype=float)
-        return np.where(np.isnan(a), -np.inf, a)
-
-    return Ratings(array(data["nl"]), array(data["ll"]), data["lesions_per_case"], np.array(data["weights"], float),
-                   data["modality_ids"], data["reader_ids"], data["case_ids"], data["type"])
-
-
 def import_rjafroc(xlsx: str | Path, study_dir: str | Path) -> Ratings:
     """A study read elsewhere, as a study folder that 'reader-study analyze' accepts (its ratings, no images).
     Everything is checked before anything is written; an existing study folder is never overwritten."""
@@ -203,5 +185,5 @@ def import_rjafroc(xlsx: str | Path, study_dir: str | Path) -> Ratings:
     if (study_dir / RATINGS_FILE).exists() or (study_dir / "plan.json").exists():
         raise InputError(study_dir, "holds a study already; import into a new folder")
     study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(study_dir / RATINGS_FILE, json.dumps({**ratings_to_json(ratings), "imported_from": str(Path(xlsx).resolve())}) + "\n")
+    atomic_write_text(study_dir / RATINGS_FILE, json.dumps({**ratings.to_json(), "imported_from": str(Path(xlsx).resolve())}) + "\n")
     return ratings
