@@ -91,7 +91,9 @@ def predictor(model, backend: str, window: tuple[int, int, int], samples: int = 
 
     if importlib.util.find_spec("openvino") is None:
         raise ModelError(None, "backend 'openvino' needs the openvino package: pip install 'synthetic-contrast[openvino]'")
-    if samples > 1 and any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.generator.modules()):
+    from .inference import dropout_layers
+
+    if samples > 1 and dropout_layers(model.generator):
         raise ValueError("backend 'openvino' runs the network without dropout, so it cannot draw MC-dropout samples; "
                          "use --backend torch with --samples")
     path = onnx_cache_path(model)

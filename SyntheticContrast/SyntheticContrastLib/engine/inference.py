@@ -271,7 +271,7 @@ class _SlidingWindow:
         log.warning(self.notes[-1])
 
 
-def _dropout_layers(generator: torch.nn.Module) -> list[torch.nn.Module]:
+def dropout_layers(generator: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in generator.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
@@ -295,7 +295,7 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
     plan = plan or _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
     grids = sample_grids(plan, options.samples, options.seed)
     total, done = sum(g.windows for g in grids), 0
-    dropout = _dropout_layers(generator)
+    dropout = dropout_layers(generator)
     generator.eval()
     # One accumulator for all passes: allocating and freeing a volume-sized array per pass fragments the heap
     # (glibc raises its mmap threshold after the first free), and the process's memory then grows with N.
@@ -328,7 +328,7 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
         result = np.ascontiguousarray(encoding.decode(plan.run(grid, progress, cancel, 0, grid.windows)), dtype=np.float32)
         sd = None
     else:
-        if not _dropout_layers(generator):
+        if not dropout_layers(generator):
             plan.notes.append("the model has no dropout: the samples differ only by test-time shifts of the window grid")
         if plan.shift_range() == (1, 1, 1):
             plan.notes.append("stride 1 and no in-plane tiling leave no room for test-time shifts")
