@@ -60,7 +60,8 @@ def _series_entry(uid: str, files: list[str]) -> dict:
         kind = "a localizer series"
     else:
         kind = CT_IMAGES if modality == "CT" else f"{modality} images"
-    return {"series_uid": uid, "files": files, "slices": len(files), "description": str(ds.get("SeriesDescription", "")), "kind": kind}
+    return {"series_uid": uid, "files": files, "slices": len(files), "description": str(ds.get("SeriesDescription", "")), "kind": kind,
+            "header": ds}  # the first file's header, so callers need not read it again
 
 
 def choose_series(folder: Path, series: list[dict], series_uid: str | None, notes: list[str]) -> dict:

@@ -94,8 +94,6 @@ def _phase(ds, blood_hu) -> str:
 
 def classify(entry: dict) -> Series:
     """One series: read it, measure its blood pool, and weigh the tags against the measurement."""
-    import pydicom
-
     from ..trust.ood import measure
     from .reading import read_volume
 
@@ -103,7 +101,7 @@ def classify(entry: dict) -> Series:
     if entry.get("kind") != CT_IMAGES:
         series.reasons.append(f"not a CT image series ({entry.get('kind')})")
         return series
-    ds = pydicom.dcmread(entry["files"][0], stop_before_pixels=True)
+    ds = entry["header"]
     series.study_uid, series.frame_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("FrameOfReferenceUID", ""))
     try:
         volume = read_volume(entry["folder"], series_uid=entry["series_uid"])

@@ -13,7 +13,7 @@ from ..errors import InputError, OutputError
 from ..fileio import atomic_path
 from . import rules
 from .dicom_series import check_dicom_series, choose_series, dicom_series_in, dicomdir_series, padding_to_air, quiet_itk, report_unreadable_files, single_file_problem
-from .enhanced_ct import is_enhanced_ct, read_enhanced_ct
+from .enhanced_ct import ENHANCED_CT, is_enhanced_ct, read_enhanced_ct
 from .volume import PROVENANCE_PREFIX, READER_NOTES, Volume
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -105,7 +105,8 @@ def read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
         raise InputError(folder, "contains no DICOM series (and is not a NIfTI/NRRD/MHA file)")
     notes = list(stray)
     chosen = choose_series(folder, series, series_uid, notes)
-    if len(chosen["files"]) == 1 and is_enhanced_ct(chosen["files"][0]):
+    header = chosen.get("header")  # read when the series was listed
+    if len(chosen["files"]) == 1 and header is not None and str(header.get("SOPClassUID", "")) == ENHANCED_CT:
         volume = read_enhanced_ct(Path(chosen["files"][0]))
         volume.metadata[READER_NOTES][:0] = notes
         return volume
