@@ -114,18 +114,39 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), mo
     return files
 
 
+def rewrite_series(files, change) -> None:
+    """Edit each file of a written series in place: ``change(k, dataset)`` for slice k, then save."""
+    import pydicom
+
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        change(k, ds)
+        ds.save_as(path, enforce_file_format=True)
+
+
 def debian_tool(name: str, package: str) -> str:
     """The path of a command-line tool from a Debian package that CI installs (.ci/run); elsewhere a missing tool
     skips the test with a reason, and in CI it fails it."""
-    import os
     import shutil
 
-    tool = shutil.which(name)
-    if tool is None:
+    return _debian(shutil.which(name), name, package)
+
+
+def debian_file(path: str, package: str) -> str:
+    """As ``debian_tool``, for a file a Debian package installs (a plugin)."""
+    import os
+
+    return _debian(path if os.path.exists(path) else None, path, package)
+
+
+def _debian(found: str | None, what: str, package: str) -> str:
+    import os
+
+    if found is None:
         if os.environ.get("CI"):
-            raise AssertionError(f"{name} (Debian {package}) is not installed, and CI must run this test")
-        pytest.skip(f"{name} (Debian package {package}) is not installed")
-    return tool
+            raise AssertionError(f"{what} (Debian {package}) is not installed, and CI must run this test")
+        pytest.skip(f"{what} (Debian package {package}) is not installed")
+    return found
 
 
 def dicom_validation_errors(folder: Path) -> list[str]:

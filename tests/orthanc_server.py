@@ -4,13 +4,14 @@ shared by the DICOM node's tests and its benchmark."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import requests
+
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
 
 
 class Orthanc:
@@ -23,7 +24,7 @@ class Orthanc:
             "IndexDirectory": str(self.folder / "index"), "HttpPort": http_port, "DicomPort": dicom_port,
             "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "DicomModalities": modalities, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-            "Plugins": [p for p in ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"] if dicomweb and os.path.exists(p)],
+            "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))

@@ -2,7 +2,6 @@
 same study; refused senders, malformed instances, and a kill -9 mid-transfer that loses nothing."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import chest_like, debian_tool, free_port, write_dicom_series
-from orthanc_server import Orthanc
+from conftest import chest_like, debian_file, debian_tool, free_port, write_dicom_series
+from orthanc_server import DICOMWEB_PLUGIN, Orthanc
 
 NODE_AE, SCU_AE = "SCT", "TESTSCU"
 
@@ -171,10 +170,7 @@ def test_a_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path, ort
 
 def test_the_result_can_go_by_stow_rs_to_a_dicomweb_server(tmp_path, series, tiny_model_card):
     debian_tool("Orthanc", "orthanc")
-    if not os.path.exists("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"):
-        if os.environ.get("CI"):
-            raise AssertionError("Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is not installed, and CI must run this test")
-        pytest.skip("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb) is not installed")
+    debian_file(DICOMWEB_PLUGIN, "orthanc-dicomweb")
     server = Orthanc(tmp_path / "orthanc", free_port(), free_port(), {}, dicomweb=True).start()
     try:
         server.node_port = free_port()

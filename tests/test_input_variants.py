@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from conftest import chest_like, debian_tool, variant, write_dicom_series
+from conftest import chest_like, debian_tool, rewrite_series, variant, write_dicom_series
 from SyntheticContrastLib.errors import InputError, SeriesSelectionError
 from SyntheticContrastLib.io import rules
 from SyntheticContrastLib.trust import ood
@@ -94,13 +94,6 @@ def test_a_sagittal_dicom_series_is_read_and_measured_like_the_axial_one(tmp_pat
 HU = np.round(chest_like((12, 24, 20)))
 
 
-def _rewrite(files, change):
-    for k, path in enumerate(files):
-        ds = pydicom.dcmread(path)
-        change(k, ds)
-        ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.fixture
 def reference(tmp_path):
     return read_volume(write_dicom_series(tmp_path / "reference", HU, spacing=(0.8, 0.7, 2.0))[0].parent)
@@ -135,7 +128,7 @@ def test_each_slice_is_decoded_with_its_own_rescale_signed_or_unsigned(tmp_path,
         ds.PixelData = stored.astype(np.uint16 if unsigned else np.int16).tobytes()
         expected[k] = stored * slope + intercept
 
-    _rewrite(files, change)
+    rewrite_series(files, change)
     volume = read_volume(tmp_path / "rescaled")
     np.testing.assert_allclose(volume.array, expected, atol=1e-3)
     assert np.abs(volume.array - reference.array).max() <= 1.0  # the quantisation of slope 2
@@ -216,7 +209,7 @@ def test_jpeg_lossless_and_extended_series_written_by_dcmtk_are_read(tmp_path, e
     plain = read_volume(write_dicom_series(tmp_path / "plain", hu)[0].parent)
     files = write_dicom_series(tmp_path / "jpeg", hu)
     # 12 bits unsigned, as CT is stored for the extended (12-bit) process: stored = HU + 1024 in 0..4095.
-    _rewrite(files, lambda k, ds: (setattr(ds, "PixelRepresentation", 0), setattr(ds, "BitsStored", 12), setattr(ds, "HighBit", 11),
+    rewrite_series(files, lambda k, ds: (setattr(ds, "PixelRepresentation", 0), setattr(ds, "BitsStored", 12), setattr(ds, "HighBit", 11),
                                    setattr(ds, "PixelData", np.clip(hu[k] + 1024, 0, 4095).astype(np.uint16).tobytes())))
     for path in files:
         subprocess.run([tool, encode, str(path), str(path)], check=True, capture_output=True, timeout=60)

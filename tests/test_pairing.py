@@ -6,7 +6,7 @@ import csv
 import pydicom
 import pytest
 
-from conftest import write_dicom_series
+from conftest import rewrite_series, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.engine.training import load_pairs, read_pair_list
 from SyntheticContrastLib.io.pairing import tag_evidence
@@ -18,13 +18,13 @@ SPEC = PhantomSpec(size=128, slices=12, pixel_mm=2.8, slice_mm=5.0)
 def _series(folder, volume, study_uid, description, tags=None, positions=None, frame_uid=None):
     files = write_dicom_series(folder, volume.array, spacing=volume.spacing, study_uid=study_uid, description=description,
                                positions=positions)
-    for path in files:
-        ds = pydicom.dcmread(path)
+    def tag(k, ds):
         for key, value in (tags or {}).items():
             setattr(ds, key, value)
         if frame_uid:
             ds.FrameOfReferenceUID = frame_uid
-        ds.save_as(path, enforce_file_format=True)
+
+    rewrite_series(files, tag)
     return files
 
 

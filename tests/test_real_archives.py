@@ -7,7 +7,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import chest_like, dicom_validation_errors, variant, write_dicom_series
+from conftest import chest_like, dicom_validation_errors, rewrite_series, variant, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.io.dicom_export import on_source_grid
 from SyntheticContrastLib.errors import InputError
@@ -53,13 +53,14 @@ def test_a_localizer_filed_in_the_ct_series_is_left_out(series):
 @variant("padding (PixelPaddingValue)")
 def test_padding_outside_the_field_of_view_becomes_air(series):
     folder, files = series
-    for path in files:
-        ds = pydicom.dcmread(path)
+
+    def pad(k, ds):
         pixels = ds.pixel_array.copy()
         pixels[:3, :3] = -32768
         ds.PixelData = pixels.tobytes()
         ds.add_new(0x00280120, "SS", -32768)  # PixelPaddingValue; signed pixels make it SS
-        ds.save_as(path, enforce_file_format=True)
+
+    rewrite_series(files, pad)
     volume = read_volume(folder)
     assert (volume.array[:, :3, :3] == -1000.0).all() and volume.array.min() >= -1100
     assert any("PixelPaddingValue" in n and f"{12 * 9} voxels" in n for n in volume.metadata[READER_NOTES])
