@@ -64,7 +64,7 @@ class SyntheticContrastParameterNode:
     stride: Annotated[int, WithinRange(0, 64)] = 0
     blend: Annotated[str, Choice(["gaussian", "mean"])] = "gaussian"
     batchSize: Annotated[int, WithinRange(1, 64)] = 1
-    precision: Annotated[str, Choice(["fp32", "fp16", "bf16"])] = "fp32"
+    precision: Annotated[str, Choice(["fp32", "auto", "fp16", "bf16"])] = "fp32"
     samples: Annotated[int, WithinRange(1, 64)] = 1
     coronalRow: bool = False
     showOverlay: bool = False

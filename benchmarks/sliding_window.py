@@ -1,12 +1,19 @@
-"""Benchmark of sliding-window synthesis: our engine vs MONAI's sliding_window_inference vs the paper's stride 1.
+"""Benchmark of sliding-window synthesis, side by side in one run: our engine with each backend, precision and
+memory layout, MONAI's sliding_window_inference, and the paper's stride-1 scheme, on an N x 512 x 512 volume with
+the paper's U-Net at width --ngf (random weights: the cost of a network does not depend on its values).
 
-Each measurement runs in a fresh subprocess so peak RSS belongs to that method alone. Reports median
-wall time over --runs repeats, peak RSS, their ratios, the max difference to MONAI on identical
-windows, and the engine's own overhead: a run with a 1x1x1-conv predictor in place of the generator,
-minus the time that predictor takes alone on the same number of windows.
+Each row runs in a fresh subprocess, so its peak RSS is its own. Per row: wall time, windows, time per window,
+the time inside the network's forward passes, the engine's overhead (wall time outside those passes, over wall
+time), peak RSS, on CUDA the peak device memory, and the achieved (T)FLOP/s against the device's peak (CUDA: the
+vendor's dense tensor peak for the precision; CPU: this CPU's measured fp32 matmul rate).
 
-    python benchmarks/sliding_window.py --slices 64 300 --runs 5 --json out.json
-MONAI is needed only here and in the tests (pip install monai).
+--trained-model adds what random weights cannot show: on the held-out phantoms, the MAE of each stride and of
+bf16 against the paper's stride 1 in fp32, with the trained demo model.
+
+    python benchmarks/sliding_window.py --slices 300 --ngf 16 --runs 1 --threads 2 \\
+        --trained-model SyntheticContrast/SyntheticContrastLib/engine/bundled_models/demo_phantom_small.json \\
+        --json benchmarks/results_sliding_window_cpu_2core.json
+MONAI is needed only here and in the tests (pip install monai); OpenVINO for its rows (the 'openvino' extra).
 """
 
 from __future__ import annotations
@@ -18,25 +25,71 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "SyntheticContrast"))
+sys.path[:0] = [str(ROOT / "SyntheticContrast"), str(ROOT / "benchmarks")]
+BUNDLED_CARD = ROOT / "SyntheticContrast/SyntheticContrastLib/engine/bundled_models/demo_phantom_small.json"
 
 WINDOW, SIZE = 16, 512
+#: Dense tensor-core peaks in TFLOP/s from the vendors' data sheets (SXM parts; fp32 convolutions run as TF32,
+#: PyTorch's default for cuDNN). Devices not listed get no share of peak.
+CUDA_PEAK_TFLOPS = {
+    "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
+    "L40S": {"bf16": 362.1, "fp16": 362.1, "fp32": 183.0},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0},
+}
+
+#: name: (method, stride (None: the default), options). Rows a device cannot run are left out with a reason.
+ROWS = {
+    "ours": ("ours", None, {}),
+    "ours_contiguous": ("ours", None, {"channels_last": "off"}),
+    "ours_openvino": ("ours", None, {"backend": "openvino"}),
+    "ours_bf16": ("ours", None, {"precision": "bf16"}),
+    "ours_compile": ("ours", None, {"compile": True}),
+    "ours_cudnn_benchmark": ("ours", None, {"cudnn_benchmark": True}),
+    "monai": ("monai", None, {}),
+    "paper_stride1": ("ours", 1, {"blend": "mean"}),
+}
+DEFAULT_ROWS = "ours,ours_contiguous,ours_openvino,ours_bf16,monai,paper_stride1"
 
 
-def build_predictor(kind: str):
+class TimedForward:
+    """Stands in for the network and adds up the time spent in its forward passes (synchronised on CUDA)."""
+
+    def __init__(self, net, cuda: bool):
+        self.net, self.cuda, self.seconds, self.calls = net, cuda, 0.0, 0
+        self.config = getattr(net, "config", None)
+
+    def __call__(self, x):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y = self.net(x)
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return y
+
+    def __getattr__(self, name):  # .to(), .eval(), .parameters(), .modules() reach the network
+        return getattr(self.__dict__["net"], name)
+
+
+def network(ngf: int):
     import torch
 
     from SyntheticContrastLib.engine.networks import GeneratorConfig, UNetGenerator3D
 
     torch.manual_seed(0)
-    if kind == "unet":
-        return UNetGenerator3D(GeneratorConfig(ngf=4, levels=5, dropout=0.0)).eval()
-    conv = torch.nn.Conv3d(3, 3, 1)  # engine overhead only: a predictor that costs next to nothing
-    return torch.nn.Sequential(conv, torch.nn.Tanh()).eval()
+    return UNetGenerator3D(GeneratorConfig(ngf=ngf, levels=9, dropout=0.0)).eval()
 
 
 def volume(n: int):
@@ -48,158 +101,227 @@ def volume(n: int):
     return hu + rng.normal(0, 20, hu.shape).astype(np.float32)
 
 
-def run_one(method: str, n: int, predictor_kind: str, stride: int, blend: str, threads: int) -> dict:
-    """One timed synthesis in this process; returns seconds, peak RSS (MiB) and a checksum of the result."""
+def openvino_twin(net, threads: int):
+    from SyntheticContrastLib.engine.backends import OpenVINOGenerator, export_onnx
+
+    path = Path(tempfile.mkdtemp()) / "net.onnx"
+    export_onnx(SimpleNamespace(generator=net), path, (WINDOW, SIZE, SIZE))
+    return OpenVINOGenerator(path, net.config, threads)
+
+
+def run_row(name: str, n: int, ngf: int, stride: int, device: str, threads: int, out_path: str) -> dict:
+    """One timed synthesis in this process."""
     import numpy as np
     import torch
 
     from SyntheticContrastLib.engine.encoding import WindowEncoding
-    from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_array
+    from SyntheticContrastLib.engine.inference import SynthesisOptions, resolve_device, synthesize_array
 
+    method, row_stride, options = ROWS[name]
+    options = dict(options)
     torch.set_num_threads(threads)
-    enc, g, hu = WindowEncoding(), build_predictor(predictor_kind), volume(n)
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    if options.pop("cudnn_benchmark", False):
+        torch.backends.cudnn.benchmark = True
+    net = network(ngf)
+    if options.get("backend") == "openvino":
+        net = openvino_twin(net, threads)
+    if options.pop("compile", False):
+        net = torch.compile(net)  # compiled inside the timer, so compile time and graph breaks count as the network's
+    timed = TimedForward(net, cuda)
+    enc, hu = WindowEncoding(), volume(n)
+    stride = row_stride or stride
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    predictor_only = None
     if method == "ours":
-        out, report = synthesize_array(hu, g, enc, WINDOW, SynthesisOptions(stride=stride, blend=blend, device="cpu"), inplane_multiple=32)
-        if predictor_kind == "pointwise":
-            # The 1x1x1 conv is not free: time it alone on as many windows, so only the engine's share remains.
-            x = enc.encode(torch.from_numpy(hu[:WINDOW].copy()))[None]
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                for _ in range(report.windows):
-                    g(x)
-            predictor_only = time.perf_counter() - t1
-    elif method == "monai":
+        options = {"blend": "gaussian", **options, "stride": stride, "device": str(dev)}
+        options.pop("backend", None)  # the stand-in already is the OpenVINO network
+        out, report = synthesize_array(hu, timed, enc, WINDOW, SynthesisOptions(**options), inplane_multiple=32)
+        notes = report.notes + [report.memory]
+    else:
         from monai.inferers import sliding_window_inference
 
         with torch.inference_mode():
-            x = enc.encode(torch.from_numpy(hu))[None]  # MONAI takes the encoded (1, 3, N, 512, 512) tensor
-            y = sliding_window_inference(x, (WINDOW, SIZE, SIZE), 1, lambda b: g(b)[:, :1],
-                                         overlap=(1 - stride / WINDOW, 0, 0), mode="constant" if blend == "mean" else "gaussian")
-        out = enc.decode(y[0, 0].numpy())
-    else:
-        raise ValueError(method)
-    seconds = time.perf_counter() - t0 - (predictor_only or 0.0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.save(f"/tmp/bench_{method}_{n}_{predictor_kind}_{stride}_{blend}.npy", out)
-    return {"seconds": seconds, "peak_rss_mib": rss, "predictor_only_s": predictor_only}
+            x = enc.encode(torch.from_numpy(hu).to(dev))[None]  # MONAI takes the encoded (1, 3, N, 512, 512) tensor
+            net.to(dev)
+            y = sliding_window_inference(x, (WINDOW, SIZE, SIZE), 1, lambda b: timed(b)[:, :1], overlap=(1 - stride / WINDOW, 0, 0),
+                                         mode="gaussian", sigma_scale=0.125)
+        out, notes = enc.decode(y[0, 0]).cpu().numpy(), []
+    wall = time.perf_counter() - t0
+    np.save(out_path, out)
+    return {"row": name, "slices": n, "ngf": ngf, "stride": stride, "device": str(dev), "wall_s": wall,
+            "windows": timed.calls, "s_per_window": wall / timed.calls, "forward_s": timed.seconds,
+            "engine_overhead_share": (wall - timed.seconds) / wall,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_device_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
+            "precision": options.get("precision", "fp32"), "notes": notes}
 
 
-def measure(method, n, predictor, stride, blend, runs, threads) -> dict:
-    results = []
-    for _ in range(runs):
-        cmd = [sys.executable, __file__, "--child", method, str(n), predictor, str(stride), blend, str(threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    row = {
-        "method": method, "slices": n, "predictor": predictor, "stride": stride, "blend": blend, "runs": runs,
-        "median_s": statistics.median(r["seconds"] for r in results),
-        "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
-    }
-    if results[0]["predictor_only_s"] is not None:
-        row["predictor_only_median_s"] = statistics.median(r["predictor_only_s"] for r in results)
-    return row
+def flops_per_window(ngf: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(ngf)(torch.zeros(1, 3, WINDOW, SIZE, SIZE))
+    return counter.get_total_flops()
 
 
-def max_diff(a: str, b: str) -> float:
+def peak_tflops(device: str, precision: str, cpu_gflops: float) -> float | None:
+    import torch
+
+    if not device.startswith("cuda"):
+        return cpu_gflops / 1000
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((p[precision] for key, p in CUDA_PEAK_TFLOPS.items() if key in name), None)
+
+
+def measure_rows(args, stride: int, cpu_gflops: float) -> tuple[list[dict], dict]:
     import numpy as np
+    import torch
 
-    return float(np.abs(np.load(a) - np.load(b)).max())
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    flops = flops_per_window(args.ngf)
+    rows, skipped, outputs = [], {}, {}
+    for name in args.rows.split(","):
+        options = ROWS[name][2]
+        if options.get("backend") == "openvino" and device != "cpu":
+            skipped[name] = "OpenVINO runs on the CPU only"
+            continue
+        if options.get("cudnn_benchmark") and device == "cpu":
+            skipped[name] = "cudnn.benchmark needs a CUDA GPU"
+            continue
+        results = []
+        for _ in range(args.runs):
+            path = f"{tempfile.gettempdir()}/bench_{name}_{args.slices}.npy"
+            cmd = [sys.executable, __file__, "--child", name, str(args.slices), str(args.ngf), str(stride), device,
+                   str(args.threads), path]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"row {name} failed:\n{done.stderr[-3000:]}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            outputs[name] = path
+        row = min(results, key=lambda r: r["wall_s"])  # fastest of the repeats: the least disturbed
+        row["wall_s_median"] = statistics.median(r["wall_s"] for r in results)
+        row["runs"] = args.runs
+        peak = peak_tflops(row["device"], row["precision"], cpu_gflops)
+        row["tflops"] = flops * row["windows"] / row["forward_s"] / 1e12
+        row["share_of_peak"] = row["tflops"] / peak if peak else None
+        rows.append(row)
+        print(f"{name:22s} {row['wall_s']:8.2f} s {row['windows']:4d} windows {row['s_per_window']:7.3f} s/window "
+              f"overhead {row['engine_overhead_share']:6.1%} RSS {row['peak_rss_mib']:7.0f} MiB", file=sys.stderr, flush=True)
+    by = {r["row"]: r for r in rows}
+    ratio = lambda a, b, key="wall_s": by[a][key] / by[b][key] if a in by and b in by else None
+    ours = [r for r in rows if r["row"].startswith("ours")]
+    best = min(ours, key=lambda r: r["wall_s"])["row"] if ours else None
+    summary = {
+        "slices": args.slices, "ngf": args.ngf, "default_stride": stride, "gflop_per_window": flops / 1e9,
+        "best_ours_row": best,
+        "best_ours_over_monai_time": ratio(best, "monai") if best else None,
+        "best_ours_over_monai_rss": ratio(best, "monai", "peak_rss_mib") if best else None,
+        "ours_torch_over_monai_time": ratio("ours", "monai"),
+        "ours_torch_over_monai_rss": ratio("ours", "monai", "peak_rss_mib"),
+        "engine_overhead_share": {r["row"]: r["engine_overhead_share"] for r in ours},
+        "stride1_over_default_time": ratio("paper_stride1", "ours"),
+        "windows": {"default": by["ours"]["windows"] if "ours" in by else None,
+                    "stride1": by["paper_stride1"]["windows"] if "paper_stride1" in by else None},
+        "skipped": skipped,
+    }
+    reference = outputs.get("ours")
+    if reference:
+        summary["max_abs_diff_hu_vs_ours"] = {name: float(np.abs(np.load(path) - np.load(reference)).max())
+                                              for name, path in outputs.items() if name not in ("ours", "paper_stride1")}
+    return rows, summary
 
 
-def trained_model_check(card: Path, seed: int, runs: int, threads: int) -> dict:
-    """The bundled model on a held-out phantom: default stride vs the paper's stride 1 (time and MAE in HU)."""
+def trained_model_check(card: Path, seeds: list[int], strides: list[int], threads: int, device: str, backend: str) -> dict:
+    """The trained model on held-out phantoms: MAE (HU, whole volume and in the mediastinal window) of each stride
+    against the paper's stride 1 + mean, all with ``backend``; and of bf16 against fp32 at the default stride, both
+    with PyTorch."""
     import numpy as np
     import torch
 
     from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
-    from SyntheticContrastLib.measurement.metrics import mae
     from SyntheticContrastLib.engine.models import load_model
+    from SyntheticContrastLib.measurement.metrics import mae
     from SyntheticContrastLib.phantom import make_phantom
 
     torch.set_num_threads(threads)
-    model, case = load_model(card), make_phantom(seed)
-    timings, outputs = {}, {}
-    for name, options in (("default", SynthesisOptions(device="cpu")), ("stride1_mean", SynthesisOptions(stride=1, blend="mean", device="cpu"))):
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            outputs[name], report = synthesize_volume(case.ncct, model, options)
-            times.append(time.perf_counter() - t0)
-        timings[name] = {"median_s": statistics.median(times), "windows": report.windows, "stride": report.stride}
-    a, b = outputs["default"].array, outputs["stride1_mean"].array
-    return {
-        "model": model.card.model_id, "phantom_seed": seed, "shape": list(a.shape), "runs": runs, "timings": timings,
-        "stride1_over_default_time": timings["stride1_mean"]["median_s"] / timings["default"]["median_s"],
-        "mae_default_vs_stride1_hu": float(np.abs(a - b).mean()),
-        "mae_default_vs_stride1_hu_mediastinal_window": mae(a, b),
-    }
+    model = load_model(card)
+    per_case = []
+
+    def synth(ncct, **options):
+        t0 = time.perf_counter()
+        result, report = synthesize_volume(ncct, model, SynthesisOptions(device=device, **options))
+        return result.array, report, time.perf_counter() - t0
+
+    for seed in seeds:
+        ncct = make_phantom(seed).ncct
+        paper, report, seconds = synth(ncct, stride=1, blend="mean", backend=backend)
+        case = {"seed": seed, "shape": list(paper.shape), "backend": backend,
+                "stride1": {"windows": report.windows, "seconds": seconds}}
+        for stride in strides:
+            out, report, seconds = synth(ncct, stride=stride, backend=backend)
+            case[f"stride{stride}"] = {"windows": report.windows, "seconds": seconds, "mae_hu": float(np.abs(out - paper).mean()),
+                                       "max_hu": float(np.abs(out - paper).max()), "mae_hu_mediastinal": mae(out, paper)}
+        fp32, _, fp32_s = synth(ncct)
+        try:
+            bf16, report, bf16_s = synth(ncct, precision="bf16")
+            case["bf16_vs_fp32"] = {"device": report.device, "mae_hu": float(np.abs(bf16 - fp32).mean()),
+                                    "max_hu": float(np.abs(bf16 - fp32).max()), "mae_hu_mediastinal": mae(bf16, fp32),
+                                    "fp32_s": fp32_s, "bf16_s": bf16_s}
+        except ValueError as error:  # a GPU without bf16
+            case["bf16_vs_fp32"] = {"skipped": str(error)}
+        per_case.append(case)
+        print(f"phantom {seed}: " + ", ".join(f"{k} {v['mae_hu']:.2f} HU" for k, v in case.items() if isinstance(v, dict) and "mae_hu" in v),
+              file=sys.stderr, flush=True)
+    keys = [k for k in per_case[0] if isinstance(per_case[0][k], dict) and "mae_hu" in per_case[0][k]]
+    return {"model": model.card.model_id, "card_default_stride": model.card.default_stride, "device": device,
+            "phantom_seeds": seeds, "cases": per_case,
+            "mean_mae_hu": {k: statistics.mean(c[k]["mae_hu"] for c in per_case) for k in keys},
+            "mean_mae_hu_mediastinal": {k: statistics.mean(c[k]["mae_hu_mediastinal"] for c in per_case) for k in keys}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, nargs="+", default=[64, 300])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--stride", type=int, default=8, help="our default stride; MONAI gets the same overlap")
-    parser.add_argument("--paper-runs", type=int, default=None, help="repeats for the slow stride-1 runs (default --runs)")
-    parser.add_argument("--methods", default="ours,monai,paper,pointwise,gaussian",
-                        help="comma list of rows to measure; ratios are reported where both sides were measured")
-    parser.add_argument("--gaussian-max-slices", type=int, default=10**6, help="compare Gaussian blending only up to this N")
+    parser.add_argument("--slices", type=int, default=300, help="volume length; 0 skips the timed rows")
+    parser.add_argument("--ngf", type=int, default=16, help="width of the paper's U-Net (the paper's is 64)")
+    parser.add_argument("--runs", type=int, default=1, help="repeats per row; the fastest is reported")
+    parser.add_argument("--stride", type=int, default=None, help="our default stride (default: the bundled card's)")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma list of {', '.join(ROWS)}")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trained-model", type=Path, help="also compare default stride vs stride 1 on this model card")
-    parser.add_argument("--trained-runs", type=int, default=3)
+    parser.add_argument("--trained-model", type=Path, help="also measure MAE per stride and bf16 with this model card")
+    parser.add_argument("--phantoms", type=int, nargs="+", default=[9001, 9002, 9003], help="held-out phantom seeds")
+    parser.add_argument("--strides", type=int, nargs="+", default=[8, 10, 12], help="strides to compare with stride 1")
+    parser.add_argument("--trained-backend", default="openvino",
+                        help="backend of the stride comparison (default openvino: 2.6x faster on the CPU, 0.01 HU from PyTorch)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        method, n, predictor, stride, blend, threads = args.child
-        print(json.dumps(run_one(method, int(n), predictor, int(stride), blend, int(threads))))
+        name, n, ngf, stride, device, threads, out = args.child
+        print(json.dumps(run_row(name, int(n), int(ngf), int(stride), device, int(threads), out)))
         return
 
     import torch
 
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, "
-                         f"{args.threads} used, torch {torch.__version__}, {platform.python_version()}",
-              "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": [], "summary": {}}
-    s = args.stride
-    for n in args.slices:
-        wanted = set(args.methods.split(","))
-        plan = {
-            "ours": ("ours", "unet", s, "mean", args.runs),
-            "monai": ("monai", "unet", s, "mean", args.runs),
-            "paper_stride1": ("ours", "unet", 1, "mean", args.paper_runs or args.runs),
-            "ours_pointwise": ("ours", "pointwise", s, "mean", args.runs),
-        }
-        if n <= args.gaussian_max_slices:
-            plan["ours_gauss"] = ("ours", "unet", s, "gaussian", args.runs)
-            plan["monai_gauss"] = ("monai", "unet", s, "gaussian", args.runs)
-        selector = {"ours": "ours", "monai": "monai", "paper_stride1": "paper", "ours_pointwise": "pointwise",
-                    "ours_gauss": "gaussian", "monai_gauss": "gaussian"}
-        rows = {name: measure(m, n, pred, st, bl, runs, args.threads)
-                for name, (m, pred, st, bl, runs) in plan.items() if selector[name] in wanted}
-        report["rows"].extend(rows.values())
-        f = lambda m, p, st, b: f"/tmp/bench_{m}_{n}_{p}_{st}_{b}.npy"
-        ratio = lambda a, b, key="median_s": rows[a][key] / rows[b][key] if a in rows and b in rows else None
-        summary = {
-            "ours_over_monai_time": ratio("ours", "monai"),
-            "ours_over_monai_rss": ratio("ours", "monai", "peak_rss_mib"),
-            "ours_over_monai_time_gaussian": ratio("ours_gauss", "monai_gauss"),
-            "stride1_over_default_time": ratio("paper_stride1", "ours"),
-        }
-        if "ours_pointwise" in rows and "ours" in rows:
-            engine_only = rows["ours_pointwise"]["median_s"] - rows["ours_pointwise"]["predictor_only_median_s"]
-            summary["engine_overhead_share"] = engine_only / rows["ours"]["median_s"]
-        if "ours" in rows and "monai" in rows:
-            summary["max_abs_diff_vs_monai_mean_hu"] = max_diff(f("ours", "unet", s, "mean"), f("monai", "unet", s, "mean"))
-        if "ours" in rows and "paper_stride1" in rows:
-            import numpy as np
+    from cpu_backends import matmul_gflops
 
-            a, b = np.load(f("ours", "unet", s, "mean")), np.load(f("ours", "unet", 1, "mean"))
-            summary["mae_default_vs_stride1_hu_random_weights"] = float(np.abs(a - b).mean())
-        report["summary"][str(n)] = summary
+    stride = args.stride or json.loads(BUNDLED_CARD.read_text())["default_stride"]
+    cpu_gflops = matmul_gflops(args.threads)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    report = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} of {torch.get_num_threads()} "
+                         f"threads, GPU {gpu}, torch {torch.__version__}, Python {platform.python_version()}",
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_matmul_gflops_fp32": cpu_gflops}
+    if args.slices:
+        report["rows"], report["summary"] = measure_rows(args, stride, cpu_gflops)
     if args.trained_model:
-        report["trained_model"] = trained_model_check(args.trained_model, 9001, args.trained_runs, args.threads)
+        report["trained_model"] = trained_model_check(args.trained_model, args.phantoms, args.strides, args.threads,
+                                                      "cuda" if args.device == "auto" and torch.cuda.is_available() else
+                                                      "cpu" if args.device == "auto" else args.device,
+                                                      args.trained_backend if not torch.cuda.is_available() else "torch")
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -39,7 +39,8 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, help="slices between window starts (default: the model card's; 1 = paper)")
     p.add_argument("--blend", choices=["mean", "gaussian"], default="gaussian", help="how overlapping windows are combined (default gaussian)")
     p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="autocast precision; accumulation stays fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="fp32",
+                   help="autocast precision; accumulation stays fp32. auto: bf16 on GPUs that support it, fp32 elsewhere (default fp32)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
     p.add_argument("--tile-overlap", type=float, default=0.5, help="in-plane tile overlap for models with a smaller in-plane window (default 0.5)")
     p.add_argument("--samples", type=int, default=1,
@@ -49,6 +50,10 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
                    help="what runs the network: PyTorch (default), or OpenVINO on the CPU in fp32 (about 2x faster on the CPUs "
                         "measured; needs the 'openvino' extra; no MC-dropout samples)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="run PyTorch convolutions in the channels_last_3d layout (auto: on the CPU, where it measured 1.3x faster)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network first (measured slower on the CPU, and the first window waits for the compiler)")
 
 
 def add_strict_option(p: argparse.ArgumentParser) -> None:
@@ -81,7 +86,8 @@ def synthesis_options(args, device: str | None = None):
     from ..engine.inference import SynthesisOptions
 
     return SynthesisOptions(args.stride, args.blend, args.batch, args.precision, device or args.device, tile_overlap=args.tile_overlap,
-                            samples=args.samples, seed=args.samples_seed, backend=args.backend)
+                            samples=args.samples, seed=args.samples_seed, backend=args.backend, channels_last=args.channels_last,
+                            compile=args.compile)
 
 
 def synthesize_with_progress(volume, model, args):

@@ -71,7 +71,7 @@ def cmd_synthesize(args) -> int:
     written = write_case(case, out, args.dicom_out, source_files_of(volume) if args.dicom_out else None, model)
     if args.progress_json:
         emit_event("done", windows=case.report.windows, stride=case.report.stride, device=case.report.device,
-                   notes=case.report.notes, ood=case.ood_summary, **{k: str(v) for k, v in written.items()})
+                   precision=case.report.precision, memory=case.report.memory, notes=case.report.notes, ood=case.ood_summary, **{k: str(v) for k, v in written.items()})
     if args.dicom_out:
         print(f"wrote DICOM series {args.dicom_out} (SeriesDescription 'SYNTHETIC CONTRAST - ...')"
               + (f" and its SD map {written['dicom_sd_output']}" if "dicom_sd_output" in written else ""))

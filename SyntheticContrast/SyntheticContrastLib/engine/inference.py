@@ -2,9 +2,9 @@
 
 Windows of the model's depth slide along z with a chosen stride; overlapping predictions are blended
 with per-slice weights (mean or Gaussian). Stride 1 with mean blending is exactly the paper's scheme.
-Slices larger than the model's in-plane window are tiled; smaller ones are padded with air. Only one
-batch of windows is on the device at a time; the blend accumulates on the host into an array the size
-of the output, so device memory does not grow with the volume.
+Slices larger than the model's in-plane window are tiled; smaller ones are padded with air. The blend
+accumulates in fp32 on the compute device when it fits there (engine/placement.py), and the result is
+copied to the host once, at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import SYNTHETIC_LABEL
 from .encoding import WindowEncoding
+from .placement import AccumulatorPlan, SlabFeeder
 from ..errors import SynthesisCancelled
 from ..io.orientation import AxialLayout
 from ..io.volume import Volume
@@ -31,6 +32,8 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: "auto" is bf16 where the GPU supports it and fp32 elsewhere (see resolve_precision).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 @dataclass
@@ -47,6 +50,8 @@ class SynthesisOptions:
     samples: int = 1  # > 1: MC dropout + test-time shifted passes, combined into a mean and an SD
     seed: int = 0  # seeds the samples' dropout masks and shifts
     backend: str = "torch"  # or "openvino" (CPU, fp32; engine/backends.py)
+    channels_last: str = "auto"  # "auto": channels_last_3d on the CPU, where it measured faster; "on" or "off"
+    compile: bool = False  # torch.compile the generator (measured slower on the CPU; for GPUs to try)
 
 
 @dataclass
@@ -62,6 +67,8 @@ class SynthesisReport:
     padded_slices: int = 0
     notes: list[str] = field(default_factory=list)
     samples: int = 1
+    memory: str = ""  # where the blend accumulator lived and how large it was, decided before the run
+    peak_device_mib: float | None = None  # CUDA only: the most device memory the run held
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -80,10 +87,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' becomes bf16 on a CUDA GPU that supports it and fp32 everywhere else (on the CPU bf16 is faster but
+    measured several HU off, see benchmarks/sliding_window.py); other names are returned as they are."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def autocast_dtype(precision: str, device: torch.device):
     """The autocast dtype for a precision name, or None for fp32; refuses combinations the device lacks."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     if dtype is torch.float16 and device.type == "cpu":
         raise ValueError("fp16 autocast needs a CUDA or MPS device; use bf16 or fp32 on the CPU")
@@ -167,9 +182,14 @@ class _SlidingWindow:
     def __init__(self, hu, generator, encoding, window, options, default_stride, inplane_multiple, tile):
         if hu.ndim != 3:
             raise ValueError(f"expected a (z, y, x) array, got shape {hu.shape}")
-        self.generator, self.encoding, self.window = generator, encoding, window
+        self.encoding, self.window = encoding, window
         self.device = resolve_device(options.device)
-        self.amp = autocast_dtype(options.precision, self.device)
+        self.precision = resolve_precision(options.precision, self.device)
+        self.amp = autocast_dtype(self.precision, self.device)
+        self.channels_last = _use_channels_last(options.channels_last, self.device, generator)
+        if self.channels_last:
+            generator.to(memory_format=torch.channels_last_3d)  # the same weights, stored channels innermost
+        self.generator = torch.compile(generator) if options.compile else generator
         self.stride = options.stride or default_stride
         self.weights = blend_weights(options.blend, window, options.sigma_scale)
         self.batch_size = max(1, int(options.batch_size))
@@ -202,6 +222,10 @@ class _SlidingWindow:
             self.weight_3d = torch.from_numpy(self.weights[:, None, None] * self.w_y[None, :, None] * self.w_x[None, None, :])
         else:  # one tile: in-plane weights are all ones, so only z needs weighting (no full-size weight array)
             self.weight_3d = torch.from_numpy(self.weights[:, None, None].copy())
+        self.memory = AccumulatorPlan.choose(self.accum_shape, self.device)
+        if self.memory.device != self.device:
+            self.notes.append(self.memory.describe(self.device))
+        self._device_accum: torch.Tensor | None = None  # kept across passes, so N samples allocate it once
 
     def grid(self, dz: int = 0, dy: int = 0, dx: int = 0) -> _Grid:
         return _Grid(shifted_starts(self.hu.shape[0], self.window, self.stride, dz),
@@ -217,48 +241,84 @@ class _SlidingWindow:
     def accum_shape(self) -> tuple[int, int, int]:
         return self.hu.shape[0], self.padded_y, self.padded_x
 
-    def run(self, grid: _Grid, progress, cancel, done: int, total: int, accum: np.ndarray | None = None) -> np.ndarray:
-        """One blended pass over ``grid``: the output channel in [-1, 1], cropped to the input's shape (a view
-        into ``accum``, which is zeroed and reused when given)."""
+    def run(self, grid: _Grid, progress, cancel, done: int, total: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One blended pass over ``grid`` in HU, cropped to the input's shape: a view into ``out``, a host array of
+        ``accum_shape`` that is reused when given. Blending and decoding run where the accumulator is."""
         starts = [(z, y, x) for z in grid.z for y in grid.y for x in grid.x]
-        # The window grid is a product of per-axis grids, so the summed weight is separable: three 1D sums.
-        if accum is None:
-            accum = np.zeros(self.accum_shape, np.float32)
-        else:
-            accum.fill(0.0)
-        sum_z, sum_y, sum_x = np.zeros(self.hu.shape[0], np.float32), np.zeros(self.padded_y, np.float32), np.zeros(self.padded_x, np.float32)
-        for z in grid.z:
-            sum_z[z : z + self.window] += self.weights
-        for y in grid.y:
-            sum_y[y : y + self.tile_y] += self.w_y
-        for x in grid.x:
-            sum_x[x : x + self.tile_x] += self.w_x
+        out = np.empty(self.accum_shape, np.float32) if out is None else out
+        accum = self._accumulator(out)
+        weight = self.weight_3d.to(accum.device)
+        feeder = SlabFeeder(self.hu, self.device, self.encoding, (self.pad_y, self.pad_x), float(self.encoding.air_hu),
+                            self.channels_last)
         self.generator.to(self.device)
-        air = float(self.encoding.air_hu)
         i = 0
         while i < len(starts):
             if cancel is not None and cancel():
                 raise SynthesisCancelled(f"cancelled after {done + i} of {total} windows")
             batch = starts[i : i + self.batch_size]
+            following = starts[i + len(batch) : i + len(batch) + self.batch_size]
             try:
-                pred = _predict_batch(self.hu, batch, (self.window, self.tile_y, self.tile_x), self.generator, self.encoding,
-                                      self.device, self.amp, (self.pad_y, self.pad_x), air)
+                slab = feeder.encoded(*self._slab_range(batch))
+                if following:
+                    feeder.prefetch(*self._slab_range(following))  # copied while the network runs on this batch
+                pred = _predict_batch(slab, batch, (self.window, self.tile_y, self.tile_x), self.generator,
+                                      self.encoding.output_channel, self.amp, self.channels_last)
             except torch.cuda.OutOfMemoryError:
-                self._out_of_memory()
+                slab = pred = None  # the failed batch's tensors go before the retry
+                accum = self._out_of_memory(accum)
+                weight = self.weight_3d.to(accum.device)
+                feeder.move_to(self.device)
                 continue
-            pred = (pred * self.weight_3d.to(pred.device)).cpu().numpy()
+            pred = pred.to(accum.device)  # a copy only when the accumulator had to stay on the host
             for (z, y, x), window_pred in zip(batch, pred):
-                accum[z : z + self.window, y : y + self.tile_y, x : x + self.tile_x] += window_pred
+                accum[z : z + self.window, y : y + self.tile_y, x : x + self.tile_x].addcmul_(window_pred, weight)
             i += len(batch)
             if progress is not None:
                 progress(done + i, total)
-        accum /= sum_z[:, None, None]
-        accum /= sum_y[None, :, None]
-        accum /= sum_x[None, None, :]
-        return accum[self.z_before : self.z_before + self.n_slices, self.pad_y[0] : self.pad_y[0] + self.height,
-                     self.pad_x[0] : self.pad_x[0] + self.width]
+        self._normalise(accum, grid)
+        self.encoding.decode(accum, in_place=True)  # on the accumulator's device, before the copy
+        host = torch.from_numpy(out)
+        if accum.data_ptr() != host.data_ptr():
+            host.copy_(accum)  # the one device-to-host copy of the run
+        return out[self.z_before : self.z_before + self.n_slices, self.pad_y[0] : self.pad_y[0] + self.height,
+                   self.pad_x[0] : self.pad_x[0] + self.width]
 
-    def _out_of_memory(self) -> None:
+    def _slab_range(self, batch) -> tuple[int, int]:
+        return min(s[0] for s in batch), max(s[0] for s in batch) + self.window
+
+    def _accumulator(self, out: np.ndarray) -> torch.Tensor:
+        """A zeroed fp32 accumulator where the memory plan put it: ``out`` itself on the host, else one device
+        tensor kept for every pass; a device that cannot allocate it after all sends it to the host."""
+        if self.memory.device.type == "cpu":
+            accum = torch.from_numpy(out)
+        else:
+            try:
+                if self._device_accum is None:
+                    self._device_accum = torch.empty(self.accum_shape, dtype=torch.float32, device=self.memory.device)
+                accum = self._device_accum
+            except torch.cuda.OutOfMemoryError:
+                self.memory = AccumulatorPlan(torch.device("cpu"), self.memory.nbytes, self.memory.free_bytes)
+                self.notes.append(f"the {self.memory.nbytes / 2**20:.0f} MiB blend accumulator did not fit on {self.device}: "
+                                  "it was kept on the host")
+                log.warning(self.notes[-1])
+                accum = torch.from_numpy(out)
+        return accum.zero_()
+
+    def _normalise(self, accum: torch.Tensor, grid: _Grid) -> None:
+        """Divide by the summed weights. The window grid is a product of per-axis grids, so that sum is separable:
+        three 1D sums instead of a volume-sized weight array."""
+        sums = []
+        for size, starts, length, weights in ((accum.shape[0], grid.z, self.window, self.weights),
+                                              (accum.shape[1], grid.y, self.tile_y, self.w_y),
+                                              (accum.shape[2], grid.x, self.tile_x, self.w_x)):
+            total = np.zeros(size, np.float32)
+            for start in starts:
+                total[start : start + length] += weights
+            sums.append(torch.from_numpy(total).to(accum.device))
+        accum.div_(sums[0][:, None, None]).div_(sums[1][None, :, None]).div_(sums[2][None, None, :])
+
+    def _out_of_memory(self, accum: torch.Tensor) -> torch.Tensor:
+        """Halve the batch; at one window, continue on the CPU and bring the partial sums to the host with it."""
         torch.cuda.empty_cache()
         if self.batch_size > 1:
             self.batch_size //= 2
@@ -267,8 +327,23 @@ class _SlidingWindow:
             self.device = torch.device("cpu")
             self.amp = None if self.amp is torch.float16 else self.amp
             self.generator.to(self.device)
+            if accum.device.type != "cpu":
+                accum = accum.cpu()  # the sums so far are kept, not recomputed
+                self._device_accum = None
+                self.memory = AccumulatorPlan(torch.device("cpu"), self.memory.nbytes)
+                torch.cuda.empty_cache()
             self.notes.append("CUDA out of memory with one window per batch: continued on the CPU")
         log.warning(self.notes[-1])
+        return accum
+
+
+def _use_channels_last(choice: str, device: torch.device, generator) -> bool:
+    """channels_last_3d: 'auto' turns it on for a PyTorch network on the CPU, where the paper-size generator ran
+    1.3x as fast with it (benchmarks/sliding_window.py); GPUs keep PyTorch's default until measured there."""
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {choice!r}")
+    has_weights = any(True for _ in generator.parameters())  # an OpenVINO stand-in has none and takes plain arrays
+    return has_weights and (choice == "on" or (choice == "auto" and device.type == "cpu"))
 
 
 def dropout_layers(generator: torch.nn.Module) -> list[torch.nn.Module]:
@@ -309,7 +384,6 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
                 torch.manual_seed(options.seed + k)
                 sample = plan.run(grid, progress, cancel, done, total, buffer)
             done += grid.windows
-            encoding.decode(sample, out=sample)  # in place: no second volume-sized array per sample
             yield sample  # a view into the shared buffer: valid until the next pass starts
     finally:
         generator.eval()
@@ -325,7 +399,7 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
     if samples == 1:
         generator.eval()
         grid = plan.grid()
-        result = np.ascontiguousarray(encoding.decode(plan.run(grid, progress, cancel, 0, grid.windows)), dtype=np.float32)
+        result = np.ascontiguousarray(plan.run(grid, progress, cancel, 0, grid.windows))  # a copy only when cropped
         sd = None
     else:
         if not dropout_layers(generator):
@@ -345,8 +419,11 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
         m2 /= samples - 1
         sd = np.sqrt(m2, out=m2)
         result = mean
-    report = SynthesisReport(len(plan.grid().z), plan.stride, blend_name, str(plan.device), plan.batch_size, options.precision,
-                             plan.pad_z, plan.notes, samples)
+    peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if plan.device.type == "cuda" else None
+    precision = plan.precision if options.precision != "auto" else f"{plan.precision} (auto)"
+    report = SynthesisReport(len(plan.grid().z), plan.stride, blend_name, str(plan.device), plan.batch_size, precision,
+                             plan.pad_z, plan.notes, samples, plan.memory.describe(plan.device), peak)
+    log.info("%s", report.memory)
     return result, sd, report
 
 
@@ -379,20 +456,18 @@ def synthesize_array_with_uncertainty(hu, generator, encoding, window, options=S
 
 
 @torch.inference_mode()
-def _predict_batch(hu, starts, size, generator, encoding, device, amp, pads, air) -> torch.Tensor:
-    """The output channel of the generator, in [-1, 1], for windows at ``starts`` (z, y, x): (B, z, y, x)."""
+def _predict_batch(encoded, starts, size, generator, output_channel, amp, channels_last) -> torch.Tensor:
+    """The output channel of the generator, in [-1, 1], for windows at ``starts`` (z, y, x) cut from the encoded
+    slab that begins at the first window's z: (B, z, y, x)."""
     window, tile_y, tile_x = size
-    z0, z1 = min(s[0] for s in starts), max(s[0] for s in starts) + window
-    slab = torch.from_numpy(np.ascontiguousarray(hu[z0:z1])).to(device, torch.float32)
-    (pyb, pya), (pxb, pxa) = pads
-    if pyb + pya + pxb + pxa:
-        slab = F.pad(slab, (pxb, pxa, pyb, pya), value=air)
-    encoded = encoding.encode(slab)  # (C, S, Y, X): encoded once per slab, shared by overlapping windows
+    z0 = min(s[0] for s in starts)
     views = [encoded[:, z - z0 : z - z0 + window, y : y + tile_y, x : x + tile_x] for z, y, x in starts]
     batch = views[0].unsqueeze(0) if len(views) == 1 else torch.stack(views)  # one window: a view, no copy
-    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last_3d)  # a no-op for an untiled window
+    with torch.autocast(encoded.device.type, dtype=amp, enabled=amp is not None):
         out = generator(batch)
-    return out[:, encoding.output_channel].float()
+    return out[:, output_channel].float()
 
 
 def synthesize_volume_with_uncertainty(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None,

@@ -309,7 +309,8 @@ class Trainer:
         for p in pairs:
             pred, _ = synthesize_array(
                 p.source, self.G, self.encoding, self.cfg.window_z,
-                SynthesisOptions(stride=self.cfg.default_stride, blend="gaussian", device=str(self.device)),
+                SynthesisOptions(stride=self.cfg.default_stride, blend="gaussian", device=str(self.device),
+                                 channels_last="off"),  # the weights being trained keep their layout
                 inplane_multiple=self.cfg.generator.size_multiple()[1], tile=self.cfg.crop,
             )
             preds.append(pred)
