@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import SYNTHETIC_LABEL
 from .encoding import WindowEncoding
@@ -248,8 +247,7 @@ class _SlidingWindow:
         out = np.empty(self.accum_shape, np.float32) if out is None else out
         accum = self._accumulator(out)
         weight = self.weight_3d.to(accum.device)
-        feeder = SlabFeeder(self.hu, self.device, self.encoding, (self.pad_y, self.pad_x), float(self.encoding.air_hu),
-                            self.channels_last)
+        feeder = self._feeder()
         self.generator.to(self.device)
         i = 0
         while i < len(starts):
@@ -267,7 +265,7 @@ class _SlidingWindow:
                 slab = pred = None  # the failed batch's tensors go before the retry
                 accum = self._out_of_memory(accum)
                 weight = self.weight_3d.to(accum.device)
-                feeder.move_to(self.device)
+                feeder = self._feeder()  # what was prefetched for a smaller batch or the old device is dropped
                 continue
             pred = pred.to(accum.device)  # a copy only when the accumulator had to stay on the host
             for (z, y, x), window_pred in zip(batch, pred):
@@ -282,6 +280,10 @@ class _SlidingWindow:
             host.copy_(accum)  # the one device-to-host copy of the run
         return out[self.z_before : self.z_before + self.n_slices, self.pad_y[0] : self.pad_y[0] + self.height,
                    self.pad_x[0] : self.pad_x[0] + self.width]
+
+    def _feeder(self) -> SlabFeeder:
+        return SlabFeeder(self.hu, self.device, self.encoding, (self.pad_y, self.pad_x), float(self.encoding.air_hu),
+                          self.channels_last)
 
     def _slab_range(self, batch) -> tuple[int, int]:
         return min(s[0] for s in batch), max(s[0] for s in batch) + self.window
@@ -392,6 +394,8 @@ def iter_samples(hu, generator, encoding, window, options, default_stride=1, inp
 def _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile):
     """(mean HU, SD HU or None, report). One sample is today's deterministic pass; more are combined by Welford."""
     plan = _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
+    if plan.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(plan.device)  # the report's peak is this run's, not the process's
     samples = int(options.samples)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")

@@ -67,10 +67,6 @@ class SlabFeeder:
         self._pending: dict[tuple[int, int], tuple[torch.Tensor, object]] = {}
         self._turn = 0
 
-    def move_to(self, device: torch.device) -> None:
-        """After an OOM fallback to the CPU: drop what was prefetched for the old device."""
-        self.__init__(self.hu, device, self.encoding, self.pads, self.air, self.channels_last)
-
     def prefetch(self, z0: int, z1: int) -> None:
         """Start copying slices z0:z1 to the device (CUDA only; elsewhere there is nothing to overlap)."""
         if self._stream is None or (z0, z1) in self._pending:
