@@ -58,6 +58,25 @@ def test_every_bound_widget_has_a_parameter():
     assert "model" in fields and "model" not in bound  # the model combo lists the store at run time: the widget wires it
 
 
+def test_every_choice_combo_lists_exactly_the_parameters_choices():
+    """A value the parameter accepts but the combo lacks cannot be chosen in Slicer (and the reverse is refused)."""
+    tree = ast.parse(MODULE_PY.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SyntheticContrastParameterNode")
+    choices = {}
+    for field in (n for n in cls.body if isinstance(n, ast.AnnAssign)):
+        calls = [c for c in ast.walk(field.annotation) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "Choice"]
+        if calls:
+            choices[field.target.id] = ast.literal_eval(calls[0].args[0])
+    combos = {}
+    for widget in ET.parse(UI_FILE).iter("widget"):
+        bound = [p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
+        if widget.get("class") == "QComboBox" and bound:
+            combos[bound[0]] = [i.find("property/string").text for i in widget.findall("item")]
+    assert "precision" in choices and set(choices) <= set(combos)
+    for name, values in choices.items():
+        assert combos[name] == values, f"{name}: .ui lists {combos[name]}, the parameter accepts {values}"
+
+
 def test_module_imports_no_engine_at_import_time():
     """Dependencies come on first use: the module's top level must not import torch or the engine."""
     tree = ast.parse(MODULE_PY.read_text())
