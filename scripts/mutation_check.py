@@ -37,6 +37,10 @@ class Mutation:
 MUTATIONS = (
     Mutation("Gaussian sigma halved", f"{LIB}/engine/inference.py", "(window - 1) / 2.0, sigma_scale * window", "(window - 1) / 2.0, 0.5 * sigma_scale * window",
              ("tests/test_inference.py",), quick=True),
+    Mutation("blend weights dropped from the accumulation", f"{LIB}/engine/inference.py", ".addcmul_(window_pred, weight)",
+             ".add_(window_pred)", ("tests/test_inference.py",)),
+    Mutation("accumulator may fill the whole GPU", f"{LIB}/engine/placement.py", "nbytes > ACCUMULATOR_SHARE * free", "nbytes > free",
+             ("tests/test_inference.py",)),
     Mutation("decode ignores output_channel", f"{LIB}/engine/encoding.py", "lo, hi = self.output_range_hu", "lo, hi = window_bounds(*self.windows[0])",
              ("tests/test_encoding_networks.py",)),
     Mutation("abs() dropped from CNR", f"{LIB}/measurement/cnr.py", 'abs(dta["mean"] - lesion["mean"]) / noise', '(dta["mean"] - lesion["mean"]) / noise',
