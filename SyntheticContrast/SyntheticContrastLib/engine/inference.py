@@ -300,7 +300,7 @@ class _SlidingWindow:
                     self._device_accum = torch.empty(self.accum_shape, dtype=torch.float32, device=self.memory.device)
                 accum = self._device_accum
             except torch.cuda.OutOfMemoryError:
-                self.memory = AccumulatorPlan(torch.device("cpu"), self.memory.nbytes, self.memory.free_bytes)
+                self.memory = AccumulatorPlan(torch.device("cpu"), self.memory.nbytes)  # the note below says why
                 self.notes.append(f"the {self.memory.nbytes / 2**20:.0f} MiB blend accumulator did not fit on {self.device}: "
                                   "it was kept on the host")
                 log.warning(self.notes[-1])
