@@ -65,7 +65,6 @@ class TimedForward:
 
     def __init__(self, net, cuda: bool):
         self.net, self.cuda, self.seconds, self.calls = net, cuda, 0.0, 0
-        self.config = getattr(net, "config", None)
 
     def __call__(self, x):
         import torch
@@ -80,7 +79,7 @@ class TimedForward:
         self.calls += 1
         return y
 
-    def __getattr__(self, name):  # .to(), .eval(), .parameters(), .modules() reach the network
+    def __getattr__(self, name):  # .config, .to(), .eval(), .parameters(), .modules() reach the network
         return getattr(self.__dict__["net"], name)
 
 
@@ -180,11 +179,9 @@ def peak_tflops(device: str, precision: str, cpu_gflops: float) -> float | None:
     return next((p[precision] for key, p in CUDA_PEAK_TFLOPS.items() if key in name), None)
 
 
-def measure_rows(args, stride: int, cpu_gflops: float) -> tuple[list[dict], dict]:
+def measure_rows(args, device: str, stride: int, cpu_gflops: float) -> tuple[list[dict], dict]:
     import numpy as np
-    import torch
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     flops = flops_per_window(args.ngf)
     rows, skipped, outputs = [], {}, {}
     for name in args.rows.split(","):
@@ -317,16 +314,15 @@ def main() -> None:
     stride = args.stride or json.loads(BUNDLED_CARD.read_text())["default_stride"]
     cpu_gflops = matmul_gflops(args.threads)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     report = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} of {torch.get_num_threads()} "
                          f"threads, GPU {gpu}, torch {torch.__version__}, Python {platform.python_version()}",
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_matmul_gflops_fp32": cpu_gflops}
     if args.slices:
-        report["rows"], report["summary"] = measure_rows(args, stride, cpu_gflops)
+        report["rows"], report["summary"] = measure_rows(args, device, stride, cpu_gflops)
     if args.trained_model:
         report["trained_model"] = trained_model_check(args.trained_model, args.phantoms, args.strides, args.threads,
-                                                      "cuda" if args.device == "auto" and torch.cuda.is_available() else
-                                                      "cpu" if args.device == "auto" else args.device,
-                                                      args.trained_backend if not torch.cuda.is_available() else "torch")
+                                                      device, args.trained_backend if device == "cpu" else "torch")
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
