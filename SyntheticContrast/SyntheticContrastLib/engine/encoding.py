@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,19 @@ def window_bounds(width: float, level: float) -> tuple[float, float]:
     if width <= 0:
         raise ValueError(f"window width must be positive, got {width}")
     return level - width / 2.0, level + width / 2.0
+
+
+@functools.lru_cache(maxsize=32)
+def _window_affine(windows: tuple[tuple[float, float], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window scale and shift that map [lo, hi] onto [-1, 1], on ``device``. Made once per device: a small
+    tensor built from Python numbers on every slab is a host-to-device copy that waits for the GPU's queue."""
+    scale, shift = [], []
+    for width, level in windows:
+        lo, hi = window_bounds(width, level)
+        scale.append(2.0 / (hi - lo))
+        shift.append(-1.0 - lo * 2.0 / (hi - lo))
+    return (torch.tensor(scale, dtype=torch.float32, device=device),
+            torch.tensor(shift, dtype=torch.float32, device=device))
 
 
 @dataclass(frozen=True)
@@ -49,15 +63,9 @@ class WindowEncoding:
         ``channels_last`` stores the channels innermost (the same values and shape), so a window cut from it is
         already in the ``channels_last_3d`` layout, with no copy before the network."""
         hu = hu.to(torch.float32)
-        scale, shift = [], []
-        for width, level in self.windows:
-            lo, hi = window_bounds(width, level)
-            scale.append(2.0 / (hi - lo))
-            shift.append(-1.0 - lo * 2.0 / (hi - lo))
         # clamp(hu, lo, hi) scaled to [-1, 1] is clamp(scale * hu + shift, -1, 1): one fused pass writes every
         # channel in either layout, and one more clamps it in place.
-        scale = torch.tensor(scale, dtype=torch.float32, device=hu.device)
-        shift = torch.tensor(shift, dtype=torch.float32, device=hu.device)
+        scale, shift = _window_affine(self.windows, hu.device)
         if channels_last:
             out = torch.addcmul(shift, hu.unsqueeze(-1), scale).movedim(-1, -4)
         else:
