@@ -64,12 +64,12 @@ class SlabFeeder:
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._staging: list[torch.Tensor] = []
         self._copied: list[object] = [None, None]  # the event of each staging buffer's last copy
-        self._pending: dict[tuple[int, int], tuple[torch.Tensor, object]] = {}
+        self._ahead: tuple[tuple[int, int], torch.Tensor, object] | None = None  # (z range, device slab, its copy's event)
         self._turn = 0
 
     def prefetch(self, z0: int, z1: int) -> None:
         """Start copying slices z0:z1 to the device (CUDA only; elsewhere there is nothing to overlap)."""
-        if self._stream is None or (z0, z1) in self._pending:
+        if self._stream is None or (self._ahead is not None and self._ahead[0] == (z0, z1)):
             return
         turn, staging = self._staging_buffer(z1 - z0)
         staging.copy_(torch.from_numpy(np.ascontiguousarray(self.hu[z0:z1])))
@@ -78,16 +78,16 @@ class SlabFeeder:
             done = torch.cuda.Event()
             done.record(self._stream)
         self._copied[turn] = done
-        self._pending[(z0, z1)] = (raw, done)
+        self._ahead = ((z0, z1), raw, done)
 
     def encoded(self, z0: int, z1: int) -> torch.Tensor:
         """Slices z0:z1 encoded, padded in-plane with air: (C, S, Y, X) on the device."""
         if self._stream is not None:
-            self.prefetch(z0, z1)
-            raw, done = self._pending.pop((z0, z1))
+            self.prefetch(z0, z1)  # a no-op when this range was prefetched
+            _, raw, done = self._ahead
+            self._ahead = None
             torch.cuda.current_stream(self.device).wait_event(done)
             raw.record_stream(torch.cuda.current_stream(self.device))  # allocated on the side stream, used here
-            self._pending.clear()  # a batch size changed by an OOM leaves stale prefetches behind
         else:
             raw = torch.from_numpy(np.ascontiguousarray(self.hu[z0:z1])).to(self.device, torch.float32)
         (pyb, pya), (pxb, pxa) = self.pads
