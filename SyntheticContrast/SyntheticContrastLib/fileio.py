@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,26 @@ def atomic_path(final: str | Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path):
+    """Yield a new, empty folder beside ``final``; on success it is renamed to ``final`` (absent, or an empty folder),
+    and on any failure it is removed, so ``final`` holds every file or none."""
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    except OSError as exc:
+        raise OutputError(final.parent, f"cannot write here: {exc.strerror or exc}") from exc
+    try:
+        yield staging
+        if final.exists():
+            final.rmdir()
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:

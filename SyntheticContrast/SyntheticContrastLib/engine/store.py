@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from ..fileio import sha256_of
+from ..fileio import atomic_dir, sha256_of
 from .models import BUNDLED_MODELS_DIR, ModelCard, read_card
 
 USER_ENV, SITE_ENV = "SYNTHETIC_CONTRAST_MODELS", "SYNTHETIC_CONTRAST_SITE_MODELS"
@@ -118,19 +117,13 @@ def install(source: str | Path, name: str | None = None) -> StoredModel:
     target = store / name
     if target.exists():
         raise ModelError(target, f"a model named {name!r} is already installed; remove it first ('models remove {name}')")
-    store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=store))
-    try:
+    with atomic_dir(target) as staging:
         shutil.copy2(card_path, staging / card_path.name)
         shutil.copy2(weights, staging / weights.name)
         copied = StoredModel(name, staging / card_path.name, "user", read_card(staging / card_path.name))
         problem = verify_model(copied)
         if problem:
             raise ModelError(staging, f"the copy is not intact ({problem}); not installed")
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return StoredModel(name, target / card_path.name, "user", card)
 
 
