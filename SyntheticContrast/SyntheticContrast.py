@@ -31,8 +31,9 @@ class SyntheticContrast(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Synthetic Contrast")
-        # "Filtering": the Extensions Index category for image-to-image processing; "Imaging" is not an accepted one.
-        self.parent.categories = [_("Filtering")]
+        # "Image Synthesis": the Extensions Index category where users browse for this kind of tool (SlicerModalityConverter
+        # is listed there); the top-level CMakeLists.txt declares the same one, and a test keeps the two equal.
+        self.parent.categories = [_("Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["SyntheticContrast contributors"]
         self.parent.helpText = _(

@@ -115,7 +115,8 @@ def run_row(name: str, n: int, ngf: int, stride: int, device: str, threads: int,
     import torch
 
     from SyntheticContrastLib.engine.encoding import WindowEncoding
-    from SyntheticContrastLib.engine.inference import SynthesisOptions, resolve_device, synthesize_array
+    from SyntheticContrastLib.engine.devices import resolve_device
+    from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_array
 
     method, row_stride, options = ROWS[name]
     options = dict(options)

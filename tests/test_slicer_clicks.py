@@ -3,6 +3,7 @@ the synthesis CLI as a real child process followed by the module's QTimer, and t
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -517,7 +518,10 @@ def test_module_registers_the_phantom_in_sample_data_without_any_download(harnes
     monkeypatch.setitem(sys.modules, "SampleData", sample_data)
     parent = types.SimpleNamespace()
     harness.module.SyntheticContrast(parent)
-    assert parent.categories == ["Filtering"] and harness.module.HELP_URL in parent.helpText
+    assert parent.categories == ["Image Synthesis"] and harness.module.HELP_URL in parent.helpText
+    cmake = (Path(__file__).parents[1] / "CMakeLists.txt").read_text()
+    (declared,) = re.findall(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', cmake)
+    assert declared == parent.categories[0]  # the Extensions Index lists the extension where the module says it is
     (signal, slot), = harness.app.connections
     assert signal == "startupCompleted()"
     slot()

@@ -29,14 +29,14 @@ def cmd_batch(args) -> int:
     from ..engine.models import load_model
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = args.device
+    from ..engine.devices import resolve_device
+
+    device = str(resolve_device(args.device))  # before any reading: a wrong --device fails at once
     if world > 1:
         import torch
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if device == "auto" and torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     cases = discover_cases(args.input)
     model = load_model(args.model)
     runner = BatchRunner(args.output, model, synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict)

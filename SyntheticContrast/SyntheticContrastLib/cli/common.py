@@ -32,6 +32,7 @@ def synthetic_output_path(input_path: Path, output: Path) -> Path:
 
 
 def add_synthesis_options(p: argparse.ArgumentParser) -> None:
+    from ..engine.devices import DEVICE_HELP
     from ..engine.models import DEFAULT_MODEL_CARD
 
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_CARD,
@@ -41,7 +42,7 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="fp32",
                    help="autocast precision; accumulation stays fp32. auto: bf16 on GPUs that support it, fp32 elsewhere (default fp32)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto)")
     p.add_argument("--tile-overlap", type=float, default=0.5, help="in-plane tile overlap for models with a smaller in-plane window (default 0.5)")
     p.add_argument("--samples", type=int, default=1,
                    help="stochastic passes (MC dropout + test-time shifts); > 1 also writes the per-voxel SD as <output>_sd. "
@@ -116,7 +117,7 @@ def report_findings(volume, model, args) -> list:
 
 def progress_callback(args):
     """The engine's progress callback: JSON events (synthesize --progress-json), or a tqdm bar, or none."""
-    from ..engine.inference import resolve_device
+    from ..engine.devices import resolve_device
 
     if getattr(args, "progress_json", False):
         return ProgressEvents(str(resolve_device(args.device))).progress

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import SYNTHETIC_LABEL
+from .devices import resolve_device
 from .encoding import WindowEncoding
 from .placement import AccumulatorPlan, SlabFeeder
 from ..errors import SynthesisCancelled
@@ -68,22 +69,6 @@ class SynthesisReport:
     samples: int = 1
     memory: str = ""  # where the blend accumulator lived and how large it was, decided before the run
     peak_device_mib: float | None = None  # CUDA only: the most device memory the run held
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available")
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .devices import resolve_device
 from .encoding import WindowEncoding
 from ..errors import ModelError
 from ..fileio import atomic_path, atomic_write_text, sha256_of
@@ -171,7 +172,7 @@ def load_model(card_path: str | Path = DEFAULT_MODEL_CARD, device: str | torch.d
         generator.load_state_dict(state, strict=True)
     except Exception as exc:  # safetensors raises several types for corrupt headers
         raise ModelError(weights, f"weights do not fit the architecture in the card: {exc}") from exc
-    generator.eval().to(device)
+    generator.eval().to(resolve_device(device))
     return LoadedModel(card=card, generator=generator, card_path=card_path)
 
 

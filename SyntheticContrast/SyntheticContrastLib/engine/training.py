@@ -24,7 +24,8 @@ from torch import nn
 from .encoding import PAPER_WINDOWS, WindowEncoding
 from ..errors import InputError
 from ..fileio import atomic_path, atomic_write_csv
-from .inference import SynthesisOptions, autocast_dtype, resolve_device, synthesize_array
+from .devices import resolve_device
+from .inference import SynthesisOptions, autocast_dtype, synthesize_array
 from ..measurement.metrics import mae, psnr
 from .models import ModelCard, save_model
 from ..io.orientation import AxialLayout
@@ -193,11 +194,9 @@ class Trainer:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        if self.distributed and torch.cuda.is_available():
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.device = resolve_device(cfg.device)
+        if self.distributed and self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        else:
-            self.device = resolve_device(cfg.device)
         self.amp = autocast_dtype(cfg.precision, self.device)
         self.encoding = WindowEncoding(cfg.windows)
         torch.manual_seed(cfg.seed)
