@@ -59,6 +59,11 @@ class Orthanc:
         response.raise_for_status()
         return response.json()
 
+    def get_bytes(self, path: str) -> bytes:
+        response = requests.get(self.url + path, timeout=10)
+        response.raise_for_status()
+        return response.content
+
     def post(self, path: str, data=None, json_body=None):
         response = requests.post(self.url + path, data=data, json=json_body, timeout=120)
         response.raise_for_status()

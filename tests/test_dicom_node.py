@@ -1,6 +1,7 @@
 """The DICOM node against a real Orthanc on loopback: a PACS sends an NCCT series, the sCECT comes back into the
 same study; refused senders, malformed instances, and a kill -9 mid-transfer that loses nothing."""
 
+import io
 import json
 import signal
 import subprocess
@@ -30,13 +31,17 @@ def orthanc(tmp_path):
 
 
 class Node:
-    """``synthetic-contrast serve`` as its own process, as a hospital would run it."""
+    """``synthetic-contrast serve`` as its own process, as a hospital would run it. ``readme_flags_only`` gives exactly
+    the flags of the README's example (no --model, --device or --quiet-seconds), so the defaults are what runs."""
 
-    def __init__(self, tmp_path, orthanc, model, *extra):
+    def __init__(self, tmp_path, orthanc, model, *extra, readme_flags_only=False):
         self.spool, self.port = tmp_path / "spool", orthanc.node_port
         self.args = [sys.executable, "-m", "SyntheticContrastLib.cli", "serve", "--port", str(self.port), "--ae-title", NODE_AE,
                      "--spool", str(self.spool), "--destination", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-                     "--allow", "ORTHANC", "--allow", SCU_AE, "--model", str(model), "--device", "cpu", "--quiet-seconds", "2", *extra]
+                     "--allow", "ORTHANC", "--allow", SCU_AE]
+        if not readme_flags_only:
+            self.args += ["--model", str(model), "--device", "cpu", "--quiet-seconds", "2"]
+        self.args += list(extra)
         self.process = None
 
     def start(self) -> "Node":
@@ -105,10 +110,32 @@ def test_orthanc_sends_a_series_and_the_synthetic_series_comes_back_into_the_sam
     events = [e["event"] for e in node.events()]
     assert events.index("series_complete") < events.index("synthesized") < events.index("sent") < events.index("done")
     assert events[-1] == "stopped"
-    status = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "serve", "status", "--spool", str(node.spool)],
+    status = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "serve", "status", "--spool", str(node.spool), "--json"],
                             capture_output=True, text=True, check=True)
     report = json.loads(status.stdout)
     assert report["counts"] == {"done": 1} and report["done_last_hour"] == 1 and report["median_latency_s"] is not None
+    (worker,) = report["workers"]
+    assert worker["device"] == "cpu" and worker["state"] == "stopped" and not worker["answering"]
+    table = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "serve", "status", "--spool", str(node.spool)],
+                           capture_output=True, text=True, check=True).stdout
+    assert table.startswith("queue: done 1 (0 open)\n") and "worker worker-0-cpu (cpu, pid " in table
+
+
+def test_serve_with_only_the_readmes_flags_sends_the_series_back(tmp_path, orthanc, series):
+    """The README's command as a new user types it: the default device ('auto') and the bundled model. It used to fail
+    every series ('device string: auto') and retry for ever."""
+    node = Node(tmp_path, orthanc, None, readme_flags_only=True).start()
+    try:
+        source_id = orthanc.upload(series)
+        orthanc.post("/modalities/sct/store", json_body={"Resources": [source_id], "Synchronous": True})
+        result = orthanc.wait_for_series("SYNTHETIC CONTRAST", len(series), timeout=180)
+    finally:
+        assert node.stop() == 0
+    assert len(result["Instances"]) == len(series)
+    events = node.events()
+    assert not [e for e in events if e["event"] == "failed"]
+    (ready,) = [e for e in events if e["event"] == "worker_ready"]
+    assert ready["device_asked"] == "auto" and ready["device"] == "cpu"  # this machine has no GPU: auto is the CPU
 
 
 def test_a_refused_ae_title_or_host_and_a_malformed_instance_leave_the_node_serving(tmp_path, orthanc, series, tiny_model_card):
@@ -168,6 +195,75 @@ def test_a_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path, ort
     assert len(result["Instances"]) == len(series)  # the 9 from before the kill are in the synthetic series
 
 
+def _send(port, paths, release=True) -> list[str]:
+    assoc = _associate(port)
+    assert assoc.is_established
+    acknowledged = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        assert assoc.send_c_store(ds).Status == 0x0000
+        acknowledged.append(str(ds.SOPInstanceUID))
+    assoc.release() if release else assoc.abort()
+    return acknowledged
+
+
+def _synthetic_series_sources(orthanc) -> list[set[str]]:
+    """For every synthetic series in Orthanc: the source SOP Instance UIDs its instances were derived from."""
+    found = []
+    for info in orthanc.series_with_description("SYNTHETIC CONTRAST"):
+        sources = set()
+        for iid in info["Instances"]:
+            ds = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{iid}/file")))
+            sources |= {str(item.ReferencedSOPInstanceUID) for item in ds.SourceImageSequence}
+        found.append(sources)
+    return found
+
+
+def test_instances_that_arrive_during_synthesis_are_in_the_series_sent_back(tmp_path, orthanc, tiny_model_card):
+    """20 of 40 instances arrive while the first 20 are being synthesised. The node used to send the 20-slice result
+    and mark the series done; now that result is superseded and the series sent back holds all 40."""
+    series = write_dicom_series(tmp_path / "ncct40", np.round(chest_like((40, 128, 128))), spacing=(0.8, 0.8, 2.5),
+                                description="Thorax NCCT")
+    node = Node(tmp_path, orthanc, tiny_model_card, "--samples", "4").start()
+    try:
+        acknowledged = _send(node.port, series[:20])
+        deadline = time.time() + 60
+        while not any(e["event"] == "synthesis_started" for e in node.events()):
+            assert time.time() < deadline, "synthesis never started"
+            time.sleep(0.05)
+        acknowledged += _send(node.port, series[20:])
+        deadline = time.time() + 240
+        while not any(e["event"] == "done" for e in node.events()):
+            assert time.time() < deadline, "the series was never done"
+            time.sleep(0.5)
+    finally:
+        assert node.stop() == 0
+    events = node.events()
+    late = [e for e in events if e["event"] == "reopened"]
+    assert late and "during the synthesis" in late[0]["reason"]  # the path this test is about was taken
+    (done,) = [e for e in events if e["event"] == "done"]
+    assert done["instances"] == 40
+    assert _synthetic_series_sources(orthanc) == [set(acknowledged)]  # one series back, made of every acknowledged instance
+
+
+def test_an_aborted_transfer_is_not_sent_short_and_a_resend_is_sent_whole(tmp_path, orthanc, series, tiny_model_card):
+    node = Node(tmp_path, orthanc, tiny_model_card).start()
+    try:
+        _send(node.port, series[:9], release=False)  # the sender aborts: what came may be only part of the series
+        deadline = time.time() + 30
+        while not any(e["event"] == "failed" for e in node.events()):
+            assert time.time() < deadline, "the incomplete series was neither failed nor held with a reason"
+            time.sleep(0.2)
+        assert orthanc.series_with_description("SYNTHETIC CONTRAST") == []  # nothing short was sent
+        acknowledged = _send(node.port, series)
+        orthanc.wait_for_series("SYNTHETIC CONTRAST", len(series), timeout=120)
+    finally:
+        assert node.stop() == 0
+    (failed,) = [e for e in node.events() if e["event"] == "failed"]
+    assert "incomplete" in failed["error"] and "aborted" in failed["error"]
+    assert _synthetic_series_sources(orthanc) == [set(acknowledged)]
+
+
 def test_the_result_can_go_by_stow_rs_to_a_dicomweb_server(tmp_path, series, tiny_model_card):
     debian_tool("Orthanc", "orthanc")
     debian_file(DICOMWEB_PLUGIN, "orthanc-dicomweb")
@@ -193,30 +289,6 @@ def test_the_result_can_go_by_stow_rs_to_a_dicomweb_server(tmp_path, series, tin
         server.stop()
 
 
-def test_the_queue_retries_with_backoff_resumes_after_a_restart_and_keeps_failures(tmp_path):
-    from SyntheticContrastLib.node.queue import SeriesQueue
-
-    queue = SeriesQueue(tmp_path / "q.sqlite")
-    for t in (100.0, 101.0):
-        queue.record_instance("1.2.3", "1.2", tmp_path / "s", "PACS", now=t)
-    assert queue.promote_quiet(30, now=130.0) == [] and queue.promote_quiet(30, now=131.0) == ["1.2.3"]
-    assert queue.claim(now=131.0)["state"] == "ready" and queue.claim(now=131.0) is None  # taken once
-    assert queue.failed("1.2.3", "destination down", retry=True, max_attempts=3, backoff_seconds=10, now=140.0) == "ready"
-    assert queue.claim(now=149.0) is None and queue.claim(now=150.0) is not None  # backoff 10 s, then 20 s
-    queue.synthesized("1.2.3", tmp_path / "result")
-    assert queue.claim(now=151.0)["state"] == "sending"
-    queue.close()
-    queue = SeriesQueue(tmp_path / "q.sqlite")  # a restart while uploading: sent again, not synthesised again
-    assert queue.recover() == ["1.2.3"] and queue.rows()[0]["state"] == "sending"
-    queue.claim(now=152.0)
-    assert queue.failed("1.2.3", "refused", retry=True, max_attempts=3, backoff_seconds=10, now=153.0) == "sending"
-    queue.claim(now=200.0)
-    assert queue.failed("1.2.3", "refused again", retry=True, max_attempts=3, backoff_seconds=10, now=201.0) == "failed"
-    assert queue.retry_failed() == 1 and queue.rows()[0]["state"] == "sending" and queue.rows()[0]["attempts"] == 0
-    queue.record_instance("1.2.3", "1.2", tmp_path / "s", "PACS", now=300.0)  # sent again by the PACS while queued
-    assert queue.rows()[0]["state"] == "sending"
-
-
 def test_settings_are_checked_before_the_node_starts_and_uids_cannot_leave_the_spool(tmp_path):
     from pydicom.dataset import Dataset
 
@@ -239,6 +311,43 @@ def test_settings_are_checked_before_the_node_starts_and_uids_cannot_leave_the_s
     ds.Modality, ds.Rows, ds.Columns, ds.PixelData = "CT", 1, 1, b"\0\0"
     with pytest.raises(InputError, match="SeriesInstanceUID '../../etc' is not a DICOM UID"):
         check_instance(ds)
+
+
+def test_typed_settings_refuse_a_string_where_a_list_of_ae_titles_belongs(tmp_path):
+    from SyntheticContrastLib.errors import InputError
+    from SyntheticContrastLib.node.config import load_config
+
+    config = tmp_path / "node.toml"
+    config.write_text('allow = "PACS"\ndestination = "PACS@10.0.0.5:104"\n')  # would be the AE titles P, A, C and S
+    with pytest.raises(InputError, match=r'node\.toml: allow must be a list of strings, like allow = \["PACS"\], not \'PACS\''):
+        load_config(config, {})
+    config.write_text('allow = ["PACS", "BAD\\\\AE"]\ndestination = "PACS@10.0.0.5:104"\nport = "104"\n')
+    with pytest.raises(InputError, match=r"port must be a whole number, not '104'"):
+        load_config(config, {})
+    config.write_text('allow = ["PACS", "BAD\\\\AE", "SEVENTEEN_LETTERS"]\ndestination = "PACS@10.0.0.5:104"\n')
+    with pytest.raises(InputError, match=r"allow: 'BAD\\\\AE', 'SEVENTEEN_LETTERS' not AE title"):
+        load_config(config, {})
+    config.write_text('allow = ["PACS"]\ndestination = "PACS@10.0.0.5:104"\n')
+    loaded = load_config(config, {})
+    assert loaded.allow == ["PACS"] and loaded.bind_address() == "127.0.0.1"  # loopback unless hosts are named
+    assert load_config(config, {"allow_hosts": ["10.0.0.5"]}).bind_address() == "0.0.0.0"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "no-such-model"], "no-such-model"),
+    (["--device", "cda"], "device 'cda' is not a device"),
+    (["--destination", "PACS@127.0.0.1:1"], "PACS@127.0.0.1:1 refused or did not answer"),
+], ids=["model", "device", "destination"])
+def test_the_node_refuses_to_start_on_what_would_fail_every_series(tmp_path, flags, message):
+    args = [sys.executable, "-m", "SyntheticContrastLib.cli", "serve", "--port", str(free_port()), "--spool", str(tmp_path / "spool"),
+            "--destination", "PACS@127.0.0.1:1", "--allow", "PACS"] + flags
+    if "--destination" not in flags:
+        args += ["--stow-url", "http://127.0.0.1:1/dicom-web"]  # a destination that is not C-ECHOed
+        args[args.index("--destination"):args.index("--destination") + 2] = []
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "spool" / "node.log.jsonl").exists() or "listening" not in (tmp_path / "spool" / "node.log.jsonl").read_text()
 
 
 def test_with_tls_the_node_speaks_only_tls(tmp_path, orthanc, series, tiny_model_card):

@@ -15,13 +15,17 @@ except ImportError:  # Python < 3.11: the same parser, from PyPI (the 'node' ext
     import tomli as tomllib
 
 DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+#: DICOM PS3.5 AE: 1-16 characters of the default repertoire, no backslash or control characters.
+AE_TITLE = re.compile(r"^[ -\[\]-~]{1,16}$")
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
 class NodeConfig:
     ae_title: str = "SYNTHCONTRAST"
     port: int = 11112
-    bind: str = "0.0.0.0"
+    #: Address to listen on. None: loopback unless allow_hosts names hosts, which then may reach it on every address.
+    bind: str | None = None
     spool: Path = Path("synthetic-contrast-spool")
     #: Calling AE titles allowed to send; everyone else is refused at association. Empty refuses all.
     allow: list[str] = field(default_factory=list)
@@ -43,6 +47,19 @@ class NodeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    #: Associations served at once; one more is refused (and logged as such).
+    max_associations: int = 10
+    #: On SIGTERM, open associations may finish for this long before they are closed.
+    shutdown_grace_seconds: float = 30.0
+    #: Sent series' inputs and results are deleted this long after they were sent (0 keeps them for ever).
+    retention_hours: float = 72.0
+    #: Below this much free disk in the spool, instances are refused with 0xA700 (out of resources), never half kept.
+    min_free_mib: float = 512.0
+
+    def bind_address(self) -> str:
+        if self.bind:
+            return self.bind
+        return "0.0.0.0" if self.allow_hosts else LOOPBACK
 
     def destination_parts(self) -> tuple[str, str, int] | None:
         if not self.destination:
@@ -54,8 +71,11 @@ class NodeConfig:
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"port {self.port} is not a TCP port")
-        if not 0 < len(self.ae_title) <= 16:
-            problems.append(f"AE title {self.ae_title!r} must have 1 to 16 characters")
+        if not AE_TITLE.match(self.ae_title):
+            problems.append(f"AE title {self.ae_title!r} must have 1 to 16 characters, none a backslash or control character")
+        bad = [ae for ae in self.allow if not AE_TITLE.match(ae)]
+        if bad:
+            problems.append(f"allow: {', '.join(map(repr, bad))} not AE title(s) of 1 to 16 characters")
         if self.destination and not DESTINATION.match(self.destination):
             problems.append(f"destination {self.destination!r} is not AE@HOST:PORT")
         if not (self.destination or self.stow_url):
@@ -64,14 +84,40 @@ class NodeConfig:
             problems.append("no calling AE title is allowed (--allow AE): every sender would be refused")
         if bool(self.tls_cert) != bool(self.tls_key):
             problems.append("TLS needs both tls_cert and tls_key")
-        if self.quiet_seconds <= 0 or self.max_attempts < 1 or self.samples < 1:
-            problems.append("quiet_seconds must be > 0, max_attempts and samples >= 1")
+        if self.quiet_seconds <= 0 or self.max_attempts < 1 or self.samples < 1 or self.max_associations < 1:
+            problems.append("quiet_seconds must be > 0, max_attempts, samples and max_associations >= 1")
+        if self.retention_hours < 0 or self.min_free_mib < 0 or self.shutdown_grace_seconds < 0:
+            problems.append("retention_hours, min_free_mib and shutdown_grace_seconds must be >= 0")
         if problems:
             raise InputError(where, "; ".join(problems))
         return self
 
 
 PATH_FIELDS = {"spool", "model", "tls_cert", "tls_key", "tls_ca"}
+#: The type each setting must have in the TOML file: a value of another type is refused by name, never coerced
+#: (``allow = "PACS"`` would otherwise be the AE titles P, A, C and S).
+LIST_FIELDS = {"allow", "allow_hosts", "devices"}
+BOOL_FIELDS = {"strict", "complete_on_release"}
+INT_FIELDS = {"port", "samples", "max_attempts", "max_associations"}
+FLOAT_FIELDS = {"quiet_seconds", "retry_backoff_seconds", "shutdown_grace_seconds", "retention_hours", "min_free_mib"}
+
+
+def _type_problem(key: str, value) -> str | None:
+    if key in LIST_FIELDS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{key} must be a list of strings, like {key} = [\"PACS\"], not {value!r}"
+    elif key in BOOL_FIELDS:
+        if not isinstance(value, bool):
+            return f"{key} must be true or false, not {value!r}"
+    elif key in INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{key} must be a whole number, not {value!r}"
+    elif key in FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{key} must be a number, not {value!r}"
+    elif value is not None and not isinstance(value, str):
+        return f"{key} must be a string, not {value!r}"
+    return None
 
 
 def load_config(path: Path | None, overrides: dict) -> NodeConfig:
@@ -86,6 +132,9 @@ def load_config(path: Path | None, overrides: dict) -> NodeConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(path, f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        problems = [p for p in (_type_problem(k, v) for k, v in values.items()) if p]
+        if problems:
+            raise InputError(path, "; ".join(problems))
     values.update({k: v for k, v in overrides.items() if v is not None and v != []})
     for key in PATH_FIELDS & set(values):
         values[key] = Path(values[key])

@@ -4,7 +4,9 @@ answering, and tells the queue when a sender's association ends."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+import time
 
 from ..errors import InputError
 from . import spool
@@ -29,6 +31,7 @@ class Receiver:
         self._series_of_association: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self._server = None
+        self._draining = False
 
     def _application_entity(self):
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
@@ -40,6 +43,7 @@ class Receiver:
         ae.add_supported_context(Verification)  # C-ECHO: how a PACS administrator tests the route
         ae.require_called_aet = True
         ae.require_calling_aet = list(self.config.allow)
+        ae.maximum_associations = self.config.max_associations
         return ae
 
     def start(self) -> None:
@@ -49,9 +53,7 @@ class Receiver:
                     (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_REJECTED, self._on_rejected),
                     (evt.EVT_RELEASED, self._on_released), (evt.EVT_ABORTED, self._on_aborted)]
         self._server = self._application_entity().start_server(
-            (self.config.bind, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context())
-        log.info("listening", **event_fields("listening", ae_title=self.config.ae_title, port=self.config.port,
-                                             tls=bool(self.config.tls_cert), allow=self.config.allow))
+            (self.config.bind_address(), self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context())
 
     def _ssl_context(self):
         if not self.config.tls_cert:
@@ -64,21 +66,39 @@ class Receiver:
             context.verify_mode = ssl.CERT_REQUIRED  # only senders with a certificate from this CA
         return context
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, grace_seconds: float = 0.0) -> int:
+        """Refuse new associations, let open ones finish for up to ``grace_seconds``, then close the server.
+        Returns how many associations were still open and had to be closed."""
+        if self._server is None:
+            return 0
+        self._draining = True
+        deadline = time.monotonic() + grace_seconds
+        while self._server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = len(self._server.active_associations)
+        self._server.shutdown()
+        self._server = None
+        return left
 
     def _on_requested(self, event) -> None:
         host = event.assoc.requestor.address
+        if self._draining:
+            log.warning("refused association", **event_fields("refused", reason="the node is shutting down", host=host,
+                                                               calling_ae=event.assoc.requestor.ae_title))
+            event.assoc.abort()
+            return
         if self.config.allow_hosts and host not in self.config.allow_hosts:
             log.warning("refused host", **event_fields("refused", reason="host not allowed", host=host,
                                                         calling_ae=event.assoc.requestor.ae_title))
             event.assoc.abort()
 
     def _on_rejected(self, event) -> None:
-        log.warning("refused association", **event_fields("refused", reason="calling AE title not allowed",
-                                                           calling_ae=event.assoc.requestor.ae_title,
+        calling = event.assoc.requestor.ae_title
+        # pynetdicom rejects for its association limit and for the calling AE title alike; an allowed title was
+        # rejected for the limit.
+        reason = (f"association limit reached (max_associations = {self.config.max_associations})"
+                  if calling in self.config.allow else "calling AE title not allowed")
+        log.warning("refused association", **event_fields("refused", reason=reason, calling_ae=calling,
                                                            host=event.assoc.requestor.address))
 
     def _on_store(self, event) -> int:
@@ -93,12 +113,20 @@ class Receiver:
         except Exception as exc:  # the dataset could not even be decoded
             log.warning("rejected instance", **event_fields("rejected", reason=f"cannot be decoded: {exc}", calling_ae=calling))
             return STATUS_CANNOT_UNDERSTAND
+        free_mib = shutil.disk_usage(self.config.spool).free / 2**20
+        if free_mib < self.config.min_free_mib:
+            log.error("spool full", **event_fields("spool_full", free_mib=round(free_mib), min_free_mib=self.config.min_free_mib,
+                                                   sop_instance_uid=str(ds.SOPInstanceUID)))
+            return STATUS_REFUSED_OUT_OF_RESOURCES
         try:
             path = spool.store_instance(self.config.spool, ds)
-        except OSError as exc:
-            log.error("spool write failed", **event_fields("spool_error", reason=str(exc), sop_instance_uid=str(ds.SOPInstanceUID)))
+            self.queue.record_instance(str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), path.parent, calling,
+                                       str(ds.SOPInstanceUID), patient_id=str(ds.get("PatientID", "")),
+                                       accession=str(ds.get("AccessionNumber", "")))
+        except Exception as exc:  # a spool or queue that cannot take it: not acknowledged, so the sender keeps it
+            log.error("spool write failed", **event_fields("spool_error", reason=f"{type(exc).__name__}: {exc}",
+                                                           sop_instance_uid=str(ds.SOPInstanceUID)))
             return STATUS_REFUSED_OUT_OF_RESOURCES
-        self.queue.record_instance(str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), path.parent, calling)
         with self._lock:
             self._series_of_association.setdefault(id(event.assoc), set()).add(str(ds.SeriesInstanceUID))
         return STATUS_OK
@@ -114,5 +142,12 @@ class Receiver:
                 log.info("series complete", **event_fields("series_complete", series_uid=uid, reason="association released"))
 
     def _on_aborted(self, event) -> None:
-        # An aborted transfer may be incomplete: the quiet time decides, as for a sender that never releases.
-        self._take_series(event)
+        # An aborted transfer may be incomplete: held until its quiet time, then failed with this reason, unless a
+        # later association that sends to the series is released.
+        series = self._take_series(event)
+        if series:
+            self.queue.mark_incomplete(series, f"the association from {event.assoc.requestor.ae_title} was aborted "
+                                               "before it was released")
+            for uid in series:
+                log.warning("association aborted", **event_fields("aborted", series_uid=uid,
+                                                                  calling_ae=event.assoc.requestor.ae_title))

@@ -37,6 +37,27 @@ def send_cstore(files: list[Path], ae_title: str, destination: tuple[str, str, i
     return len(files)
 
 
+def echo(ae_title: str, destination: tuple[str, str, int], timeout: float = 10) -> None:
+    """C-ECHO the destination, as a PACS administrator tests a route; raises SendError naming it if it does not answer."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    called, host, port = destination
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        raise SendError(f"destination {called}@{host}:{port} refused or did not answer an association for C-ECHO")
+    try:
+        status = assoc.send_c_echo()
+        if getattr(status, "Status", None) != 0x0000:
+            raise SendError(f"destination {called}@{host}:{port} did not answer C-ECHO with success")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
 def send_stow(files: list[Path], base_url: str, timeout: float = 60) -> int:
     """STOW-RS (DICOM PS3.18): every file in one multipart/related POST to ``<base_url>/studies``."""
     import uuid

@@ -24,6 +24,9 @@ def check_instance(ds) -> None:
             raise InputError(None, f"{key} {str(ds[key].value)[:80]!r} is not a DICOM UID")
     if str(ds.Modality) != "CT":
         raise InputError(None, f"modality is {ds.Modality}, not CT")
+    from ..io.dicom_series import check_declared_size
+
+    check_declared_size(None, ds, len(ds.PixelData))  # a few hundred KiB must not claim gigabytes
 
 
 def series_folder(spool: Path, study_uid: str, series_uid: str) -> Path:
@@ -54,13 +57,15 @@ def store_instance(spool: Path, ds) -> Path:
     return path
 
 
+def spooled_series(spool: Path) -> list[tuple[str, str, Path]]:
+    """(study, series, folder) of every spooled series folder that holds an instance."""
+    return [(folder.parent.name, folder.name, folder) for folder in sorted((Path(spool) / "incoming").glob("*/*"))
+            if folder.is_dir() and any(folder.glob("*.dcm"))]
+
+
 def unrecorded_series(spool: Path, known_folders: set[str]) -> list[tuple[str, str, Path]]:
     """(study, series, folder) of spooled series the queue does not know: written just before a kill."""
-    found = []
-    for folder in sorted((Path(spool) / "incoming").glob("*/*")):
-        if folder.is_dir() and str(folder) not in known_folders and any(folder.glob("*.dcm")):
-            found.append((folder.parent.name, folder.name, folder))
-    return found
+    return [entry for entry in spooled_series(spool) if str(entry[2]) not in known_folders]
 
 
 def remove_partials(spool: Path) -> int:

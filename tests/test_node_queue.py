@@ -1,0 +1,224 @@
+"""The node's queue as a state machine, transition by transition, with the states and guarantees the README and the
+queue's docstring promise: late instances reopen a series, an aborted transfer is never sent short, attempts count
+crashes, and a worker survives any one series' failure. States are named literally, not imported."""
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from SyntheticContrastLib.node.queue import QueueError, SeriesQueue
+
+UID, STUDY = "1.2.3", "1.2"
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = SeriesQueue(tmp_path / "q.sqlite")
+    yield q
+    q.close()
+
+
+def state(queue, uid=UID):
+    return queue.rows()[[r["series_uid"] for r in queue.rows()].index(uid)]
+
+
+def receive(queue, n, start=0, now=100.0, uid=UID):
+    for i in range(start, start + n):
+        queue.record_instance(uid, STUDY, Path("/spool") / uid, "PACS", f"{uid}.{i}", now=now)
+
+
+def test_a_series_goes_receiving_ready_working_uploading_done(queue):
+    receive(queue, 3)
+    assert state(queue)["state"] == "receiving" and state(queue)["instances"] == 3
+    receive(queue, 1, start=2)  # the same SOP instance again: still 3 instances
+    assert state(queue)["instances"] == 3
+    assert queue.promote_quiet(30, now=129.0) == ([], []) and queue.promote_quiet(30, now=130.0) == ([UID], [])
+    row = queue.claim(now=131.0)
+    assert row["state"] == "working" and row["attempts"] == 1  # counted when taken, before any work
+    assert queue.claim(now=131.0) is None  # taken once
+    assert queue.synthesized(UID, Path("/spool/results") / UID) is True
+    assert state(queue)["state"] == "uploading"  # the same worker sends: no other worker may claim it meanwhile
+    assert queue.claim(now=132.0) is None
+    assert queue.done(UID, now=133.0) is True and state(queue)["state"] == "done"
+    assert queue.instance_uids(UID) == {"1.2.3.0", "1.2.3.1", "1.2.3.2"}
+
+
+def test_instances_that_arrive_during_synthesis_supersede_its_result(queue):
+    receive(queue, 20)
+    queue.complete([UID])
+    queue.claim(now=101.0)
+    receive(queue, 20, start=20, now=102.0)  # late: the worker holds the series
+    assert state(queue)["state"] == "working"  # not disturbed while held
+    assert queue.synthesized(UID, Path("/r")) is False  # superseded: not sent
+    row = state(queue)
+    assert row["state"] == "receiving" and row["result_dir"] == "" and row["instances"] == 40 and row["attempts"] == 0
+
+
+def test_late_instances_whose_association_was_released_make_the_series_ready_again_at_once(queue):
+    receive(queue, 20)
+    queue.complete([UID])
+    queue.claim(now=101.0)
+    receive(queue, 20, start=20, now=102.0)
+    assert queue.complete([UID]) == []  # held by the worker: nothing changes now
+    assert queue.synthesized(UID, Path("/r")) is False and state(queue)["state"] == "ready"
+    assert queue.claim(now=103.0)["instances"] == 40
+
+
+def test_instances_that_arrive_while_the_result_is_sent_keep_the_series_from_done(queue):
+    receive(queue, 5)
+    queue.complete([UID])
+    queue.claim(now=101.0)
+    queue.synthesized(UID, Path("/r"))
+    receive(queue, 1, start=5, now=102.0)
+    assert queue.done(UID) is False and state(queue)["state"] == "receiving"
+
+
+def test_a_new_instance_for_a_result_waiting_to_be_resent_discards_that_result(queue):
+    receive(queue, 5)
+    queue.complete([UID])
+    queue.claim(now=101.0)
+    queue.synthesized(UID, Path("/r"))
+    assert queue.failed(UID, "destination down", retry=True, max_attempts=5, backoff_seconds=10, now=102.0) == "sending"
+    receive(queue, 1, start=5, now=103.0)
+    row = state(queue)
+    assert row["state"] == "receiving" and row["result_dir"] == ""
+
+
+def test_a_finished_series_that_gets_instances_is_received_again_from_attempt_zero(queue):
+    receive(queue, 5)
+    queue.complete([UID])
+    queue.claim(now=101.0)
+    assert queue.failed(UID, "missing slices", retry=False, max_attempts=5, backoff_seconds=10) == "failed"
+    receive(queue, 1, start=5, now=200.0)
+    row = state(queue)
+    assert (row["state"], row["attempts"], row["error"]) == ("receiving", 0, "")
+
+
+def test_an_aborted_transfer_is_failed_at_its_quiet_time_unless_a_released_resend_follows(queue, tmp_path):
+    receive(queue, 10)
+    queue.mark_incomplete([UID], "the association from PACS was aborted before it was released")
+    ready, failed = queue.promote_quiet(30, now=130.0)
+    assert ready == [] and failed == [(UID, "the association from PACS was aborted before it was released")]
+    row = state(queue)
+    assert row["state"] == "failed" and row["error"].startswith("incomplete: the association from PACS was aborted")
+    receive(queue, 16, now=200.0)  # the PACS sends the whole series again, and releases
+    assert queue.complete([UID]) == [UID] and state(queue)["incomplete"] == "" and state(queue)["instances"] == 16
+
+
+def test_attempts_count_crashes_so_a_series_that_kills_the_node_is_failed_not_retried_for_ever(tmp_path):
+    path = tmp_path / "q.sqlite"
+    queue = SeriesQueue(path)
+    receive(queue, 3)
+    queue.complete([UID])
+    for attempt in (1, 2):
+        assert queue.claim(now=101.0 + attempt)["attempts"] == attempt
+        queue.close()  # the node is OOM-killed while working
+        queue = SeriesQueue(path)
+        resumed, poison = queue.recover(max_attempts=3)
+        assert (resumed, poison, state(queue)["state"]) == ([UID], [], "ready")
+    queue.claim(now=110.0)
+    queue.close()
+    queue = SeriesQueue(path)
+    assert queue.recover(max_attempts=3) == ([], [UID])
+    row = state(queue)
+    assert row["state"] == "failed" and "stopped while working on this series 3 times" in row["error"]
+    assert queue.retry_failed() == 1 and state(queue)["state"] == "ready" and state(queue)["attempts"] == 0
+    queue.close()
+
+
+def test_a_restart_while_uploading_sends_again_without_synthesising_again(tmp_path):
+    path = tmp_path / "q.sqlite"
+    queue = SeriesQueue(path)
+    receive(queue, 3)
+    queue.complete([UID])
+    queue.claim(now=101.0)
+    queue.synthesized(UID, tmp_path / "result")
+    queue.close()
+    queue = SeriesQueue(path)
+    assert queue.recover(max_attempts=5) == ([UID], [])
+    row = state(queue)
+    assert row["state"] == "sending" and row["result_dir"] == str(tmp_path / "result")
+    assert queue.claim(now=102.0)["state"] == "uploading"
+    queue.close()
+
+
+def test_retries_back_off_exponentially_and_shutdown_does_not_use_up_an_attempt(queue):
+    receive(queue, 3)
+    queue.complete([UID])
+    queue.claim(now=100.0)
+    queue.put_back(UID)  # SIGTERM during synthesis: not the series' fault
+    assert state(queue)["state"] == "ready" and state(queue)["attempts"] == 0
+    queue.claim(now=100.0)
+    assert queue.failed(UID, "RuntimeError: x", retry=True, max_attempts=3, backoff_seconds=10, now=140.0) == "ready"
+    assert queue.claim(now=149.0) is None and queue.claim(now=150.0)["attempts"] == 2  # 10 s
+    assert queue.failed(UID, "RuntimeError: x", retry=True, max_attempts=3, backoff_seconds=10, now=160.0) == "ready"
+    assert queue.claim(now=179.0) is None and queue.claim(now=180.0)["attempts"] == 3  # then 20 s
+    assert queue.failed(UID, "RuntimeError: x", retry=True, max_attempts=3, backoff_seconds=10, now=181.0) == "failed"
+
+
+def test_a_corrupt_queue_database_is_named_in_one_line(tmp_path):
+    path = tmp_path / "queue.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(QueueError, match=r"queue\.sqlite: the node's queue database cannot be used"):
+        SeriesQueue(path)
+
+
+def _worker(tmp_path, queue, synthesize, **config):
+    from SyntheticContrastLib.node.config import NodeConfig
+    from SyntheticContrastLib.node.worker import Worker
+
+    cfg = NodeConfig(spool=tmp_path, allow=["PACS"], destination="X@127.0.0.1:1", quiet_seconds=0.01,
+                     retry_backoff_seconds=0.01, **config)
+    stop = threading.Event()
+    worker = Worker(cfg, queue, "cpu", stop, model=object(), poll_seconds=0.02)
+    worker.synthesize = synthesize
+    worker.send = lambda uid, result_dir, triage: None
+    worker.check_made_from = lambda uid, result_dir: None
+    return worker, stop
+
+
+def _wait(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("fault", [MemoryError(), OSError(28, "No space left on device")], ids=["MemoryError", "disk full"])
+def test_a_worker_survives_a_series_that_fails_in_any_way_and_takes_the_next(tmp_path, queue, fault):
+    def synthesize(row, triage):
+        if row["series_uid"] == "1.1":
+            raise fault
+        queue.synthesized(row["series_uid"], tmp_path / "r")
+        return tmp_path / "r"
+
+    receive(queue, 2, uid="1.1", now=1.0)
+    receive(queue, 2, uid="1.2", now=2.0)
+    worker, stop = _worker(tmp_path, queue, synthesize, max_attempts=1)
+    worker.start()
+    try:
+        assert _wait(lambda: {r["series_uid"]: r["state"] for r in queue.rows()} == {"1.1": "failed", "1.2": "done"})
+    finally:
+        stop.set()
+        worker.join(5)
+    assert worker.fatal is None
+    assert state(queue, "1.1")["error"].startswith(type(fault).__name__)
+    assert queue.workers()[0]["state"] == "stopped"
+
+
+def test_a_worker_whose_queue_fails_stops_the_node_instead_of_listening_with_nobody_working(tmp_path, queue):
+    def synthesize(row, triage):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    receive(queue, 2, uid="1.1", now=1.0)
+    worker, stop = _worker(tmp_path, queue, synthesize)
+    worker.start()
+    assert _wait(lambda: stop.is_set())  # the node's main loop ends on this, and serve returns 1
+    worker.join(5)
+    assert isinstance(worker.fatal, sqlite3.OperationalError)
+    assert queue.workers()[0]["state"] == "dead" and "disk is full" in queue.workers()[0]["error"]
