@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import chest_like, write_dicom_series
+from conftest import chest_like, variant, write_dicom_series
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.errors import InputError
 from SyntheticContrastLib.io.reading import read_volume, write_volume
@@ -69,6 +69,70 @@ def with_nan(root):
     return vol_file(root, "nan.nrrd", a)
 
 
+def _int16_nifti(root, name):
+    path = root / name
+    sitk.WriteImage(sitk.GetImageFromArray(np.round(chest_like((8, 24, 24))).astype(np.int16)), str(path))
+    return path
+
+
+def truncated_nifti(root):
+    path = _int16_nifti(root, "cut.nii")
+    path.write_bytes(path.read_bytes()[: 352 + 8 * 24 * 24])  # half of the voxels: ITK filled them with 0 HU
+    return path
+
+
+def truncated_nifti_gz(root):
+    import gzip
+
+    data = gzip.compress(_int16_nifti(root, "whole.nii").read_bytes())
+    (root / "whole.nii").unlink()
+    path = root / "cut.nii.gz"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def nan_nifti(root):
+    a = chest_like((8, 24, 24))
+    a[3, 4, 4], a[4, 5, 5] = np.nan, -np.inf
+    return vol_file(root, "nan.nii.gz", a)  # ITK read both as 0 HU
+
+
+def _patched_nifti(root, name, offset, fmt, value, keep=None):
+    import struct
+
+    path = _int16_nifti(root, name)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<" + fmt, data, offset, *value)
+    path.write_bytes(bytes(data[:keep]) if keep else bytes(data))
+    return path
+
+
+def _rewritten_slices(folder, **changes):
+    import pydicom
+
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for key, value in changes.items():
+            setattr(ds, key, value)
+        ds.save_as(f)
+    return folder
+
+
+def _text_pixel_spacing(folder, text: bytes):
+    """PixelSpacing bytes as a broken writer left them (pydicom itself refuses to write them): the element's value
+    replaced in place, explicit VR little endian."""
+    import struct
+
+    for f in sorted(folder.glob("*.dcm")):
+        data = bytearray(f.read_bytes())
+        at = data.index(b"\x28\x00\x30\x00DS")
+        (length,) = struct.unpack_from("<H", data, at + 6)
+        value = text.ljust(length)[:length]
+        data[at + 8:at + 8 + length] = value
+        f.write_bytes(bytes(data))
+    return folder
+
+
 # (maker, text the message must contain)
 BAD_INPUTS = {
     "corrupt DICOM file": (corrupt, "not a readable DICOM file"),
@@ -81,11 +145,32 @@ BAD_INPUTS = {
     "NaN or inf voxels": (with_nan, "NaN or infinite voxels"),
     "intensities not HU": (lambda r: vol_file(r, "scaled.nii.gz", chest_like((8, 24, 24)) / 4000 + 0.5), "do not look like Hounsfield units"),
     "empty folder": (lambda r: (r / "empty").mkdir() or r / "empty", "empty folder"),
+    "truncated NIfTI": (truncated_nifti, "is truncated: its header declares 9216 bytes of image data, the file holds 4608"),
+    "truncated NIfTI (gzip)": (truncated_nifti_gz, "is truncated or corrupt: the compressed data ends after"),
+    "NaN in a NIfTI": (nan_nifti, "has 2 NaN or infinite voxels"),
+    "zero spacing in a NIfTI": (lambda r: _patched_nifti(r, "flat.nii", 80, "f", (0.0,)), "has voxel spacing 0.0 along x"),
+    "416-byte NIfTI claiming gigabytes": (lambda r: _patched_nifti(r, "bomb.nii", 40, "4h", (3, 2000, 2000, 256), keep=416),
+                                          "declares 2048000000 bytes of image data, the file holds 64"),
+    "zero PixelSpacing": (lambda r: _rewritten_slices(_dicom(r, "zero_spacing"), PixelSpacing=[0, 1]),
+                          "PixelSpacing is [0.0, 1.0]: a CT needs two positive values"),
+    "unparseable PixelSpacing": (lambda r: _text_pixel_spacing(_dicom(r, "text_spacing"), b"a\\b"),
+                                 "not two numbers in mm, so the voxel size is unknown"),
+    "DICOM claiming 6000 x 6000 pixels": (lambda r: _rewritten_slices(_dicom(r, "bomb_dicom"), Rows=6000, Columns=6000),
+                                          "declares 6000 x 6000 pixels per slice; the reader's limit is 4096 x 4096"),
     "path that does not exist": (lambda r: r / "no_such_case.nii.gz", "does not exist"),
 }
 
 
-@pytest.mark.parametrize("label", list(BAD_INPUTS))
+#: The reader's rules (io/rules.py) that these bad inputs are the test of.
+RULE_OF = {
+    "truncated NIfTI": variant("truncated NIfTI, or a header claiming more voxels than the file holds"),
+    "NaN in a NIfTI": variant("NaN or infinite voxels"),
+    "unparseable PixelSpacing": variant("zero, negative or unparseable voxel spacing"),
+    "DICOM claiming 6000 x 6000 pixels": variant("a declared size beyond the reader's bounds"),
+}
+
+
+@pytest.mark.parametrize("label", [pytest.param(label, marks=RULE_OF.get(label, ())) for label in BAD_INPUTS])
 def test_synthesize_rejects_bad_input(tmp_path, tiny_model_card, capsys, label):
     maker, message = BAD_INPUTS[label]
     (tmp_path / "in").mkdir()
@@ -116,7 +201,7 @@ def test_batch_reports_every_bad_input_and_finishes_the_good_one(tmp_path, tiny_
         rows = {r["case"]: r for r in csv.DictReader(fh)}
     assert rows["good"]["status"] == "done"
     failed = {c: r["error"] for c, r in rows.items() if r["status"] == "failed"}
-    assert len(failed) == len(rows) - 1 == 8
+    assert len(failed) == len(rows) - 1 == len(BAD_INPUTS) - 3
     for label, (maker, message) in BAD_INPUTS.items():
         if label in ("path that does not exist", "empty folder", "folder mixing two series"):
             continue
@@ -253,3 +338,39 @@ def test_spacing_uneven_by_a_few_percent_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"uneven slice spacing \(2\.000 to 2\.050 mm\)"):
         read_volume(folder)
     assert read_volume(_dicom(tmp_path, "even", positions=[0, 2, 4, 6.01, 8.01, 10.01, 12.01, 14.01])).array.shape[0] == 8
+
+
+BOMBS = ("416-byte NIfTI claiming gigabytes", "DICOM claiming 6000 x 6000 pixels")
+#: Peak RSS from /proc's VmHWM: it belongs to this process's own memory, whereas ru_maxrss keeps the high-water mark
+#: of the parent it was forked from (pytest's, about 330 MiB) across exec.
+MEASURE_READ = """
+import re, sys, time
+from SyntheticContrastLib.errors import InputError
+from SyntheticContrastLib.io.reading import read_volume
+def peak_mib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+before = peak_mib()
+start = time.perf_counter()
+try:
+    read_volume(sys.argv[1])
+except InputError as exc:
+    print("refused:", exc)
+print("seconds", time.perf_counter() - start)
+print("grew_mib", peak_mib() - before)
+print("peak_mib", peak_mib())
+"""
+
+
+@pytest.mark.parametrize("label", BOMBS)
+def test_a_few_bytes_that_claim_gigabytes_are_refused_in_under_a_second_and_200_mib(tmp_path, label):
+    """Peak RSS of a child process that only reads the bomb (imports included: numpy, SimpleITK, pydicom)."""
+    maker, message = BAD_INPUTS[label]
+    bad = maker(tmp_path)
+    out = subprocess.run([sys.executable, "-c", MEASURE_READ, str(bad)], capture_output=True, text=True, timeout=60)
+    figures = dict(line.split(" ", 1) for line in out.stdout.splitlines() if not line.startswith("refused"))
+    assert message in out.stdout, out.stdout + out.stderr
+    assert float(figures["seconds"]) < 1.0
+    assert float(figures["peak_mib"]) < 200, figures
+    # What the read adds: lazy imports (pydicom, about 20 MiB) and GDCM's scan, never the 1.1 GiB (DICOM) or 7.6 GiB
+    # (NIfTI, as float32) the headers declare.
+    assert float(figures["grew_mib"]) < 50, figures

@@ -110,6 +110,34 @@ def _refuse_private_compression(path, ds) -> None:
                          "decompress the series with the vendor's tools first, then read the decompressed files")
 
 
+def _pixel_spacing(path, ds) -> tuple[float, float]:
+    """PixelSpacing as two positive millimetre values; GDCM reads a missing, zero or unparseable one as 1 mm."""
+    try:
+        values = [float(v) for v in ds.PixelSpacing]
+    except Exception as exc:  # absent, or text pydicom cannot turn into numbers
+        raw = ds.get("PixelSpacing", None)
+        shown = "missing" if raw is None else repr(str(getattr(raw, "value", raw)))
+        raise InputError(path, f"PixelSpacing is {shown}: not two numbers in mm, so the voxel size is unknown") from exc
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(path, f"PixelSpacing is {values}: a CT needs two positive values in mm")
+    return values[0], values[1]
+
+
+def check_declared_size(path, ds, file_size: int) -> int:
+    """Rows x Columns x frames x BitsAllocated against the bounds and, for uncompressed data, against the bytes the
+    file holds: a few hundred KiB must not claim gigabytes. Returns the voxels declared."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rules.check_voxel_budget(path, rows * columns * frames, rows, columns)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_compressed:
+        expected = rows * columns * frames * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 16) or 16) // 8
+        if file_size < expected:
+            raise InputError(path, f"is truncated or declares more than it holds: {rows} x {columns} x {frames} pixels need "
+                                   f"{expected} bytes, the file has {file_size}")
+    return rows * columns * frames
+
+
 @dataclass
 class CheckedSeries:
     """A series' image files in slice order along the normal, and the slice spacing the positions give."""
@@ -126,13 +154,14 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
     """
     import pydicom
 
-    headers = []
+    headers, declared = [], 0
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as exc:
             raise InputError(f, f"is not a readable DICOM file ({exc.__class__.__name__}: {exc})") from exc
         _refuse_private_compression(f, ds)
+        declared += check_declared_size(f, ds, Path(f).stat().st_size)
         if padding is not None and "PixelPaddingValue" in ds:
             padding[f] = float(ds.PixelPaddingValue) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
         if is_localizer(ds):
@@ -140,6 +169,7 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
                 notes.append(f"{Path(f).name}: a LOCALIZER (scout) image in the series; left out")
             continue
         headers.append((f, ds))
+    rules.check_voxel_budget(folder, declared)
     modality = {str(ds.get("Modality", "")) for _, ds in headers}
     if modality != {"CT"}:
         raise InputError(folder, f"series modality is {'/'.join(sorted(modality)) or 'missing'}, not CT; synthetic contrast is defined only for CT")
@@ -148,6 +178,7 @@ def check_dicom_series(files: list[str], folder: Path, notes: list[str] | None =
     for f, ds in headers:
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             raise InputError(f, "lacks ImagePositionPatient/ImageOrientationPatient; slice geometry unknown")
+        _pixel_spacing(f, ds)
     orientation = np.array(headers[0][1].ImageOrientationPatient, float)
     for f, ds in headers:
         if not np.allclose(np.array(ds.ImageOrientationPatient, float), orientation, atol=rules.ORIENTATION_ATOL):

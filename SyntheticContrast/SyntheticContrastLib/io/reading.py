@@ -14,6 +14,7 @@ from ..fileio import atomic_path
 from . import rules
 from .dicom_series import check_dicom_series, choose_series, dicom_series_in, dicomdir_series, padding_to_air, quiet_itk, report_unreadable_files, single_file_problem
 from .enhanced_ct import ENHANCED_CT, is_enhanced_ct, read_enhanced_ct
+from .nifti import check_nifti, nifti_form_disagreement
 from .volume import PROVENANCE_PREFIX, READER_NOTES, Volume
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -50,46 +51,6 @@ def check_hu_volume(volume: Volume, path, min_slices: int = 2) -> None:
             "a chest CT in HU contains air near -1000. Apply the DICOM rescale slope/intercept first "
             "(in a NIfTI file: set scl_slope and scl_inter, as dcm2niix does)",
         )
-
-
-def _nifti_header(path: Path) -> bytes:
-    import gzip
-
-    opener = gzip.open if suffix_of(path) == ".nii.gz" else open
-    with opener(path, "rb") as fh:
-        return fh.read(348)
-
-
-def nifti_form_disagreement(path: Path) -> str | None:
-    """When a NIfTI file carries both an sform and a qform that place it differently: by how much. ITK and
-    Slicer use the sform, so this tool does too, but one of the two is wrong and the user should know.
-    Read from the header itself: ITK's metadata drops qfac, the sign that makes a qform left-handed."""
-    import struct
-
-    header = _nifti_header(path)
-    if len(header) < 348:
-        return None
-    endian = "<" if struct.unpack_from("<i", header, 0)[0] == 348 else ">"
-    qform_code, sform_code = struct.unpack_from(endian + "2h", header, 252)
-    if qform_code <= 0 or sform_code <= 0:
-        return None
-    qfac = struct.unpack_from(endian + "f", header, 76)[0]
-    b, c, d, *q_origin = struct.unpack_from(endian + "6f", header, 256)
-    srows = np.array(struct.unpack_from(endian + "12f", header, 280), float).reshape(3, 4)
-    a = np.sqrt(max(0.0, 1.0 - b * b - c * c - d * d))
-    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
-                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])  # NIfTI-1 qform
-    if qfac < 0:
-        rotation[:, 2] *= -1
-    s_axes = srows[:, :3] / np.linalg.norm(srows[:, :3], axis=0)
-    origin_off = float(np.abs(srows[:, 3] - np.asarray(q_origin)).max())
-    axes_off = float(np.abs(s_axes - rotation).max())
-    tolerance = rules.NIFTI_FORM_TOLERANCE
-    if origin_off <= tolerance["origin_mm"] and axes_off <= tolerance["direction"]:
-        return None
-    return (f"sform and qform differ (origin by {origin_off:.2f} mm, axes by {axes_off:.3f}); read with the sform, "
-            "as ITK and 3D Slicer do")
 
 
 def read_dicom_folder(folder: Path, series_uid: str | None) -> Volume:
@@ -147,6 +108,8 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
             raise InputError(path, single_file_problem(path))
         if suffix not in READ_SUFFIXES:
             raise InputError(path, f"has an unsupported extension {suffix!r}; use one of {', '.join(READ_SUFFIXES)} or a DICOM folder")
+        if suffix in (".nii", ".nii.gz"):
+            check_nifti(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:

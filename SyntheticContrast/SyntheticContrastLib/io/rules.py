@@ -20,6 +20,23 @@ ROUNDING_SHARE_OF_SPACING = 0.1
 TILT_DEGREES, OFF_AXIS_SHARE, OFF_AXIS_MM = 0.01, 0.01, 0.1
 #: A NIfTI's sform and qform disagreeing by more than this is reported.
 NIFTI_FORM_TOLERANCE = {"origin_mm": 0.1, "direction": 1e-3}
+#: The largest volume read, checked from the header before any allocation: 2048 x 2048 x 1024 voxels (16 GiB as the
+#: engine's float32), twice a 1024 x 1024 x 2000 thin-slice CT.
+MAX_VOXELS = 2048 * 2048 * 1024
+#: The largest slice: 4096 x 4096 (a CT is 512 x 512, micro-CT and some cone-beam CT reach 2048 or 4096).
+MAX_IN_PLANE = 4096
+
+
+def check_voxel_budget(path, voxels: int, rows: int | None = None, columns: int | None = None) -> None:
+    """Refuse a declared size beyond the reader's bounds before anything is allocated: a few header bytes must not be
+    able to claim gigabytes."""
+    from ..errors import InputError
+
+    if rows is not None and columns is not None and max(rows, columns) > MAX_IN_PLANE:
+        raise InputError(path, f"declares {rows} x {columns} pixels per slice; the reader's limit is {MAX_IN_PLANE} x {MAX_IN_PLANE}")
+    if voxels > MAX_VOXELS:
+        raise InputError(path, f"declares {voxels} voxels ({voxels * 4 / 2**30:.1f} GiB as float32); the reader's limit is "
+                               f"{MAX_VOXELS} ({MAX_VOXELS * 4 / 2**30:.0f} GiB)")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,15 @@ RULES = (
          "note: sform and qform differ (origin by X mm, axes by Y); read with the sform, as ITK and 3D Slicer do"),
     Rule("NIfTI with a left-handed affine", "read with its direction; processed in axial LPS voxel order", "-"),
     Rule("NIfTI scl_slope and scl_inter", "applied", "-"),
+    Rule("truncated NIfTI, or a header claiming more voxels than the file holds",
+         "refused before ITK reads it (ITK fills the missing voxels with 0 HU)",
+         "is truncated: its header declares N bytes of image data, the file holds M"),
+    Rule("NaN or infinite voxels", "refused, also in NIfTI (whose reader in ITK turns them into 0 HU)",
+         "has N NaN or infinite voxels"),
+    Rule("zero, negative or unparseable voxel spacing", "refused, naming the field (ITK and GDCM read it as 1 mm)",
+         "has voxel spacing 0.0 along x (NIfTI pixdim); a CT needs a positive spacing"),
+    Rule("a declared size beyond the reader's bounds", "refused from the header before any allocation",
+         "declares 6000 x 6000 pixels per slice; the reader's limit is 4096 x 4096"),
     Rule("raw values, not HU (no intercept)", "refused",
          "intensities do not look like Hounsfield units (...); ... NIfTI: set scl_slope/scl_inter"),
     Rule("4D volume with one time point", "read as 3D; several time points are refused",
