@@ -120,6 +120,41 @@ def test_a_single_slice_given_instead_of_its_folder_points_to_the_folder(series,
         read_volume(tmp_path / "notes")
 
 
+@variant("DICOM file named by UID, with no extension")
+def test_a_slice_named_by_its_uid_is_known_as_dicom_by_its_content(series, tmp_path):
+    """Siemens archives name files 'CT.1.3.12.2...': the last dotted number looked like an unsupported extension."""
+    folder, files = series
+    named = folder / "CT.1.3.12.2.1107.5.1.4.30000022120808113428000016573"
+    files[3].rename(named)
+    with pytest.raises(InputError, match=r"CT\.1\.3\.12.*573: is one DICOM slice, not a volume; give the folder that holds its "
+                                         r"series instead: .*ct \(12 files"):
+        read_volume(named)
+    assert read_volume(folder).array.shape[0] == 12  # the folder itself reads, names and all
+
+
+def test_a_lone_2d_slice_is_not_pointed_to_a_folder_that_would_be_refused_too(tmp_path):
+    (path,) = write_dicom_series(tmp_path / "one", np.round(chest_like((1, 24, 24))))
+    with pytest.raises(InputError, match="is a single 2D DICOM image, and its folder holds no other image of its series"):
+        read_volume(path)
+
+
+@variant("private vendor compression")
+def test_philips_pmsct_rle1_pixels_in_a_private_block_are_named(series, capsys):
+    """Philips keeps PMSCT_RLE1-compressed pixels in a private block with no PixelData, so GDCM lists no series;
+    the reader said only 'contains no DICOM series'."""
+    folder, files = series
+    for path in files:
+        ds = pydicom.dcmread(path)
+        raw = ds.PixelData
+        del ds.PixelData
+        ds.private_block(0x07A1, "PMSCT_RLE1", create=True).add_new(0x11, "OB", raw[: len(raw) // 3])
+        ds.save_as(path)
+    assert main(["synthesize", str(folder), str(folder.parent / "x_synthetic.nii.gz"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "slice000.dcm: is compressed with Philips' private PMSCT_RLE1 compression (private block (07A1,0010), no PixelData)" in err
+    assert "decompress the series with the vendor's tools first" in err and "contains no DICOM series" not in err
+
+
 @variant("private vendor compression")
 def test_philips_private_compression_is_named(series):
     folder, files = series
@@ -253,6 +288,21 @@ def test_a_source_without_study_instance_uid_is_refused_not_exported_empty(serie
     with pytest.raises(InputError, match="slice000.dcm: has no StudyInstanceUID"):
         export_dicom_series(source, tmp_path / "out", source_files_of(source), "m", "0" * 64)
     assert not (tmp_path / "out").exists()
+
+
+def test_synthesize_refuses_an_export_it_cannot_make_before_any_synthesis(series, tmp_path, capsys):
+    """It used to write the NIfTI and spend the synthesis time, then refuse the DICOM export: half done."""
+    folder, files = series
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = ""
+        ds.save_as(path)
+    out = tmp_path / "x_synthetic.nii.gz"
+    rc = main(["synthesize", str(folder), str(out), "--dicom-out", str(tmp_path / "dicom"), "--progress-json"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "has no StudyInstanceUID" in captured.err
+    assert '"event": "progress"' not in captured.out  # not one window was synthesised
+    assert not out.exists() and not (tmp_path / "dicom").exists()
 
 
 def test_a_derived_series_from_an_enhanced_ct_references_each_frame_and_validates(tmp_path, tiny_model_card):

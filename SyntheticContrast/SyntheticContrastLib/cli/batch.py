@@ -23,8 +23,6 @@ def register(sub) -> None:
 def cmd_batch(args) -> int:
     import os
 
-    from tqdm import tqdm
-
     from ..engine.batch import BatchRunner, discover_cases
     from ..engine.models import load_model
 
@@ -42,7 +40,9 @@ def cmd_batch(args) -> int:
     runner = BatchRunner(args.output, model, synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict)
     mine = runner.shard(cases)
     desc = f"rank {rank}/{world}" if world > 1 else "cases"
-    with tqdm(total=len(mine), unit="case", desc=desc, disable=args.no_progress, position=rank) as bar:
+    from .progress import progress_bar
+
+    with progress_bar(total=len(mine), unit="case", desc=desc, disable=args.no_progress, position=rank) as bar:
         def progress(status):
             bar.set_postfix_str(f"{status['case']}: {status['status']} {status.get('seconds', 0):.1f}s")
             bar.update(1)

@@ -123,14 +123,12 @@ def progress_callback(args):
         return ProgressEvents(str(resolve_device(args.device))).progress
     if args.no_progress:
         return None
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    bar = tqdm(total=None, unit="window", desc="synthesizing")
+    bar = progress_bar(unit="window", desc="synthesizing")
 
     def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update_to(done, total)
         if done == total:
             bar.close()
 

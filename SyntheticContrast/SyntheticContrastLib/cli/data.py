@@ -57,14 +57,12 @@ def phantom_pairs(seeds, slices: int = 48):
 
 
 def cmd_pairs(args) -> int:
-    from tqdm import tqdm
-
     from ..io.pairing import write_pairs
+    from .progress import progress_bar
 
-    with tqdm(unit="series", desc="classifying", disable=args.no_progress) as bar:
+    with progress_bar(unit="series", desc="classifying", disable=args.no_progress) as bar:
         def progress(done, total):
-            bar.total, bar.n = total, done
-            bar.refresh()
+            bar.update_to(done, total)
 
         pairs, unpaired = write_pairs(args.archive, args.output, args.review, args.min_overlap, args.phase, progress)
     print(f"{len(pairs)} pair(s) in {args.output}; {len(unpaired)} series not paired, each with its reason, in "

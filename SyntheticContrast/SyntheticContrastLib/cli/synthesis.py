@@ -46,7 +46,7 @@ def register(sub) -> None:
 
 def cmd_synthesize(args) -> int:
     from ..engine.case import synthesize_case, uncertainty_path, write_case
-    from ..io.dicom_export import source_files_of
+    from ..io.dicom_export import check_export, source_files_of
     from ..engine.models import load_model
     from ..io.reading import read_volume
 
@@ -60,6 +60,8 @@ def cmd_synthesize(args) -> int:
         return EXIT_USAGE
     model = load_model(args.model)
     volume = read_volume(args.input, series_uid=args.series)
+    if args.dicom_out:
+        check_export(args.dicom_out, source_files_of(volume))  # a refusal now, not after the synthesis time
     if args.progress_json:
         emit_event("started", input=str(args.input), output=str(out), model_id=model.card.model_id)
     findings = report_findings(volume, model, args)

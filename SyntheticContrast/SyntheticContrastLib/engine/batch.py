@@ -152,7 +152,7 @@ class BatchRunner:
 
     def run_case(self, case: Case) -> dict:
         from .case import check_input, ood_summary, refuse_if_strict, synthesize_case, uncertainty_dicom_dir, write_case
-        from ..io.dicom_export import source_files_of
+        from ..io.dicom_export import check_source_exportable, source_files_of
         from ..io.reading import read_volume
 
         log = logging.getLogger(f"batch.{case.name}")
@@ -170,6 +170,8 @@ class BatchRunner:
             log.info("reading %s", case.input)
             volume = read_volume(case.input, series_uid=case.series_uid)
             status["notes"] = "; ".join(volume.metadata.get(READER_NOTES, []))  # what the reader did on its own
+            if self.dicom:
+                check_source_exportable(source_files_of(volume))  # before the synthesis it would waste
             findings = check_input(volume, self.model)
             status["ood"] = ood_summary(findings, self.model)
             for finding in findings:
@@ -196,7 +198,10 @@ class BatchRunner:
             status.update(status="failed", error=message)
             if self.output_path(case).exists():  # e.g. the volume was written and the DICOM export then failed
                 status["output"] = str(self.output_path(case))
-            log.exception("failed: %s", message)
+            if isinstance(exc, SyntheticContrastError):
+                log.error("failed: %s", message)  # a known problem of this input: its one-line reason says it all
+            else:
+                log.exception("failed: %s", message)  # unexpected: the traceback is for whoever fixes it
         finally:
             log.removeHandler(handler)
             handler.close()

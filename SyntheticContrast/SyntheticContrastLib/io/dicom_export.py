@@ -51,14 +51,8 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise OutputError(out_dir, "exists and is not empty; a synthetic series is written only into a new folder")
-    source_headers = []
-    if source_files:
-        source_dirs = {Path(f).resolve().parent for f in source_files}
-        if out_dir.resolve() in source_dirs or any(d in out_dir.resolve().parents for d in source_dirs):
-            raise OutputError(out_dir, "is inside the source series folder; write the synthetic series beside it")
-        source_headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+    check_export(out_dir, source_files)
+    source_headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files or []]
     first = source_headers[0] if source_headers else None
     sources = source_images(source_headers)
     slope = UNCERTAINTY_SLOPE if uncertainty else 1.0
@@ -76,9 +70,6 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
     now = _dt.datetime.now()
     source_desc = str(first.get("SeriesDescription", "")) if first else ""
     source_series_number = int(first.get("SeriesNumber", 0) or 0) if first else 0
-    if first is not None and not str(first.get("StudyInstanceUID", "") or "").strip():
-        raise InputError(source_files[0], "has no StudyInstanceUID, so a derived series could not be filed in its study "
-                         "(a PACS would file it nowhere); repair the source's study identity first")
     study_uid = str(first.StudyInstanceUID) if first else generate_uid()
     frame_uid = str(first.FrameOfReferenceUID) if first and "FrameOfReferenceUID" in first else generate_uid()
 
@@ -218,6 +209,31 @@ def on_source_grid(synthetic: Volume, source: Volume) -> Volume:
         f"(off by {gaps[0]:.3f}, tolerance {GRID_TOLERANCE['origin_mm']}), spacing {np.round(spacing, 4).tolist()} vs "
         f"{np.round(source.spacing, 4).tolist()} mm, direction off by {gaps[2]:.4f} (tolerance {GRID_TOLERANCE['direction']}); "
         "resample it onto the source grid, or export the series it was made from"))
+
+
+def check_source_exportable(source_files) -> None:
+    """A derived series must be filed in its source's study: refused before any synthesis if it cannot be."""
+    if not source_files:
+        return
+    import pydicom
+
+    first = pydicom.dcmread(source_files[0], stop_before_pixels=True)
+    if not str(first.get("StudyInstanceUID", "") or "").strip():
+        raise InputError(source_files[0], "has no StudyInstanceUID, so a derived series could not be filed in its study "
+                         "(a PACS would file it nowhere); repair the source's study identity first")
+
+
+def check_export(out_dir: Path, source_files) -> None:
+    """Everything that would refuse the export, checked before the work it would waste: a new folder, outside the
+    source series, and a source that has a study to file into."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputError(out_dir, "exists and is not empty; a synthetic series is written only into a new folder")
+    if source_files:
+        source_dirs = {Path(f).resolve().parent for f in source_files}
+        if out_dir.resolve() in source_dirs or any(d in out_dir.resolve().parents for d in source_dirs):
+            raise OutputError(out_dir, "is inside the source series folder; write the synthetic series beside it")
+    check_source_exportable(source_files)
 
 
 def source_files_of(volume: Volume) -> list[str] | None:

@@ -82,6 +82,34 @@ def choose_series(folder: Path, series: list[dict], series_uid: str | None, note
 
 #: Vendor transfer syntaxes no open reader decodes; the series must be decompressed with the vendor's tools first.
 PRIVATE_TRANSFER_SYNTAXES = {"1.3.46.670589.33.1.4.1": "a private Philips codec"}
+#: Private creators whose block holds the pixels in a vendor's own compression, with no standard PixelData.
+PRIVATE_PIXEL_CREATORS = {"PMSCT_RLE1": "Philips' private PMSCT_RLE1 compression"}
+
+
+def private_compression(ds) -> str | None:
+    """The name of the vendor compression ``ds`` is stored in, or None: a private transfer syntax, or pixels kept in
+    a private block (Philips PMSCT_RLE1) instead of PixelData."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None:
+        name = PRIVATE_TRANSFER_SYNTAXES.get(str(syntax))
+        if name or syntax.is_private:
+            return f"{name or 'a private vendor codec'} (transfer syntax {syntax})"
+    if "PixelData" not in ds:
+        for element in ds:
+            if element.tag.is_private_creator and str(element.value).strip() in PRIVATE_PIXEL_CREATORS:
+                return f"{PRIVATE_PIXEL_CREATORS[str(element.value).strip()]} (private block {element.tag}, no PixelData)"
+    return None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """DICOM by its content (the 'DICM' preamble), whatever the file's name: archives name files by UID
+    ('CT.1.3.12.2.1107....'), with no extension or a number as one."""
+    from pydicom.misc import is_dicom
+
+    try:
+        return is_dicom(str(path))
+    except OSError:
+        return False
 
 
 def single_file_problem(path: Path) -> str:
@@ -96,18 +124,18 @@ def single_file_problem(path: Path) -> str:
         return f"is a multi-frame DICOM object of class {ds.get('SOPClassUID', 'unknown')}; only Enhanced CT multi-frame objects are read"
     uid = str(ds.get("SeriesInstanceUID", ""))
     siblings = [s for s in dicom_series_in(path.parent) if s["series_uid"] == uid] if uid else []
+    if siblings and siblings[0]["slices"] < 2:  # pointing to the folder would only lead to a refusal as 2D
+        return ("is a single 2D DICOM image, and its folder holds no other image of its series; a 3D CT series of "
+                "several slices is needed")
     where = f" ({siblings[0]['slices']} files of its series are there)" if siblings else ""
     return f"is one DICOM slice, not a volume; give the folder that holds its series instead: {path.parent}{where}"
 
 
 def _refuse_private_compression(path, ds) -> None:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is None:
-        return
-    name = PRIVATE_TRANSFER_SYNTAXES.get(str(syntax))
-    if name or syntax.is_private:
-        raise InputError(path, f"is compressed with {name or 'a private vendor codec'} (transfer syntax {syntax}); "
-                         "decompress the series with the vendor's tools first, then read the decompressed files")
+    name = private_compression(ds)
+    if name:
+        raise InputError(path, f"is compressed with {name}; decompress the series with the vendor's tools first, then "
+                         "read the decompressed files")
 
 
 def _pixel_spacing(path, ds) -> tuple[float, float]:
@@ -299,6 +327,7 @@ def report_unreadable_files(folder: Path, entries: list[Path], series: list[dict
             ds = pydicom.dcmread(path)
         except Exception as exc:
             raise InputError(path, f"is not a readable DICOM file ({exc.__class__.__name__}); it sits in the series folder {folder}") from exc
+        _refuse_private_compression(path, ds)  # GDCM leaves such files out of every series without a word
         if "PixelData" not in ds:
             notes.append(f"{path.name}: {ds.get('Modality', 'a DICOM')} object without pixels "
                          f"({ds.get('SeriesDescription', '') or 'no description'}); ignored")

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from ..errors import InputError, OutputError
 from ..fileio import atomic_path
 from . import rules
-from .dicom_series import check_dicom_series, choose_series, dicom_series_in, dicomdir_series, padding_to_air, quiet_itk, report_unreadable_files, single_file_problem
+from .dicom_series import (check_dicom_series, choose_series, dicom_series_in, dicomdir_series, is_dicom_file, padding_to_air,
+                           quiet_itk, report_unreadable_files, single_file_problem)
 from .enhanced_ct import ENHANCED_CT, is_enhanced_ct, read_enhanced_ct
 from .nifti import check_nifti, nifti_form_disagreement
 from .volume import PROVENANCE_PREFIX, READER_NOTES, Volume
@@ -99,12 +100,13 @@ def read_volume(path: str | Path, series_uid: str | None = None, check_hu: bool 
         volume = read_dicom_folder(path, series_uid)
     else:
         suffix = suffix_of(path)
-        if (suffix in (".dcm", ".ima") or suffix == "") and is_enhanced_ct(path):
+        dicom = suffix in (".dcm", ".ima", "") or (suffix not in READ_SUFFIXES and is_dicom_file(path))
+        if dicom and is_enhanced_ct(path):
             volume = read_enhanced_ct(path)  # one file is the whole volume
             if check_hu:
                 check_hu_volume(volume, path)
             return volume
-        if suffix in (".dcm", ".ima") or suffix == "":
+        if dicom:
             raise InputError(path, single_file_problem(path))
         if suffix not in READ_SUFFIXES:
             raise InputError(path, f"has an unsupported extension {suffix!r}; use one of {', '.join(READ_SUFFIXES)} or a DICOM folder")

@@ -79,8 +79,11 @@ RULES = (
          "note: N voxels were padding (PixelPaddingValue), outside the field of view: filled as air (-1000 HU)"),
     Rule("stray non-DICOM files", "ignored", "note: README.txt: not a DICOM file; ignored"),
     Rule("JPEG, JPEG-LS, JPEG 2000, RLE transfer syntaxes", "decoded by GDCM (pylibjpeg for Enhanced CT)", "-"),
-    Rule("private vendor compression", "refused by name",
+    Rule("private vendor compression", "refused by name: a private transfer syntax, or pixels in a private block "
+         "(Philips PMSCT_RLE1) with no PixelData, which GDCM leaves out of every series",
          "is compressed with a private Philips codec (transfer syntax ...); decompress the series with the vendor's tools first"),
+    Rule("DICOM file named by UID, with no extension", "known as DICOM by its content (the DICM preamble), whatever its name",
+         "is one DICOM slice, not a volume; give the folder that holds its series instead: DIR (N files of its series are there)"),
     Rule("one DICOM slice given instead of its folder", "refused, pointing to the folder",
          "is one DICOM slice, not a volume; give the folder that holds its series instead: DIR (N files of its series are there)"),
     Rule("non-CT modality", "refused", "series modality is MR, not CT; synthetic contrast is defined only for CT"),

@@ -132,7 +132,7 @@ class Worker(threading.Thread):
     def synthesize(self, row, triage: dict) -> Path:
         from ..engine.case import check_input, refuse_if_strict, synthesize_case, write_case
         from ..engine.inference import SynthesisOptions
-        from ..io.dicom_export import source_files_of
+        from ..io.dicom_export import check_source_exportable, source_files_of
         from ..io.reading import read_volume
 
         uid = row["series_uid"]
@@ -144,6 +144,7 @@ class Worker(threading.Thread):
         model = self.model()
         volume = read_volume(row["folder"])
         sources = source_files_of(volume)
+        check_source_exportable(sources)
         findings = check_input(volume, model)
         refuse_if_strict(volume, findings, self.config.strict)
         options = SynthesisOptions(device=self.device, samples=self.config.samples)
