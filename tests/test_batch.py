@@ -81,7 +81,8 @@ def test_sigkill_mid_batch_loses_no_finished_case(tmp_path, tiny_model_card):
     for r in rows.values():
         assert read_volume(r["output"], check_hu=False).array.shape == (60, 32, 32)
     assert not list((out / "outputs").glob(".*partial*"))
-    assert sorted(p.name for p in (out / "outputs").iterdir()) == sorted(f"{c}_sCECT_synthetic.nii.gz" for c in rows)
+    assert sorted(p.name for p in (out / "outputs").iterdir()) == sorted(
+        f"{c}_sCECT_synthetic{ext}" for c in rows for ext in (".nii.gz", ".json"))  # each volume with its sidecar
 
 
 def test_two_rank_torchrun_splits_cases_without_overlap(tmp_path, tiny_model_card):

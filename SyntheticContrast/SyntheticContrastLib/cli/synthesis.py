@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("output", type=Path, help="new, empty folder for the synthetic series")
     p.add_argument("--series", default=None, help="SeriesInstanceUID in the source folder if it holds several")
     p.add_argument("--series-number-offset", type=int, default=1000)
-    p.add_argument("--model", type=Path, help="model card, needed for NIfTI inputs whose header cannot hold the full sha256")
+    p.add_argument("--model", type=Path, help="model card, needed only for a NIfTI without its JSON sidecar (a NIfTI header "
+                                              "cannot hold the full sha256)")
     p.set_defaults(func=cmd_export_dicom)
 
 
@@ -88,6 +89,7 @@ def cmd_synthesize(args) -> int:
 def cmd_export_dicom(args) -> int:
     from ..io.dicom_export import export_dicom_series, on_source_grid, source_files_of
     from ..engine.models import read_card
+    from ..engine.case import OOD_KEY
     from ..io.reading import read_volume, synthetic_provenance
 
     provenance = synthetic_provenance(args.synthetic)
@@ -98,7 +100,8 @@ def cmd_export_dicom(args) -> int:
     model_id, sha = provenance["model_id"], provenance["sha256"]
     if sha is None:  # NIfTI keeps only an 80-byte description: the card supplies the full digest
         if args.model is None:
-            print(f"error: {args.synthetic}: the header lacks the model's full sha256 (NIfTI); name the model with --model CARD", file=sys.stderr)
+            print(f"error: {args.synthetic}: the header lacks the model's full sha256 (NIfTI) and no sidecar written with this "
+                  "file is beside it; name the model with --model CARD", file=sys.stderr)
             return EXIT_USAGE
         card = read_card(args.model)
         if card.model_id not in notes or card.sha256[:12] not in notes:
@@ -108,7 +111,9 @@ def cmd_export_dicom(args) -> int:
     synthetic = read_volume(args.synthetic, check_hu=False)
     source = read_volume(args.source, series_uid=args.series)
     synthetic = on_source_grid(synthetic, source)  # refuses a different grid, with the figures
-    files = export_dicom_series(synthetic, args.output, source_files_of(source), model_id, sha, args.series_number_offset)
+    findings = (provenance.get("sidecar") or {}).get("ood") or synthetic.metadata.get(OOD_KEY, "")
+    files = export_dicom_series(synthetic, args.output, source_files_of(source), model_id, sha, args.series_number_offset,
+                                findings=findings)
     print(f"wrote {len(files)} slices to {args.output} (derived series, SeriesDescription 'SYNTHETIC CONTRAST - ...')")
     return EXIT_OK
 

@@ -13,6 +13,7 @@ from ..io.reading import suffix_of, write_volume
 from ..io.volume import READER_NOTES, Volume
 
 OOD_KEY = "SyntheticContrast.ood"
+NOTES_KEY, FINDINGS_KEY = "SyntheticContrast.notes", "SyntheticContrast.ood_findings"
 
 
 NOT_CHECKED = "not checked (the model card has no input statistics)"
@@ -66,6 +67,9 @@ def synthesize_case(volume: Volume, model, options: SynthesisOptions, findings: 
     for volume_out in (result, sd):
         if volume_out is not None:
             volume_out.metadata[OOD_KEY] = summary
+            # Lists are for the JSON sidecar only; a header keeps text.
+            volume_out.metadata[NOTES_KEY] = list(report.notes)
+            volume_out.metadata[FINDINGS_KEY] = [f.line() for f in findings]
     return CaseResult(result, sd, report, findings, summary)
 
 

@@ -16,6 +16,7 @@ from .dicom_series import (check_dicom_series, choose_series, dicom_series_in, d
                            quiet_itk, report_unreadable_files, single_file_problem)
 from .enhanced_ct import ENHANCED_CT, is_enhanced_ct, read_enhanced_ct
 from .nifti import check_nifti, nifti_form_disagreement
+from .sidecar import read_sidecar, write_sidecar
 from .volume import PROVENANCE_PREFIX, READER_NOTES, Volume
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -146,11 +147,17 @@ def synthetic_provenance(path: str | Path) -> dict | None:
     label = meta.get("ITK_FileNotes", meta.get("descrip", ""))
     if not (label.startswith("SYNTHETIC") or meta.get(PROVENANCE_PREFIX + "synthetic") == "true"):
         return None
-    return {"label": label, "model_id": meta.get(PROVENANCE_PREFIX + "model_id"), "sha256": meta.get(PROVENANCE_PREFIX + "model_sha256")}
+    found = {"label": label, "model_id": meta.get(PROVENANCE_PREFIX + "model_id"), "sha256": meta.get(PROVENANCE_PREFIX + "model_sha256")}
+    if not found["sha256"]:  # NIfTI: the sidecar written with this very file holds what its header cannot
+        sidecar = read_sidecar(Path(path))
+        if sidecar is not None:
+            found.update(model_id=sidecar.get("model_id"), sha256=sidecar.get("model_sha256"), sidecar=sidecar)
+    return found
 
 
 def write_volume(volume: Volume, path: str | Path, metadata: dict | None = None) -> Path:
-    """Write atomically (temporary file, then rename) as NIfTI/NRRD/MHA; string metadata goes into the header."""
+    """Write atomically (temporary file, then rename) as NIfTI/NRRD/MHA; string metadata goes into the header, and a
+    synthetic volume gets its JSON sidecar (io/sidecar.py) with everything, lists included."""
     path = Path(path)
     suffix = suffix_of(path)
     if suffix not in WRITE_SUFFIXES:
@@ -164,4 +171,5 @@ def write_volume(volume: Volume, path: str | Path, metadata: dict | None = None)
             sitk.WriteImage(image, str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
         except RuntimeError as exc:
             raise OutputError(path, f"writing failed: {str(exc).strip().splitlines()[-1]}") from exc
+    write_sidecar(path, {**volume.metadata, **(metadata or {})})
     return path

@@ -1,0 +1,118 @@
+"""Each verb with only its required arguments, as a new user first runs it: no --device, --stride, --model or
+--no-progress. The defaults are what runs (the bundled model, 'auto' device, the card's stride), on tiny inputs the
+test writes. serve's defaults run in test_dicom_node.py, reader-study's in test_reader_study.py, demo's in
+test_readme_commands.py."""
+
+import csv
+import json
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import chest_like, write_dicom_series
+from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.io.reading import read_volume, synthetic_provenance
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantom")
+    assert main(["phantom", str(out)]) == 0  # seed 0, 48 slices of 512 x 512: the defaults
+    return out
+
+
+def test_phantom_writes_seed_0_with_its_rois(phantom_dir):
+    names = sorted(p.name for p in phantom_dir.iterdir())
+    assert names == ["phantom0000_cect.nii.gz", "phantom0000_ncct.nii.gz", "phantom0000_rois.json"]
+    assert read_volume(phantom_dir / "phantom0000_ncct.nii.gz").array.shape == (48, 512, 512)
+
+
+@pytest.fixture(scope="module")
+def small_ncct(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    files = write_dicom_series(folder / "ct", np.round(chest_like((16, 64, 64))), spacing=(0.8, 0.8, 2.5), description="Thorax")
+    return folder / "ct", files
+
+
+def test_synthesize_with_only_input_and_output(small_ncct, tmp_path, capsys):
+    folder, _ = small_ncct
+    assert main(["synthesize", str(folder), str(tmp_path / "ct_synthetic.nii.gz")]) == 0
+    provenance = synthetic_provenance(tmp_path / "ct_synthetic.nii.gz")
+    assert provenance and provenance["model_id"] == "demo_phantom_small"  # from the JSON sidecar: NIfTI keeps 80 characters
+    sidecar = json.loads((tmp_path / "ct_synthetic.json").read_text())
+    assert sidecar["model_sha256"] == provenance["sha256"] and len(sidecar["model_sha256"]) == 64 and sidecar["ood"]
+    assert sidecar["label"].startswith("SYNTHETIC") and "versions" in sidecar
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_batch_with_only_input_and_output(small_ncct, tmp_path):
+    folder, _ = small_ncct
+    assert main(["batch", str(folder.parent), str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "manifest.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] == "done" and row["model_id"] == "demo_phantom_small"
+
+
+def test_export_dicom_with_only_its_three_paths(small_ncct, tmp_path):
+    folder, files = small_ncct
+    synthetic = tmp_path / "ct_synthetic.nii.gz"
+    assert main(["synthesize", str(folder), str(synthetic)]) == 0
+    assert main(["export-dicom", str(synthetic), str(folder), str(tmp_path / "dicom")]) == 0
+    written = sorted((tmp_path / "dicom").glob("*.dcm"))
+    assert len(written) == len(files)
+    ds = pydicom.dcmread(written[0])
+    assert ds.StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID and "SYNTHETIC" in ds.ImageComments
+    ood = json.loads((tmp_path / "ct_synthetic.json").read_text())["ood"]
+    assert ood != "none" and f"OUT-OF-DISTRIBUTION WARNING: {ood}" in ds.ImageComments  # a 64-pixel CT is far from training
+
+
+def test_evaluate_and_cnr_with_only_what_they_require(phantom_dir, tmp_path):
+    ncct, cect = phantom_dir / "phantom0000_ncct.nii.gz", phantom_dir / "phantom0000_cect.nii.gz"
+    rois = phantom_dir / "phantom0000_rois.json"
+    # The CECT stands in for a prediction: evaluate needs a volume, not a good one.
+    assert main(["evaluate", "--pred", str(cect), "--input", str(ncct), "--reference", str(cect), "--output", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "table2.md").is_file()
+    assert main(["cnr", str(ncct), str(cect), "--rois", str(rois)]) == 0
+
+
+def test_pairs_with_only_archive_and_output(tmp_path):
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+
+    study = "1.2.826.0.1.3680043.2.1125.77.1"
+    case = make_phantom(11, PhantomSpec(size=128, slices=12, pixel_mm=2.8, slice_mm=5.0))
+    for name, volume, description in (("nc", case.ncct, "Thorax nativ"), ("ce", case.cect, "Thorax KM venous")):
+        write_dicom_series(tmp_path / "archive" / name, np.round(volume.array), spacing=volume.spacing, study_uid=study,
+                           description=description)
+    assert main(["pairs", str(tmp_path / "archive"), str(tmp_path / "pairs.csv")]) == 0
+    with open(tmp_path / "pairs.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["study_uid"] == study and row["input"].endswith("nc") and row["target"].endswith("ce")
+
+
+def test_models_list_show_and_verify_with_no_flags(capsys):
+    assert main(["models", "list"]) == 0
+    assert "demo_phantom_small" in capsys.readouterr().out
+    assert main(["models", "show", "demo_phantom_small"]) == 0
+    shown = capsys.readouterr().out
+    assert "NOT FOR DIAGNOSIS" in shown
+    assert main(["models", "verify"]) == 0
+
+
+def test_a_sidecar_is_trusted_only_beside_the_image_it_was_written_for(small_ncct, tmp_path, capsys):
+    import shutil
+
+    from SyntheticContrastLib.io.volume import Volume
+
+    folder, _ = small_ncct
+    assert main(["synthesize", str(folder), str(tmp_path / "a_synthetic.nii.gz")]) == 0
+    made = read_volume(tmp_path / "a_synthetic.nii.gz", check_hu=False)
+    other = tmp_path / "b_synthetic.nii.gz"
+    from SyntheticContrastLib.io.reading import write_volume
+
+    write_volume(Volume(made.array + 1, made.spacing, made.origin, made.direction,
+                        {"ITK_FileNotes": "SYNTHETIC sCECT, model demo_phantom_small sha256 000000000000"}), other)
+    shutil.copy(tmp_path / "a_synthetic.json", tmp_path / "b_synthetic.json")  # another image's sidecar beside it
+    assert synthetic_provenance(other)["sha256"] is None
+    assert main(["export-dicom", str(other), str(folder), str(tmp_path / "dicom")]) == 2
+    assert "no sidecar written with this file" in capsys.readouterr().err
