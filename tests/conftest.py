@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SyntheticContrast"
 from SyntheticContrastLib.engine.encoding import WindowEncoding  # noqa: E402
 from SyntheticContrastLib.engine.models import ModelCard, save_model  # noqa: E402
 from SyntheticContrastLib.engine.networks import GeneratorConfig, UNetGenerator3D  # noqa: E402
+from SyntheticContrastLib.io.dicom_export import write_dicom_file  # noqa: E402
 
 TINY = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.0)
 
@@ -109,7 +110,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing=(0.8, 0.8, 2.5), mo
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.PixelData = np.round(hu[k] + 1024).astype(np.int16).tobytes()
         path = folder / f"slice{k:03d}.dcm"
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        write_dicom_file(path, ds)
         files.append(path)
     return files
 
@@ -121,7 +122,7 @@ def rewrite_series(files, change) -> None:
     for k, path in enumerate(files):
         ds = pydicom.dcmread(path)
         change(k, ds)
-        ds.save_as(path, enforce_file_format=True)
+        write_dicom_file(path, ds)
 
 
 def debian_tool(name: str, package: str) -> str:

@@ -22,6 +22,7 @@ from SyntheticContrastLib.engine.models import load_model
 from SyntheticContrastLib.io.orientation import AxialLayout
 from SyntheticContrastLib.io.reading import read_volume, write_volume
 from SyntheticContrastLib.io.volume import READER_NOTES, Volume
+from SyntheticContrastLib.io.dicom_export import write_dicom_file
 
 ORIENTATIONS = [  # SimpleITK's DICOMOrient codes: the patient direction each index axis (x, y, z) runs towards
     "LPS", "RAS", "RPI", "LAS",  # axial, with flips (RAS is what dcm2niix NIfTI files hold)
@@ -107,7 +108,7 @@ def test_order_comes_from_positions_not_names_or_instance_numbers(tmp_path, refe
     for k, path in enumerate(files):
         ds = pydicom.dcmread(path)
         ds.InstanceNumber = int(order[k]) + 1  # numbers that say nothing about position
-        ds.save_as(path.with_name(f"IM{order[k]:05d}"), enforce_file_format=True)
+        write_dicom_file(path.with_name(f"IM{order[k]:05d}"), ds)
         path.unlink()
     volume = read_volume(tmp_path / "shuffled")
     np.testing.assert_array_equal(volume.array, reference.array)
@@ -161,7 +162,7 @@ def _extra_series(folder, like, description, image_type=None, sop_class=None, im
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
         if orientation:
             ds.ImageOrientationPatient = orientation
-        ds.save_as(folder / f"{description.replace(' ', '_')}{k}.dcm", enforce_file_format=True)
+        write_dicom_file(folder / f"{description.replace(' ', '_')}{k}.dcm", ds)
 
 
 def _dose_report(folder, study_uid):
@@ -175,7 +176,7 @@ def _dose_report(folder, study_uid):
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", study_uid, generate_uid()
     ds.SeriesDescription = "Dose Report"
-    ds.save_as(folder / "dose_report.dcm", enforce_file_format=True)
+    write_dicom_file(folder / "dose_report.dcm", ds)
 
 
 @variant("localizer, dose report or screen-capture series beside the CT")

@@ -13,6 +13,7 @@ from SyntheticContrastLib.io.dicom_export import on_source_grid
 from SyntheticContrastLib.errors import InputError
 from SyntheticContrastLib.io.reading import read_volume, write_volume
 from SyntheticContrastLib.io.volume import READER_NOTES, Volume
+from SyntheticContrastLib.io.dicom_export import write_dicom_file
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_a_localizer_filed_in_the_ct_series_is_left_out(series):
     scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal scout
-    scout.save_as(folder / "scout.dcm", enforce_file_format=True)
+    write_dicom_file(folder / "scout.dcm", scout)
     volume = read_volume(folder)
     assert volume.array.shape == (12, 24, 20)
     assert any("scout.dcm" in n and "LOCALIZER" in n for n in volume.metadata[READER_NOTES])
@@ -235,7 +236,7 @@ def enhanced_ct(path, hu, spacing=(0.8, 0.7, 2.0), origin=(-10.0, -20.0, 0.0), p
     ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence = [shared], per_frame
     ds.PixelData = np.stack(stored).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    write_dicom_file(path, ds)
     return path
 
 

@@ -24,6 +24,7 @@ from SyntheticContrastLib.engine.networks import GeneratorConfig
 from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
 from SyntheticContrastLib.io.reading import read_volume, write_volume
 from SyntheticContrastLib.io.volume import Volume
+from SyntheticContrastLib.io.dicom_export import write_dicom_file
 
 ENC = WindowEncoding()
 WITH_DROPOUT = GeneratorConfig(ngf=2, levels=3, z_halvings=2, dropout=0.5)
@@ -114,7 +115,7 @@ def real_ct_series(folder, slices=16):
         ds.SeriesInstanceUID, ds.InstanceNumber = series, k + 1
         x, y, z = (float(v) for v in source.ImagePositionPatient)
         ds.ImagePositionPatient = [x, y, z + k * float(source.SliceThickness)]
-        ds.save_as(folder / f"slice{k:02d}.dcm", enforce_file_format=True)
+        write_dicom_file(folder / f"slice{k:02d}.dcm", ds)
     return folder
 
 

@@ -124,7 +124,7 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
                 ds.WindowCenter, ds.WindowWidth = (25, 50) if uncertainty else (50, 350)
                 ds.PixelData = pixels[k].tobytes()
                 path = staging / f"SYNTHETIC_{k + 1:04d}.dcm"
-                pydicom.dcmwrite(path, ds, enforce_file_format=True)
+                write_dicom_file(path, ds)
                 files.append(out_dir / path.name)
     except OSError as exc:
         raise OutputError(out_dir, f"writing the DICOM series failed: {exc.strerror or exc}") from exc
@@ -209,6 +209,17 @@ def on_source_grid(synthetic: Volume, source: Volume) -> Volume:
         f"(off by {gaps[0]:.3f}, tolerance {GRID_TOLERANCE['origin_mm']}), spacing {np.round(spacing, 4).tolist()} vs "
         f"{np.round(source.spacing, 4).tolist()} mm, direction off by {gaps[2]:.4f} (tolerance {GRID_TOLERANCE['direction']}); "
         "resample it onto the source grid, or export the series it was made from"))
+
+
+def write_dicom_file(target, ds) -> None:
+    """Write ``ds`` as a DICOM file (preamble, 'DICM', file meta) with the pydicom of the running Slicer: 2.4 (Slicer 5.6
+    to 5.10) names this write_like_original=False, 3.x enforce_file_format=True, and refuses the other's name."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        pydicom.dcmwrite(target, ds, enforce_file_format=True)
+    else:
+        pydicom.dcmwrite(target, ds, write_like_original=False)
 
 
 def check_source_exportable(source_files) -> None:

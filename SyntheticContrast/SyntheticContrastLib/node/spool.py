@@ -48,8 +48,10 @@ def store_instance(spool: Path, ds) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     partial = folder / f".{ds.SOPInstanceUID}.partial"
+    from ..io.dicom_export import write_dicom_file
+
     with open(partial, "wb") as fh:
-        ds.save_as(fh, enforce_file_format=True)
+        write_dicom_file(fh, ds)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(partial, path)
