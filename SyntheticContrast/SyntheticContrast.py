@@ -408,10 +408,14 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("The input was not loaded from DICOM, so there is no study to add the synthetic series to."))
         # The export finds each slice's source image (or Enhanced CT frame) by position, so file order does not matter.
         files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
-        out = pathlib.Path(parentFolder) / f"{p.inputVolume.GetName()}_SYNTHETIC_CONTRAST".replace(" ", "_")
+        from SyntheticContrastLib.fileio import safe_file_name
+
+        # DICOM-loaded nodes are named "1: Chest ...": ':' is not allowed in a Windows file name.
+        out = pathlib.Path(parentFolder) / f"{safe_file_name(p.inputVolume.GetName())}_SYNTHETIC_CONTRAST"
         written = export_dicom_series(mrml.volume_from_node(p.outputVolume), out, files,
                                       p.outputVolume.GetAttribute("SyntheticContrast.model_id"),
-                                      p.outputVolume.GetAttribute("SyntheticContrast.model_sha256"))
+                                      p.outputVolume.GetAttribute("SyntheticContrast.model_sha256"),
+                                      findings=p.outputVolume.GetAttribute("SyntheticContrast.ood") or "")
         return f"Wrote {len(written)} slices of a SYNTHETIC CONTRAST series to {out}."
 
     # -- views -------------------------------------------------------------------------------------------

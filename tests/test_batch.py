@@ -208,3 +208,26 @@ def test_a_deleted_output_is_redone_and_a_failed_case_with_an_output_is_not_done
     assert Path(redone[first.name]["input"]).exists() and runner.output_path(first).exists()
     assert not runner.is_done(first), "a failed case whose output file exists must not count as done"
     assert redone[second.name]["status"] == "done"  # untouched, skipped
+
+
+def test_names_made_from_user_text_are_valid_on_windows_and_bounded():
+    from SyntheticContrastLib.fileio import safe_file_name
+
+    assert safe_file_name("1: Chest 2.5mm") == "1__Chest_2.5mm"  # a DICOM-loaded node's name: ':' is not allowed on Windows
+    assert safe_file_name("CON") == "_CON" and safe_file_name("aux.nii") == "_aux.nii"
+    assert safe_file_name(' <>"|?* ') == "unnamed"
+    long_a, long_b = "p" * 300 + "a", "p" * 300 + "b"
+    assert len(safe_file_name(long_a).encode()) == 120 and safe_file_name(long_a) != safe_file_name(long_b)
+
+
+def test_a_case_name_over_255_bytes_is_shortened_and_the_batch_finishes(tmp_path, tiny_model_card):
+    """One such name used to abort the whole batch with no manifest."""
+    from SyntheticContrastLib.io.reading import write_volume
+    from SyntheticContrastLib.io.volume import Volume
+
+    root = tmp_path / "in" / ("deep_" * 30)
+    root.mkdir(parents=True)
+    write_volume(Volume(chest_like((20, 32, 32)).astype(np.float32), (1, 1, 2), (0, 0, 0)), root / ("case_" * 40 + ".nii.gz"))  # each path part fits; the case name joins them: 352 bytes
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu"]) == 0
+    (row,) = manifest(tmp_path / "out").values()
+    assert row["status"] == "done" and len(Path(row["output"]).name.encode()) <= 255

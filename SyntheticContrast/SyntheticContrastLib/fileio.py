@@ -94,3 +94,26 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: Windows refuses these as a file's name whatever its extension.
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+#: Bytes a name made from user text may take: room is left for suffixes ('_sCECT_synthetic.nii.gz', '.partial')
+#: within the 255 bytes most file systems allow.
+NAME_BYTES = 120
+
+
+def safe_file_name(text: str, max_bytes: int = NAME_BYTES) -> str:
+    """A file or folder name made from user text (a node's name, a case's path) that is valid on Windows, macOS and
+    Linux: letters, digits, '-', '_' and '.', never a reserved device name, and at most ``max_bytes``; a name cut
+    short ends with a hash of the whole text, so two long names stay two names."""
+    import hashlib
+
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._ ") or "unnamed"
+    if name.split(".")[0].upper() in WINDOWS_RESERVED:
+        name = "_" + name
+    if len(name.encode("utf-8")) > max_bytes:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+        cut = name.encode("utf-8")[: max_bytes - 9].decode("utf-8", "ignore")
+        name = f"{cut}-{digest}"
+    return name

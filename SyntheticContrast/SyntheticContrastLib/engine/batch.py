@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError, SyntheticContrastError
-from ..fileio import atomic_write_csv, atomic_write_text, sha256_of
+from ..fileio import NAME_BYTES, atomic_write_csv, atomic_write_text, safe_file_name, sha256_of
 from ..io.dicom_series import dicom_series_in
 from ..io.reading import READ_SUFFIXES
 from ..io.volume import READER_NOTES
@@ -38,10 +38,6 @@ def _changed(status: dict) -> dict:
     """A finished case whose output was altered afterwards: reported as failed, and its output left as it is."""
     return {**status, "status": "failed", "error": f"{status['output']}: changed since this batch wrote it (sha256 differs); "
             "it is not overwritten: move it away to redo this case"}
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "case"
 
 
 def _strip_volume_suffix(name: str) -> str:
@@ -66,7 +62,9 @@ def unique_case_names(relative_paths: list[str]) -> list[str]:
     tag = lambda name, rel: f"{name}-{hashlib.sha256(rel.encode('utf-8')).hexdigest()[:8]}"
     # A name that lost characters is always tagged, so an exact name ('bed_2') keeps its name when a folded one
     # ('bed 2' -> 'bed_2') appears beside it later.
-    names = [name if name == stem else tag(name, rel) for rel, stem, name in zip(relative_paths, stems, map(_safe_name, stems))]
+    # Room for the tag: a name cut short by safe_file_name is never also tagged here past the file system's limit.
+    names = [name if name == stem else tag(name, rel)
+             for rel, stem, name in zip(relative_paths, stems, (safe_file_name(s, NAME_BYTES - 9) for s in stems))]
     return [tag(name, rel) if names.count(name) > 1 else name for rel, name in zip(relative_paths, names)]
 
 
@@ -82,7 +80,7 @@ def discover_cases(source: str | Path) -> list[Case]:
             rows = list(csv.DictReader(fh))
         if not rows or not {"case", "input"} <= set(rows[0]):
             raise InputError(source, "CSV manifest needs the columns 'case' and 'input'")
-        names = [_safe_name(r["case"]) for r in rows]
+        names = [safe_file_name(r["case"]) for r in rows]
         repeated = sorted({r["case"] for r, n in zip(rows, names) if names.count(n) > 1})
         if repeated:
             raise InputError(source, f"case names repeat (after making them safe for file names): {', '.join(repeated)}; "
