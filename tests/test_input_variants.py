@@ -87,7 +87,10 @@ def test_a_sagittal_dicom_series_is_read_and_measured_like_the_axial_one(tmp_pat
     read = read_volume(tmp_path / "sag")
     assert np.allclose(np.asarray(read.direction).reshape(3, 3), d, atol=1e-6)
     assert np.array_equal(AxialLayout.of(read.direction).to_axial(read.array), axial.array)
-    assert ood.measure(read) == pytest.approx(ood.measure(axial))
+    measured, expected = ood.measure(read), ood.measure(axial)
+    # pytest 9.2's approx refuses a dict that holds a list: the histogram is compared on its own.
+    assert measured.pop("hu_histogram") == pytest.approx(expected.pop("hu_histogram"))
+    assert measured == pytest.approx(expected)
 
 
 # --- DICOM series as scanners and PACS write them --------------------------------------------------------------
