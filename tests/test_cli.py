@@ -95,7 +95,8 @@ def test_progress_json_prints_one_event_per_line_for_a_calling_program(tmp_path,
     out = tmp_path / "case1_synthetic.nrrd"
     code = main(["synthesize", str(ncct), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--stride", "2", "--progress-json"])
     assert code == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    lines = capsys.readouterr().out.splitlines()
+    events = [json.loads(line) for line in lines]  # every stdout line is JSON: a human "wrote ..." went to stderr
     kinds = [e["event"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "done" and kinds.count("progress") >= 2
     progress = [e for e in events if e["event"] == "progress"]
@@ -112,3 +113,19 @@ def test_progress_json_reports_errors_as_an_event_too(tmp_path, tiny_model_card,
     assert code == 1 and "does not exist" in captured.err
     (event,) = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
     assert event["event"] == "error" and str(missing) in event["message"]
+
+
+def test_a_missing_device_is_refused_before_the_input_is_read(tmp_path, tiny_model_card, capsys, monkeypatch):
+    import SyntheticContrastLib.io.reading as reading
+
+    monkeypatch.setattr(reading, "read_volume", lambda *a, **k: pytest.fail("the input was read before the device was checked"))
+    code = main(["synthesize", str(tmp_path / "any.nii.gz"), str(tmp_path / "x_synthetic.nii.gz"), "--device", "cuda:7"])
+    assert code == 2 and "device 'cuda:7' was asked for but no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_version_says_which_release_runs(capsys):
+    from SyntheticContrastLib import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"synthetic-contrast {__version__}"

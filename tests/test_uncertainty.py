@@ -136,6 +136,9 @@ def test_demo_model_flags_a_real_ct_and_strict_refuses_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3 and "out of the model's training distribution" in err and str(ct) in err
     assert not strict_out.exists() and not list(tmp_path.glob(".strict*"))
+    findings = [line for line in err.splitlines() if line.startswith("out-of-distribution:")]
+    assert all(err.count(line.split(": ", 1)[1]) == 1 for line in findings)  # each finding said once, not again in the error
+    assert f"{len(findings)} finding(s) above (--strict, nothing written)" in err
 
 
 def test_demo_card_keeps_training_statistics_and_passes_its_own_kind_of_input():

@@ -20,6 +20,9 @@ VERB_GROUPS = (synthesis, batch, data, training, models, reader_study, node)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthetic-contrast", description="Synthetic contrast-enhanced CT from non-contrast chest CT (3D pix2pix).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"synthetic-contrast {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for group in VERB_GROUPS:
         group.register(sub)
@@ -41,7 +44,9 @@ def main(argv=None) -> int:
             emit_event("cancelled")
         return EXIT_CANCELLED
     except OutOfDistributionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Each finding was printed on its own line already; the batch manifest and the node keep the full text.
+        print(f"error: {exc.path}: out of the model's training distribution: {len(exc.findings)} finding(s) above "
+              "(--strict, nothing written)", file=sys.stderr)
         if as_json:
             emit_event("error", message=str(exc), out_of_distribution=True)
         return EXIT_OUT_OF_DISTRIBUTION

@@ -59,6 +59,9 @@ def cmd_synthesize(args) -> int:
     if out.resolve() == args.input.resolve():
         print("error: output would overwrite the input", file=sys.stderr)
         return EXIT_USAGE
+    from ..engine.devices import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks is refused before any reading
     model = load_model(args.model)
     volume = read_volume(args.input, series_uid=args.series)
     if args.dicom_out:
@@ -75,14 +78,16 @@ def cmd_synthesize(args) -> int:
     if args.progress_json:
         emit_event("done", windows=case.report.windows, stride=case.report.stride, device=case.report.device,
                    precision=case.report.precision, memory=case.report.memory, notes=case.report.notes, ood=case.ood_summary, **{k: str(v) for k, v in written.items()})
+    # With --progress-json, stdout is for the calling program: JSON lines only; the human summary goes to stderr.
+    say = (lambda text: print(text, file=sys.stderr)) if args.progress_json else print
     if args.dicom_out:
-        print(f"wrote DICOM series {args.dicom_out} (SeriesDescription 'SYNTHETIC CONTRAST - ...')"
-              + (f" and its SD map {written['dicom_sd_output']}" if "dicom_sd_output" in written else ""))
+        say(f"wrote DICOM series {args.dicom_out} (SeriesDescription 'SYNTHETIC CONTRAST - ...')"
+            + (f" and its SD map {written['dicom_sd_output']}" if "dicom_sd_output" in written else ""))
     if case.sd is not None:
-        print(f"wrote {uncertainty_path(out)} (SYNTHETIC uncertainty map: per-voxel SD in HU of {case.report.samples} samples)")
+        say(f"wrote {uncertainty_path(out)} (SYNTHETIC uncertainty map: per-voxel SD in HU of {case.report.samples} samples)")
     warning = f"; {len(findings)} out-of-distribution finding(s)" if findings else ""
-    print(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {case.report.windows} windows, stride {case.report.stride}, "
-          f"{case.report.blend} blending, {case.report.device}{warning})")
+    say(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {case.report.windows} windows, stride {case.report.stride}, "
+        f"{case.report.blend} blending, {case.report.device}{warning})")
     return EXIT_OK
 
 
