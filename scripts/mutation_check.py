@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,8 @@ MUTATIONS = (
              ("tests/test_node_queue.py",)),
     Mutation("an aborted association is sent short at its quiet time", f"{LIB}/node/queue.py",
              "                if row[\"incomplete\"]:", "                if False:", ("tests/test_node_queue.py",)),
+    Mutation("a result is sent without checking it holds every acknowledged instance", f"{LIB}/node/worker.py",
+             "        missing = acknowledged - made_from", "        missing = set()", ("tests/test_node_queue.py",)),
     Mutation("a truncated NIfTI is read with zeros", f"{LIB}/io/nifti.py", "        if held < declared:", "        if False:",
              ("tests/test_bad_input.py -k NIfTI",)),
     Mutation("a string accepted where a list of AE titles belongs", f"{LIB}/node/config.py",
@@ -121,10 +124,13 @@ def run(mutation: Mutation, python: str) -> tuple[bool, str]:
         shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache", "demo_output"))
         (copy / mutation.path).write_text(text.replace(mutation.original, mutation.mutated), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(copy / "SyntheticContrast"), "QT_QPA_PLATFORM": "offscreen"}
-        result = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests], cwd=copy,
+        targets = [part for spec in mutation.tests for part in shlex.split(spec)]  # "file -k expr" is three arguments
+        result = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *targets], cwd=copy,
                                 env=env, capture_output=True, text=True)
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
-    return result.returncode not in (0, 5), (failed[0] if failed else result.stdout.strip().splitlines()[-1] if result.stdout else "")
+    # Killed means tests failed (1) or the mutant broke their collection (2); a usage error (4) or no test run (5) is
+    # a broken entry of this list, never a kill.
+    return result.returncode in (1, 2), (failed[0] if failed else result.stdout.strip().splitlines()[-1] if result.stdout else "")
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from SyntheticContrastLib.errors import InputError
 from SyntheticContrastLib.node.queue import QueueError, SeriesQueue
 
 UID, STUDY = "1.2.3", "1.2"
@@ -222,3 +223,63 @@ def test_a_worker_whose_queue_fails_stops_the_node_instead_of_listening_with_nob
     worker.join(5)
     assert isinstance(worker.fatal, sqlite3.OperationalError)
     assert queue.workers()[0]["state"] == "dead" and "disk is full" in queue.workers()[0]["error"]
+
+
+def test_a_localizer_filed_in_a_routed_series_does_not_fail_it(tmp_path, tiny_model_card):
+    """The reader leaves a LOCALIZER image out of the volume on purpose; the node must count it as considered, not
+    as missing. Real synthesis through the Worker; only the send is replaced (no destination in this test)."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from conftest import chest_like, write_dicom_series
+    from SyntheticContrastLib.engine.models import load_model
+    from SyntheticContrastLib.io.dicom_export import write_dicom_file
+    from SyntheticContrastLib.node.spool import series_folder
+
+    spool = tmp_path / "spool"
+    files = write_dicom_series(tmp_path / "src", np.round(chest_like((16, 32, 32))), spacing=(0.8, 0.8, 2.5))
+    first = pydicom.dcmread(files[0])
+    folder = series_folder(spool, str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+    folder.mkdir(parents=True)
+    queue = SeriesQueue(spool / "queue.sqlite")
+    scout = pydicom.dcmread(files[0])
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    for ds in [pydicom.dcmread(f) for f in files] + [scout]:
+        write_dicom_file(folder / f"{ds.SOPInstanceUID}.dcm", ds)
+        queue.record_instance(str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), folder, "PACS", str(ds.SOPInstanceUID), now=1.0)
+    from SyntheticContrastLib.node.config import NodeConfig
+    from SyntheticContrastLib.node.worker import Worker
+
+    cfg = NodeConfig(spool=spool, allow=["PACS"], destination="X@127.0.0.1:1", quiet_seconds=0.01)
+    stop = threading.Event()
+    worker = Worker(cfg, queue, "cpu", stop, model=load_model(tiny_model_card), poll_seconds=0.02)
+    sent = []
+    worker.send = lambda uid, result_dir, triage: sent.append(len(list((result_dir / "dicom").glob("*.dcm"))))
+    worker.start()
+    try:
+        assert _wait(lambda: queue.rows()[0]["state"] in ("done", "failed"), seconds=60)
+    finally:
+        stop.set()
+        worker.join(10)
+    row = queue.rows()[0]
+    assert (row["state"], row["error"]) == ("done", "") and sent == [16] and row["instances"] == 17
+    queue.close()
+
+
+def test_a_result_that_lacks_an_acknowledged_instance_is_never_sent(tmp_path, queue):
+    import json
+
+    receive(queue, 3)
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / "made_from.json").write_text(json.dumps(["1.2.3.0", "1.2.3.1"]))  # made before 1.2.3.2 was spooled
+    worker, _ = _worker(tmp_path, queue, synthesize=None)
+    del worker.check_made_from  # the real check, not the stand-in of _worker
+    with pytest.raises(InputError, match=r"made before all 3 acknowledged instances were in the spool: 1 were not given "
+                                         r"to the reader \(e\.g\. 1\.2\.3\.2\)"):
+        worker.check_made_from(UID, result)
+    (result / "made_from.json").write_text(json.dumps(["1.2.3.0", "1.2.3.1", "1.2.3.2"]))
+    worker.check_made_from(UID, result)  # all of them: nothing to say

@@ -19,7 +19,8 @@ from .receiver import event_fields
 from .sender import SendError, send_cstore, send_stow
 
 log = logging.getLogger("synthetic_contrast.node")
-#: Beside each result: the SOP Instance UIDs it was made from, checked against what was acknowledged before sending.
+#: Beside each result: the SOP Instance UIDs the reader was given (each used, or left out with a note, such as a
+#: localizer filed in the series), checked against what was acknowledged before sending.
 MADE_FROM = "made_from.json"
 HEARTBEAT_SECONDS = 2.0
 
@@ -126,8 +127,8 @@ class Worker(threading.Thread):
         acknowledged = self.queue.instance_uids(uid)
         missing = acknowledged - made_from
         if missing:
-            raise InputError(None, f"the series could not be made from all of its {len(acknowledged)} acknowledged instances: "
-                                   f"{len(missing)} were not read into the volume (e.g. {sorted(missing)[0]})")
+            raise InputError(None, f"the result was made before all {len(acknowledged)} acknowledged instances were in the "
+                                   f"spool: {len(missing)} were not given to the reader (e.g. {sorted(missing)[0]})")
 
     def synthesize(self, row, triage: dict) -> Path:
         from ..engine.case import check_input, refuse_if_strict, synthesize_case, write_case
@@ -142,6 +143,8 @@ class Worker(threading.Thread):
         started = time.time()
         log.info("synthesis started", **event_fields("synthesis_started", device=self.device, attempt=row["attempts"], **triage))
         model = self.model()
+        # Listed before reading: an instance spooled after this is not in the list, and its arrival reopens the series.
+        considered = sorted(path.stem for path in Path(row["folder"]).glob("*.dcm"))
         volume = read_volume(row["folder"])
         sources = source_files_of(volume)
         check_source_exportable(sources)
@@ -154,7 +157,7 @@ class Worker(threading.Thread):
         if staging.exists():
             shutil.rmtree(staging)
         write_case(case, staging / f"{uid}_sCECT_synthetic.nii.gz", staging / "dicom", sources, model)
-        (staging / MADE_FROM).write_text(json.dumps(sorted(Path(p).stem for p in sources or [])), encoding="utf-8")
+        (staging / MADE_FROM).write_text(json.dumps(considered), encoding="utf-8")
         staging.replace(result_dir)
         if not self.queue.synthesized(uid, result_dir):
             shutil.rmtree(result_dir, ignore_errors=True)
