@@ -231,3 +231,19 @@ def test_a_case_name_over_255_bytes_is_shortened_and_the_batch_finishes(tmp_path
     assert main(["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu"]) == 0
     (row,) = manifest(tmp_path / "out").values()
     assert row["status"] == "done" and len(Path(row["output"]).name.encode()) <= 255
+
+
+def test_a_corrupt_status_file_is_named_and_its_case_done_again(tmp_path, tiny_model_card, capsys):
+    """One such file used to stop every rerun with exit 2, naming no file."""
+    make_cases(tmp_path / "in", 2)
+    args = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu"]
+    assert main(args) == 0
+    broken, *kept = sorted((tmp_path / "out" / "status").glob("*.json"))
+    broken.write_bytes(b"\x00\x00{not json")
+    kept_before = [k.stat().st_mtime_ns for k in kept]
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"status file {broken} is not readable JSON" in err and "the case is done again" in err
+    assert json.loads(broken.read_text())["status"] == "done" and [k.stat().st_mtime_ns for k in kept] == kept_before
+    assert {r["status"] for r in manifest(tmp_path / "out").values()} == {"done"}

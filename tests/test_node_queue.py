@@ -283,3 +283,60 @@ def test_a_result_that_lacks_an_acknowledged_instance_is_never_sent(tmp_path, qu
         worker.check_made_from(UID, result)
     (result / "made_from.json").write_text(json.dumps(["1.2.3.0", "1.2.3.1", "1.2.3.2"]))
     worker.check_made_from(UID, result)  # all of them: nothing to say
+
+
+def test_retention_deletes_only_sent_series_older_than_its_hours(tmp_path, queue):
+    from SyntheticContrastLib.node.config import NodeConfig
+    from SyntheticContrastLib.node.service import purge_expired
+
+    folders = {}
+    for uid, state in (("1.1", "done"), ("1.2", "done"), ("1.3", "failed")):
+        folders[uid] = tmp_path / "incoming" / uid
+        folders[uid].mkdir(parents=True)
+        (folders[uid] / "x.dcm").write_bytes(b"x")
+        queue.record_instance(uid, STUDY, folders[uid], "PACS", f"{uid}.0", now=0.0)
+        queue.complete([uid])
+        queue.claim(now=0.0)
+        if state == "done":
+            queue.synthesized(uid, tmp_path / "results" / uid)
+            (tmp_path / "results" / uid).mkdir(parents=True)
+            queue.done(uid, now=1000.0 if uid == "1.1" else 3600 * 71)
+        else:
+            queue.failed(uid, "bad", retry=False, max_attempts=1, backoff_seconds=1)
+    config = NodeConfig(spool=tmp_path, allow=["PACS"], destination="X@127.0.0.1:1", retention_hours=48)
+    assert purge_expired(config, queue, now=3600 * 72) == ["1.1"]  # sent 71 h ago: kept; never sent: kept
+    assert not folders["1.1"].exists() and not (tmp_path / "results" / "1.1").exists()
+    assert folders["1.2"].exists() and folders["1.3"].exists()
+    assert purge_expired(config, queue, now=3600 * 72) == []  # once
+    assert purge_expired(NodeConfig(spool=tmp_path, allow=["PACS"], destination="X@127.0.0.1:1", retention_hours=0),
+                         queue, now=10 ** 9) == []  # 0 keeps everything
+
+
+def test_below_the_disk_watermark_an_instance_is_refused_with_0xa700_and_not_spooled(tmp_path, queue, monkeypatch):
+    import shutil
+    import types
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from SyntheticContrastLib.node.config import NodeConfig
+    from SyntheticContrastLib.node.receiver import Receiver
+
+    receiver = Receiver(NodeConfig(spool=tmp_path, allow=["PACS"], destination="X@127.0.0.1:1", min_free_mib=512), queue)
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = "1.2.3.4", "1.2.3", "1.2", "CT"
+    ds.Rows = ds.Columns = 1
+    ds.BitsAllocated, ds.PixelData = 16, b"\0\0"
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    ds.SOPClassUID = CTImageStorage
+    meta = FileMetaDataset()  # as pynetdicom hands it over with the C-STORE request
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    event = types.SimpleNamespace(dataset=ds, file_meta=meta, assoc=types.SimpleNamespace(
+        requestor=types.SimpleNamespace(ae_title="PACS")))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=511 * 2**20))
+    assert receiver._on_store(event) == 0xA700
+    assert not (tmp_path / "incoming").exists() and queue.rows() == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=513 * 2**20))
+    assert receiver._on_store(event) == 0x0000 and queue.instance_uids("1.2.3") == {"1.2.3.4"}

@@ -112,6 +112,7 @@ class BatchRunner:
         self.rank, self.world = rank, world
         self.say = say or (lambda msg: None)
         self._digests = {}  # (path, mtime, size) -> sha256: the manifest is rebuilt after every case
+        self._corrupt: set[str] = set()  # cases whose status file was named as unreadable
         for sub in ("outputs", "status", "logs"):
             (self.out_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -124,12 +125,28 @@ class BatchRunner:
     def is_done(self, case: Case) -> bool:
         return self._finished_state(case) == "done"
 
-    def _finished_state(self, case: Case) -> str:
-        """'done' (output there, sha256 as written), 'changed' (output altered since), or 'todo'."""
+    def read_status(self, case: Case) -> dict | None:
+        """The case's status file, or None when there is none, or it is not a JSON object (a disk fault, a hand edit):
+        then it is named once and the case is done again, instead of stopping every rerun of the batch."""
         path = self.status_path(case)
         if not path.exists():
+            return None
+        try:
+            status = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            status = exc
+        if not isinstance(status, dict):
+            if case.name not in self._corrupt:
+                self._corrupt.add(case.name)
+                self.say(f"{case.name}: status file {path} is not readable JSON ({status}); the case is done again")
+            return None
+        return status
+
+    def _finished_state(self, case: Case) -> str:
+        """'done' (output there, sha256 as written), 'changed' (output altered since), or 'todo'."""
+        status = self.read_status(case)
+        if status is None:
             return "todo"
-        status = json.loads(path.read_text())
         output = Path(status.get("output") or "")
         if status.get("status") != "done" or not output.is_file():
             return "todo"
@@ -215,9 +232,9 @@ class BatchRunner:
             state = self._finished_state(case)
             if state == "done":
                 self.say(f"{case.name}: already done (output sha256 checked), skipped")
-                results.append(json.loads(self.status_path(case).read_text()))
+                results.append(self.read_status(case))
             elif state == "changed":
-                status = _changed(json.loads(self.status_path(case).read_text()))
+                status = _changed(self.read_status(case))
                 self.say(f"{case.name}: {status['error']}")
                 results.append(status)
             else:
@@ -232,9 +249,9 @@ class BatchRunner:
         """manifest.csv from the status files: one row per case, 'pending' where nothing finished yet."""
         rows = []
         for case in cases:
-            path = self.status_path(case)
-            row = json.loads(path.read_text()) if path.exists() else {"case": case.name, "input": case.input, "status": "pending"}
-            if path.exists() and self._finished_state(case) == "changed":
+            status = self.read_status(case)
+            row = status if status is not None else {"case": case.name, "input": case.input, "status": "pending"}
+            if status is not None and self._finished_state(case) == "changed":
                 row = _changed(row)
             rows.append({k: row.get(k, "") for k in MANIFEST_FIELDS})
         target = self.out_dir / "manifest.csv"
