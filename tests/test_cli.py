@@ -129,3 +129,21 @@ def test_version_says_which_release_runs(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"synthetic-contrast {__version__}"
+
+
+def test_auto_and_cuda_mean_this_ranks_gpu_under_torchrun(monkeypatch):
+    """Every rank on GPU 0 would be the silent result of a bare 'cuda' under torchrun."""
+    import torch
+
+    from SyntheticContrastLib.engine.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == torch.device("cuda", 2) and resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match="device 'cuda:9' was asked for but only 4 CUDA GPU"):
+        resolve_device("cuda:9")

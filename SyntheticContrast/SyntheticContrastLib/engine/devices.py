@@ -40,6 +40,8 @@ def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {name!r} is not supported: give {DEVICE_HELP}")
     if device.type == "cuda":
+        if device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # 'cuda' under torchrun: this rank's GPU
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
