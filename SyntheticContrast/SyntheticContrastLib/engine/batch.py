@@ -20,8 +20,7 @@ from typing import Callable
 from ..errors import InputError, SyntheticContrastError
 from ..fileio import NAME_BYTES, atomic_write_csv, atomic_write_text, safe_file_name, sha256_of
 from ..io.dicom_series import dicom_series_in
-from ..io.reading import READ_SUFFIXES
-from ..io.volume import READER_NOTES
+from ..io.volume import READ_SUFFIXES, READER_NOTES, strip_volume_suffix
 
 MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "notes", "model_id", "model_sha256", "seconds", "rank",
                    "error", "finished")
@@ -40,15 +39,6 @@ def _changed(status: dict) -> dict:
             "it is not overwritten: move it away to redo this case"}
 
 
-def _strip_volume_suffix(name: str) -> str:
-    """'patient1.nii.gz' -> 'patient1'; only a known volume suffix is removed, never a UID's dots."""
-    lowered = name.lower()
-    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
-        if lowered.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def unique_case_names(relative_paths: list[str]) -> list[str]:
     """Stable, unique case names from the inputs' paths relative to the batch folder.
 
@@ -58,7 +48,7 @@ def unique_case_names(relative_paths: list[str]) -> list[str]:
     """
     import hashlib
 
-    stems = [_strip_volume_suffix(rel).replace("/", "__").replace(os.sep, "__") for rel in relative_paths]
+    stems = [strip_volume_suffix(rel).replace("/", "__").replace(os.sep, "__") for rel in relative_paths]
     tag = lambda name, rel: f"{name}-{hashlib.sha256(rel.encode('utf-8')).hexdigest()[:8]}"
     # A name that lost characters is always tagged, so an exact name ('bed_2') keeps its name when a folded one
     # ('bed 2' -> 'bed_2') appears beside it later.

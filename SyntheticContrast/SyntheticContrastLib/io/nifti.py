@@ -28,6 +28,11 @@ def read_header(path: Path) -> bytes:
         return fh.read(HEADER_BYTES)
 
 
+def _byte_order(header: bytes) -> str:
+    """'<' or '>': the order in which sizeof_hdr reads as 348, as NIfTI-1 defines it."""
+    return "<" if struct.unpack_from("<i", header, 0)[0] == HEADER_BYTES else ">"
+
+
 def check_nifti(path: Path) -> None:
     """Refuse, naming the file and the field, what ITK would read into wrong voxels; memory stays bounded by one chunk
     whatever the header declares."""
@@ -38,7 +43,7 @@ def check_nifti(path: Path) -> None:
         raise InputError(path, f"cannot be read as an image (corrupt or truncated?): {exc}") from exc
     if len(header) < HEADER_BYTES:
         raise InputError(path, f"is truncated: its NIfTI header has {len(header)} of {HEADER_BYTES} bytes")
-    endian = "<" if struct.unpack_from("<i", header, 0)[0] == HEADER_BYTES else ">"
+    endian = _byte_order(header)
     if struct.unpack_from(endian + "i", header, 0)[0] != HEADER_BYTES:
         return  # not NIfTI-1 (NIfTI-2 or ANALYZE): ITK's own checks apply
     dims = struct.unpack_from(endian + "8h", header, 40)
@@ -65,7 +70,7 @@ def nifti_form_disagreement(path: Path) -> str | None:
     header = read_header(path)
     if len(header) < HEADER_BYTES:
         return None
-    endian = "<" if struct.unpack_from("<i", header, 0)[0] == 348 else ">"
+    endian = _byte_order(header)
     qform_code, sform_code = struct.unpack_from(endian + "2h", header, 252)
     if qform_code <= 0 or sform_code <= 0:
         return None

@@ -17,9 +17,8 @@ from .dicom_series import (check_dicom_series, choose_series, dicom_series_in, d
 from .enhanced_ct import ENHANCED_CT, is_enhanced_ct, read_enhanced_ct
 from .nifti import check_nifti, nifti_form_disagreement
 from .sidecar import read_sidecar, write_sidecar
-from .volume import PROVENANCE_PREFIX, READER_NOTES, Volume
+from .volume import PROVENANCE_PREFIX, READ_SUFFIXES, READER_NOTES, Volume
 
-READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 

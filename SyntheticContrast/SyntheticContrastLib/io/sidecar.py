@@ -11,19 +11,15 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_text, sha256_of
-from .volume import PROVENANCE_PREFIX
+from .volume import PROVENANCE_PREFIX, strip_volume_suffix
 
 FORMAT = "synthetic-contrast-sidecar/1"
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def sidecar_path(image: Path) -> Path:
+    """'x_synthetic.nii.gz' -> 'x_synthetic.json', beside it."""
     image = Path(image)
-    name = image.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return image.with_name(name[: -len(suffix)] + ".json")
-    return image.with_name(name + ".json")
+    return image.with_name(strip_volume_suffix(image.name) + ".json")
 
 
 def _versions() -> dict:

@@ -14,6 +14,17 @@ PROVENANCE_PREFIX = "SyntheticContrast."
 #: Metadata key of what the reader did on its own (files ignored, images left out, padding filled): said to the user.
 READER_NOTES = "reader_notes"
 AIR_HU = -1000.0
+#: The volume file formats read besides DICOM; the batch and the sidecar strip the same suffixes.
+READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def strip_volume_suffix(name: str) -> str:
+    """'patient1.nii.gz' -> 'patient1'; only a known volume suffix is removed, never a UID's dots."""
+    lowered = name.lower()
+    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass
