@@ -23,8 +23,10 @@ def register(sub) -> None:
     p.add_argument("--allow", action="append", default=[], metavar="AE", help="calling AE title allowed to send (repeatable)")
     p.add_argument("--allow-host", action="append", default=[], dest="allow_hosts", metavar="IP", help="host allowed to connect (repeatable; default any)")
     p.add_argument("--model", type=Path, help="model store name ('models list') or model card JSON (default: the bundled demo model)")
+    from ..engine.devices import DEVICE_HELP
+
     p.add_argument("--device", action="append", default=[], dest="devices",
-                   help="one worker per device (repeatable; default auto: CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu")
+                   help=f"one worker per device, repeatable: {DEVICE_HELP} (default auto)")
     p.add_argument("--samples", type=int, help="stochastic samples: > 1 also sends the uncertainty (SD) series")
     p.add_argument("--strict", action="store_true", default=None, help="do not send a result for an out-of-distribution series")
     p.add_argument("--quiet-seconds", type=float, help="a series is complete this long after its last instance (default 30)")

@@ -24,7 +24,7 @@ class PlainProgress:
         self._stream = stream if stream is not None else sys.stderr
         self._clock, self._quiet = clock, quiet_seconds
         self._start = self._last_line = clock()
-        self._tenth, self._postfix, self._closed = 0, "", False
+        self._tenth, self._postfix = 0, ""
 
     def __enter__(self):
         return self
@@ -65,7 +65,7 @@ class PlainProgress:
         self._last_line = now
 
     def close(self) -> None:
-        self._closed = True
+        """Nothing to flush: every line was written whole."""
 
 
 def progress_bar(total: int | None = None, unit: str = "it", desc: str = "", disable: bool = False, position: int | None = None,
