@@ -92,6 +92,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)  # the .ui passes the scene on to every qMRML widget
         self.logic = SyntheticContrastLogic()
+        self._findings = {}
 
         ui, logic = self.ui, self.logic
         self._connect(ui.applyButton, _("Synthetic contrast could not start."), self.onApply)
@@ -235,6 +236,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.oodLabel.visible = bool(text)
 
     def onApply(self):
+        self._findings = {}  # this run's, by check: the input's ("ood") and the output's ("plausibility")
         self.ui.environmentLabel.text = self.logic.ensureDependencies()
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = _("Starting the synthesis process...")
@@ -246,8 +248,9 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _onSynthesisEvent(self, event):
         text = self.logic.describeEvent(event)
-        if event.get("event") == "ood":
-            self._showOutOfDistribution(self.logic.outOfDistributionText([f["message"] for f in event.get("findings", [])]))
+        if event.get("event") in ("ood", "plausibility"):
+            self._findings[event["event"]] = [f["message"] for f in event.get("findings", [])]
+            self._showOutOfDistribution(self.logic.outOfDistributionText(self._findings.get("ood"), self._findings.get("plausibility")))
         if event.get("event") == "progress":
             self.ui.progressBar.value = int(round(100 * event.get("fraction", 0)))
         if text:
@@ -339,8 +342,11 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
     # -- synthesis --------------------------------------------------------------------------------------
     def panelState(self, p) -> dict:
         running = self.synthesis.running
-        findings = (p.outputVolume.GetAttribute("SyntheticContrast.ood") or "") if p is not None and p.outputVolume else ""
-        ood = self.outOfDistributionText([findings]) if findings and findings != "none" and not findings.startswith("not checked") else ""
+        def attribute(key):
+            text = (p.outputVolume.GetAttribute(key) or "") if p is not None and p.outputVolume else ""
+            return [] if not text or text.startswith(("none", "not checked")) else [text]
+
+        ood = self.outOfDistributionText(attribute("SyntheticContrast.ood"), attribute("SyntheticContrast.plausibility"))
         if running:
             return {"canApply": False, "running": True, "applyHint": _("A synthesis is running; Cancel stops it."), "outOfDistribution": ""}
         if p is None or not p.inputVolume:
@@ -349,12 +355,17 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
                 "applyHint": _("Synthesise contrast for {name}").format(name=p.inputVolume.GetName())}
 
     @staticmethod
-    def outOfDistributionText(messages) -> str:
-        """The panel's warning for out-of-distribution findings; empty when there are none."""
-        if not messages:
-            return ""
-        return (_("Do not trust this synthetic image: the input is unlike the model's training data.") + "\n- "
-                + "\n- ".join(messages))
+    def outOfDistributionText(messages, implausible=None) -> str:
+        """The panel's warning for the input's out-of-distribution findings and the output's implausible
+        enhancement; empty when there are neither."""
+        parts = []
+        if messages:
+            parts.append(_("Do not trust this synthetic image: the input is unlike the model's training data.") + "\n- "
+                         + "\n- ".join(messages))
+        if implausible:
+            parts.append(_("Do not trust this synthetic image: its enhancement breaks what contrast can do.") + "\n- "
+                         + "\n- ".join(implausible))
+        return "\n".join(parts)
 
     def startSynthesis(self, p, onEvent=None, onFinished=None):
         """Start the engine CLI in a child process; ``onFinished(result, node)`` runs when it has ended."""
@@ -415,7 +426,8 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         written = export_dicom_series(mrml.volume_from_node(p.outputVolume), out, files,
                                       p.outputVolume.GetAttribute("SyntheticContrast.model_id"),
                                       p.outputVolume.GetAttribute("SyntheticContrast.model_sha256"),
-                                      findings=p.outputVolume.GetAttribute("SyntheticContrast.ood") or "")
+                                      findings=p.outputVolume.GetAttribute("SyntheticContrast.ood") or "",
+                                      plausibility=p.outputVolume.GetAttribute("SyntheticContrast.plausibility") or "")
         return f"Wrote {len(written)} slices of a SYNTHETIC CONTRAST series to {out}."
 
     # -- views -------------------------------------------------------------------------------------------

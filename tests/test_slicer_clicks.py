@@ -596,6 +596,15 @@ def test_out_of_distribution_input_raises_the_panels_warning(harness, tmp_path):
     warning = harness.logic.panelState(p)["outOfDistribution"]
     assert warning.startswith("Do not trust this synthetic image") and "body width" in warning
     assert "body width" in p.outputVolume.GetAttribute("SyntheticContrast.ood")
+    # The output is checked too: the demo model paints the back muscle of this real CT by hundreds of HU.
+    (implausible,) = [e for e in events if e["event"] == "plausibility"]
+    assert any("within 40 mm of the skin" in f["message"] for f in implausible["findings"])
+    assert "its enhancement breaks what contrast can do" in warning and "within 40 mm of the skin" in warning
+    (overlay,) = slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode", harness.scene)
+    assert overlay.GetAttribute("SyntheticContrast.synthetic") == "true" and overlay.GetAttribute("SyntheticContrast.map") == "plausibility"
+    assert "implausible enhancement (synthetic)" in overlay.GetName()
+    composites = slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode", harness.scene)
+    assert all(c.GetLabelVolumeID() == overlay.GetID() for c in composites)
 
 
 def test_cnr_table_gets_uncertainty_columns_from_the_sd_map(harness):

@@ -168,7 +168,10 @@ def test_batch_manifest_has_the_findings_and_strict_fails_only_that_case(tmp_pat
     write_volume(make_phantom(9003, PhantomSpec(slices=16)).ncct, tmp_path / "in" / "phantom.nii.gz")
     runner = BatchRunner(tmp_path / "out", load_model(DEFAULT_MODEL_CARD), SynthesisOptions(device="cpu"), strict=True)
     results = {r["case"]: r for r in runner.run(discover_cases(tmp_path / "in"))}
-    assert results["phantom"]["status"] == "done" and results["phantom"]["ood"] == "none"
+    # The phantom is in distribution, but the demo model darkens its medial lung by about 50 HU (trust/plausibility.py
+    # sees it on every held-out phantom): --strict refuses that output for its own reason, never for the input's.
+    assert results["phantom"]["status"] == "failed" and results["phantom"]["ood"] == "none"
+    assert "enhancement is implausible" in results["phantom"]["error"] and "region of lung is darker" in results["phantom"]["error"]
     assert results["real"]["status"] == "failed" and "body width" in results["real"]["ood"]
     assert "out of the model's training distribution" in results["real"]["error"]
     manifest = (tmp_path / "out" / "manifest.csv").read_text().splitlines()
@@ -247,3 +250,21 @@ def test_evaluate_with_an_sd_map_reports_calibration(tmp_path, capsys):
     rho = float(rows[1].split(",")[2])
     assert rho > 0.99  # an SD map equal to the error ranks the errors perfectly (up to float rounding)
     assert (tmp_path / "eval" / "sparsification.png").stat().st_size > 1000
+
+
+def test_calibration_counts_only_the_body_whatever_the_evaluation_mask(tmp_path):
+    """Air around the patient is most of a CT and trivially ranked (error and SD both near 0 or both large): the
+    calibration figures are of the body, even when the evaluation itself uses no body mask."""
+    from SyntheticContrastLib.measurement.evaluation import EvaluationSettings, evaluate_case
+    from SyntheticContrastLib.trust.anatomy import body_mask
+
+    case = make_phantom(9005, PhantomSpec(slices=8))
+    body = body_mask(case.ncct.array)
+    rng = np.random.default_rng(0)
+    pred = case.cect.array + rng.normal(0, 20, case.cect.array.shape).astype(np.float32)
+    error = np.abs(pred - case.cect.array)
+    sd = np.where(body, rng.uniform(0, 40, error.shape), error * 10.0).astype(np.float32)  # perfect outside, blind inside
+    result = evaluate_case(case.cect.with_array(pred), case.ncct, case.cect, EvaluationSettings(body_mask=None),
+                           sd=case.cect.with_array(sd))
+    assert result["calibration"]["voxels"] == int(body.sum()) < body.size // 2
+    assert abs(result["calibration"]["spearman_rho"]) < 0.05

@@ -53,7 +53,14 @@ class SynthesisCancelled(SyntheticContrastError):
 class OutOfDistributionError(InputError):
     """With --strict: the input lies outside the model's training data, so no synthetic image is made."""
 
+    what = "out of the model's training distribution"
+
     def __init__(self, path, findings: list):
         self.findings = findings
-        super().__init__(path, "out of the model's training distribution (--strict, nothing written): "
-                         + "; ".join(f.message for f in findings))
+        super().__init__(path, f"{self.what} (--strict, nothing written): " + "; ".join(f.message for f in findings))
+
+
+class ImplausibleOutputError(OutOfDistributionError):
+    """With --strict: the synthetic image's enhancement breaks a physics or training bound, so it is not written."""
+
+    what = "the synthetic image's enhancement is implausible"

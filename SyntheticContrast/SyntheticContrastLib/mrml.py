@@ -93,8 +93,20 @@ def add_uncertainty_volume(scene, source_node, volume: Volume, metadata: dict, s
     return node
 
 
-def _add_marked_volume(scene, source_node, volume: Volume, metadata: dict, name: str):
-    node = node_from_volume(scene, volume, name)
+def add_plausibility_overlay(scene, source_node, volume: Volume, metadata: dict, source_name: str | None = None):
+    """Add the output's plausibility violation map as a label map (1 enhanced where contrast cannot reach, 2 darker
+    than the NCCT, 3 above the ceiling) and show it as the label layer over the views."""
+    name = (source_name or source_node.GetName()) + " - implausible enhancement (synthetic)"
+    node = _add_marked_volume(scene, source_node, volume, metadata, name, scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name))
+    node.SetAttribute(ROLE_ATTRIBUTE, "plausibility")
+    for composite in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
+        composite.SetLabelVolumeID(node.GetID())
+        composite.SetLabelOpacity(0.5)
+    return node
+
+
+def _add_marked_volume(scene, source_node, volume: Volume, metadata: dict, name: str, node=None):
+    node = node_from_volume(scene, volume, name, node)
     for key, value in metadata.items():
         if key.startswith(PROVENANCE_PREFIX):
             node.SetAttribute(key, str(value))

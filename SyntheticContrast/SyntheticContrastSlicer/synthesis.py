@@ -79,7 +79,7 @@ class SynthesisController:
         try:
             write_volume(mrml.volume_from_node(p.inputVolume), job.input_path)
             command = [python_slicer(), "-m", "SyntheticContrastLib.cli", "synthesize", str(job.input_path),
-                       str(job.output_path), "--progress-json", *synthesis_arguments(p)]
+                       str(job.output_path), "--progress-json", "--plausibility-map", *synthesis_arguments(p)]
             pythonpath = os.pathsep.join(filter(None, [str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
             self.job, self._on_finished, self._parameters = job, on_finished, p
             self.runner.start(command, job.log_path, on_event, self._finished, env={"PYTHONPATH": pythonpath})
@@ -117,7 +117,7 @@ class SynthesisController:
     def _load_output(job: SynthesisJob):
         """(sCECT node, SD map node or None) from the child's output files."""
         from SyntheticContrastLib import mrml
-        from SyntheticContrastLib.engine.case import uncertainty_path
+        from SyntheticContrastLib.engine.case import plausibility_map_path, uncertainty_path
         from SyntheticContrastLib.io.reading import read_volume
 
         source = slicer.mrmlScene.GetNodeByID(job.input_id)
@@ -129,12 +129,17 @@ class SynthesisController:
         if uncertainty_path(job.output_path).exists():
             sd = read_volume(uncertainty_path(job.output_path), check_hu=False)
             sd_node = mrml.add_uncertainty_volume(slicer.mrmlScene, source, sd, sd.metadata, job.input_name)
+        violations = plausibility_map_path(job.output_path)
+        if violations.exists():
+            labels = read_volume(violations, check_hu=False)
+            if labels.array.any():  # an empty map would only hide the label layer a user set
+                mrml.add_plausibility_overlay(slicer.mrmlScene, source, labels, labels.metadata, job.input_name)
         return node, sd_node
 
     @staticmethod
     def synthesize_in_process(p, progress=None, cancel=None):
         """For headless scripts and tests: the engine in this process, with the same out-of-distribution checks
-        and samples as the CLI; returns (output node, report, findings)."""
+        and samples as the CLI; returns (output node, report, findings of the input and of the output)."""
         from SyntheticContrastLib import mrml
         from SyntheticContrastLib.engine.case import check_input, synthesize_case
         from SyntheticContrastLib.engine.inference import SynthesisOptions
@@ -154,7 +159,7 @@ class SynthesisController:
         p.outputVolume = node
         if case.sd is not None:
             p.uncertaintyVolume = mrml.add_uncertainty_volume(slicer.mrmlScene, source, case.sd, case.sd.metadata, name)
-        return node, case.report, findings
+        return node, case.report, findings + case.plausibility
 
 
 def _release_gpu_memory() -> None:

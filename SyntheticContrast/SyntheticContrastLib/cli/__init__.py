@@ -45,8 +45,7 @@ def main(argv=None) -> int:
         return EXIT_CANCELLED
     except OutOfDistributionError as exc:
         # Each finding was printed on its own line already; the batch manifest and the node keep the full text.
-        print(f"error: {exc.path}: out of the model's training distribution: {len(exc.findings)} finding(s) above "
-              "(--strict, nothing written)", file=sys.stderr)
+        print(f"error: {exc.path}: {exc.what}: {len(exc.findings)} finding(s) above (--strict, nothing written)", file=sys.stderr)
         if as_json:
             emit_event("error", message=str(exc), out_of_distribution=True)
         return EXIT_OUT_OF_DISTRIBUTION

@@ -37,7 +37,8 @@ def cmd_batch(args) -> int:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     cases = discover_cases(args.input)
     model = load_model(args.model)
-    runner = BatchRunner(args.output, model, synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict)
+    runner = BatchRunner(args.output, model, synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict,
+                         plausibility_map=args.plausibility_map)
     mine = runner.shard(cases)
     desc = f"rank {rank}/{world}" if world > 1 else "cases"
     from .progress import progress_bar

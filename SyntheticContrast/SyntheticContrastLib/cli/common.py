@@ -60,7 +60,34 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_strict_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strict", action="store_true", help="refuse (exit 3, nothing written) when the input is out of the model's training distribution")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 3, nothing written) when the input is out of the model's "
+                                                          "training distribution or the output's enhancement is implausible")
+    p.add_argument("--plausibility-map", action="store_true",
+                   help="also write the output's violation map (<output>_plausibility, a SYNTHETIC label volume: 1 enhanced where "
+                        "contrast cannot reach, 2 darker than the NCCT, 3 above the enhancement ceiling)")
+
+
+def synthesize_reporting(volume, model, args, findings, progress=None):
+    """synthesize_case, then the output's plausibility findings, one stderr line each (and one JSON event); with
+    --strict they are reported before the refusal, as the input's are."""
+    from ..engine.case import synthesize_case
+    from ..errors import ImplausibleOutputError
+
+    case = refused = None
+    try:
+        case = synthesize_case(volume, model, synthesis_options(args), findings, progress, strict=args.strict)
+        implausible, summary = case.plausibility, case.plausibility_summary
+    except ImplausibleOutputError as exc:
+        refused, implausible, summary = exc, exc.findings, "refused (--strict)"
+    for finding in implausible:
+        print(finding.line(), file=sys.stderr)
+    if getattr(args, "progress_json", False):
+        from ..trust.ood import as_dicts
+
+        emit_event("plausibility", findings=as_dicts(implausible), summary=summary)
+    if refused is not None:
+        raise refused
+    return case
 
 
 def emit_event(event: str, **fields) -> None:

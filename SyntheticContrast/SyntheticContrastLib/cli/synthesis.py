@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .common import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_strict_option, add_synthesis_options, emit_event,
-                     progress_callback, report_findings, synthesis_options, synthesize_with_progress, synthetic_output_path)
+                     progress_callback, report_findings, synthesis_options, synthesize_reporting, synthesize_with_progress, synthetic_output_path)
 
 DEMO_SEED = 9001
 
@@ -46,7 +46,7 @@ def register(sub) -> None:
 
 
 def cmd_synthesize(args) -> int:
-    from ..engine.case import synthesize_case, uncertainty_path, write_case
+    from ..engine.case import uncertainty_path, write_case
     from ..io.dicom_export import check_export, source_files_of
     from ..engine.models import load_model
     from ..io.reading import read_volume
@@ -69,15 +69,17 @@ def cmd_synthesize(args) -> int:
     if args.progress_json:
         emit_event("started", input=str(args.input), output=str(out), model_id=model.card.model_id)
     findings = report_findings(volume, model, args)
-    case = synthesize_case(volume, model, synthesis_options(args), findings, progress_callback(args))
+    case = synthesize_reporting(volume, model, args, findings, progress_callback(args))
     for note in case.report.notes:
         print(f"note: {note}", file=sys.stderr)
         if args.progress_json:
             emit_event("warning", message=note)
-    written = write_case(case, out, args.dicom_out, source_files_of(volume) if args.dicom_out else None, model)
+    written = write_case(case, out, args.dicom_out, source_files_of(volume) if args.dicom_out else None, model,
+                         plausibility_map=args.plausibility_map)
     if args.progress_json:
         emit_event("done", windows=case.report.windows, stride=case.report.stride, device=case.report.device,
-                   precision=case.report.precision, memory=case.report.memory, notes=case.report.notes, ood=case.ood_summary, **{k: str(v) for k, v in written.items()})
+                   precision=case.report.precision, memory=case.report.memory, notes=case.report.notes, ood=case.ood_summary,
+                   plausibility=case.plausibility_summary, **{k: str(v) for k, v in written.items()})
     # With --progress-json, stdout is for the calling program: JSON lines only; the human summary goes to stderr.
     say = (lambda text: print(text, file=sys.stderr)) if args.progress_json else print
     if args.dicom_out:
@@ -85,7 +87,10 @@ def cmd_synthesize(args) -> int:
             + (f" and its SD map {written['dicom_sd_output']}" if "dicom_sd_output" in written else ""))
     if case.sd is not None:
         say(f"wrote {uncertainty_path(out)} (SYNTHETIC uncertainty map: per-voxel SD in HU of {case.report.samples} samples)")
-    warning = f"; {len(findings)} out-of-distribution finding(s)" if findings else ""
+    if "plausibility_map" in written:
+        say(f"wrote {written['plausibility_map']} (SYNTHETIC plausibility violation map, labels)")
+    warning = (f"; {len(findings)} out-of-distribution finding(s)" if findings else "") + (
+        f"; {len(case.plausibility)} implausible-enhancement finding(s)" if case.plausibility else "")
     say(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {case.report.windows} windows, stride {case.report.stride}, "
         f"{case.report.blend} blending, {case.report.device}{warning})")
     return EXIT_OK
@@ -94,7 +99,7 @@ def cmd_synthesize(args) -> int:
 def cmd_export_dicom(args) -> int:
     from ..io.dicom_export import export_dicom_series, on_source_grid, source_files_of
     from ..engine.models import read_card
-    from ..engine.case import OOD_KEY
+    from ..engine.case import OOD_KEY, PLAUSIBILITY_KEY
     from ..io.reading import read_volume, synthetic_provenance
 
     provenance = synthetic_provenance(args.synthetic)
@@ -116,9 +121,11 @@ def cmd_export_dicom(args) -> int:
     synthetic = read_volume(args.synthetic, check_hu=False)
     source = read_volume(args.source, series_uid=args.series)
     synthetic = on_source_grid(synthetic, source)  # refuses a different grid, with the figures
-    findings = (provenance.get("sidecar") or {}).get("ood") or synthetic.metadata.get(OOD_KEY, "")
+    sidecar = provenance.get("sidecar") or {}
+    findings = sidecar.get("ood") or synthetic.metadata.get(OOD_KEY, "")
+    implausible = sidecar.get("plausibility") or synthetic.metadata.get(PLAUSIBILITY_KEY, "")
     files = export_dicom_series(synthetic, args.output, source_files_of(source), model_id, sha, args.series_number_offset,
-                                findings=findings)
+                                findings=findings, plausibility=implausible)
     print(f"wrote {len(files)} slices to {args.output} (derived series, SeriesDescription 'SYNTHETIC CONTRAST - ...')")
     return EXIT_OK
 
@@ -136,6 +143,12 @@ def cmd_demo(args) -> int:
     print(f"model: {model.card.model_id} - {model.card.intended_use}")
     case = make_phantom(args.seed)
     scect, report = synthesize_with_progress(case.ncct, model, args)
+    from ..trust import plausibility
+
+    statistics = model.card.enhancement_statistics
+    implausible = plausibility.check(plausibility.measure(case.ncct, scect, model.card.encoding.output_range_hu, statistics), statistics)
+    for finding in implausible:  # the main job shows the output check as any synthesis does
+        print(finding.line(), file=sys.stderr)
     out, name = args.output, f"phantom{args.seed:04d}"
     write_volume(case.ncct, out / f"{name}_ncct.nii.gz")
     write_volume(scect, out / f"{name}_sCECT_synthetic.nii.gz")

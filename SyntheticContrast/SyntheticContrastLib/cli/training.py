@@ -145,6 +145,9 @@ def cmd_evaluate(args) -> int:
               f"({c['ause_relative']['median']:.1%} of the MAE); see uncertainty_calibration.csv and sparsification.png")
     if "lpips_note" in results[0]:
         print(results[0]["lpips_note"])
+    from ..measurement.evaluation import enhancement_markdown
+
+    print(enhancement_markdown(results))
     print(f"reports in {args.output}")
     return EXIT_OK
 

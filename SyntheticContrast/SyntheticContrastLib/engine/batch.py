@@ -22,7 +22,7 @@ from ..fileio import NAME_BYTES, atomic_write_csv, atomic_write_text, safe_file_
 from ..io.dicom_series import dicom_series_in
 from ..io.volume import READ_SUFFIXES, READER_NOTES, strip_volume_suffix
 
-MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "notes", "model_id", "model_sha256", "seconds", "rank",
+MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "plausibility", "notes", "model_id", "model_sha256", "seconds", "rank",
                    "error", "finished")
 
 
@@ -96,9 +96,10 @@ class BatchRunner:
     """Runs cases of one shard; ``run`` returns the statuses of this rank's cases."""
 
     def __init__(self, out_dir, model, options, dicom: bool = False, rank: int = 0, world: int = 1,
-                 say: Callable[[str], None] | None = None, strict: bool = False):
+                 say: Callable[[str], None] | None = None, strict: bool = False, plausibility_map: bool = False):
         self.out_dir = Path(out_dir)
         self.model, self.options, self.dicom, self.strict = model, options, dicom, strict
+        self.plausibility_map = plausibility_map
         self.rank, self.world = rank, world
         self.say = say or (lambda msg: None)
         self._digests = {}  # (path, mtime, size) -> sha256: the manifest is rebuilt after every case
@@ -170,7 +171,7 @@ class BatchRunner:
             stale.unlink()  # a temporary file left by a killed earlier attempt; never a finished output
         status = {"case": case.name, "input": case.input, "model_id": self.model.card.model_id,
                   "model_sha256": self.model.card.sha256, "rank": self.rank, "output": "", "sd_output": "", "dicom_output": "",
-                  "ood": "", "notes": "", "error": ""}
+                  "ood": "", "plausibility": "", "notes": "", "error": ""}
         try:
             log.info("reading %s", case.input)
             volume = read_volume(case.input, series_uid=case.series_uid)
@@ -182,7 +183,10 @@ class BatchRunner:
             for finding in findings:
                 log.warning("%s", finding.line())
             refuse_if_strict(volume, findings, self.strict)
-            result = synthesize_case(volume, self.model, self.options, findings)
+            result = synthesize_case(volume, self.model, self.options, findings, strict=self.strict)
+            status["plausibility"] = result.plausibility_summary
+            for finding in result.plausibility:
+                log.warning("%s", finding.line())
             for note in result.report.notes:
                 log.info("note: %s", note)
             dicom_dir = None
@@ -193,7 +197,8 @@ class BatchRunner:
                         import shutil
 
                         shutil.rmtree(left)
-            written = write_case(result, self.output_path(case), dicom_dir, source_files_of(volume) if self.dicom else None, self.model)
+            written = write_case(result, self.output_path(case), dicom_dir, source_files_of(volume) if self.dicom else None, self.model,
+                                 plausibility_map=self.plausibility_map)
             status.update({key: str(path) for key, path in written.items() if key in status})
             status["output_sha256"] = self._digest(Path(written["output"]))
             status["status"] = "done"

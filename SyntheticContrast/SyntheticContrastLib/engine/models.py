@@ -41,6 +41,7 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     created: str = ""
     input_statistics: dict = field(default_factory=dict)  # what the training inputs looked like (ood.py)
+    enhancement_statistics: dict = field(default_factory=dict)  # what the training targets' enhancement was (plausibility.py)
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig.from_dict(self.architecture["parameters"])
@@ -65,6 +66,7 @@ class ModelCard:
             "sha256": self.sha256,
             "created": self.created,
             **({"input_statistics": self.input_statistics} if self.input_statistics else {}),
+            **({"enhancement_statistics": self.enhancement_statistics} if self.enhancement_statistics else {}),
         }
 
     @classmethod
@@ -85,6 +87,7 @@ class ModelCard:
                 training=data.get("training", {}),
                 created=data.get("created", ""),
                 input_statistics=data.get("input_statistics", {}),
+                enhancement_statistics=data.get("enhancement_statistics", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(path, f"model card is missing or has a bad field: {exc}") from exc

@@ -155,4 +155,7 @@ def describe(model: StoredModel) -> str:
                      + ", ".join(f"{k} {v[0]:g}-{v[1]:g}" for k, v in sorted(ranges.items()) if isinstance(v, (list, tuple)) and len(v) == 2))
     else:
         lines.append("input statistics: none (out-of-distribution checks cannot run with this model)")
+    from ..trust.plausibility import describe as describe_bounds
+
+    lines.extend(describe_bounds(card.enhancement_statistics))
     return "\n".join(lines)

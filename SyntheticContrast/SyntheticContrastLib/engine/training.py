@@ -369,8 +369,9 @@ class Trainer:
             )
 
     def export_model(self, train: list[PairedVolume] | None = None) -> Path:
-        """Weights and card; the card keeps what the training inputs looked like, for out-of-distribution checks."""
-        from ..trust import ood
+        """Weights and card; the card keeps what the training inputs looked like, for out-of-distribution checks, and
+        what their targets' enhancement was, for the output's plausibility checks."""
+        from ..trust import ood, plausibility
 
         cfg = self.cfg
         card = ModelCard(
@@ -379,6 +380,8 @@ class Trainer:
             default_stride=cfg.default_stride, intended_use=cfg.intended_use, training_data=cfg.training_data,
             weights_file="", training={"config": cfg.to_dict(), "final_epoch": self.epoch, "history": self.history[-3:]},
             input_statistics=ood.training_statistics([Volume(p.source, p.spacing, (0.0, 0.0, 0.0)) for p in train]) if train else {},
+            enhancement_statistics=plausibility.training_statistics([(p.source, p.target, p.spacing) for p in train],
+                                                                   self.encoding.output_range_hu) if train else {},
         )
         return save_model(self.G, card, self.out_dir / f"{cfg.model_id}.json")
 

@@ -90,6 +90,7 @@ def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: Eva
         out[name] = values
     if lpips is None:
         out["lpips_note"] = "LPIPS skipped: no local LPIPS/AlexNet weights given (they cannot be downloaded at run time)"
+    out["enhancement"] = enhancement_by_class(source, pred, reference)
     if sd is not None:
         from ..trust.calibration import calibrate
 
@@ -98,6 +99,44 @@ def evaluate_case(pred: Volume, source: Volume, reference: Volume, settings: Eva
         region = mask if mask is not None else body_mask(source.array[sel])
         out["calibration"] = calibrate(pred.array[sel], sd.array[sel], ref, region)
     return out
+
+
+ENHANCEMENT_FIGURES = ("median", "p5", "p95", "p99", "share_above_100")
+
+
+def enhancement_by_class(source: Volume, pred: Volume, reference: Volume) -> dict:
+    """Per NCCT tissue class, the enhancement (minus the input) of the sCECT and of the reference CECT over the
+    whole volume, with the bounds trust/plausibility.py applies: where the model departs from real enhancement."""
+    from ..trust import plausibility
+
+    out = {}
+    for name, vol in (("sCECT", pred), ("reference", reference)):
+        measured = plausibility.measure(source, vol)
+        out[name] = {cls: {k: c[k] for k in ENHANCEMENT_FIGURES} for cls, c in measured.figures()["classes"].items() if "median" in c}
+        out[name]["findings"] = [f.message for f in plausibility.check(measured, None)]
+    return out
+
+
+def enhancement_markdown(cases: list[dict]) -> str:
+    """Median over cases of each class's median enhancement, sCECT beside the reference CECT, and the findings."""
+    classes = [c for c in ("air", "lung", "fat", "soft_tissue", "cancellous_bone", "cortical_bone")
+               if any(c in case["enhancement"]["sCECT"] for case in cases)]
+    lines = [f"Enhancement (CT minus the NCCT input, HU) per NCCT tissue class, whole volume, n = {len(cases)} case(s); "
+             "median over cases of each case's class median (p5 to p95 in brackets).", "",
+             "| Class | sCECT | Reference CECT |", "|---|---|---|"]
+    for cls in classes:
+        cells = []
+        for key in ("sCECT", "reference"):
+            rows = [case["enhancement"][key][cls] for case in cases if cls in case["enhancement"][key]]
+            cells.append(f"{np.median([r['median'] for r in rows]):+.1f} ({np.median([r['p5'] for r in rows]):+.0f} to "
+                         f"{np.median([r['p95'] for r in rows]):+.0f})" if rows else "-")
+        lines.append(f"| {cls.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for case in cases:
+        for key in ("sCECT", "reference"):
+            for message in case["enhancement"][key]["findings"]:
+                lines.append(f"- {case['case']}, {key}: implausible enhancement: {message}")
+    return "\n".join(lines) + "\n"
 
 
 def summarize(cases: list[dict]) -> dict:
@@ -137,6 +176,7 @@ def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NC
     atomic_write_csv(out_dir / "metrics_per_case.csv", rows, ["case", "ct", *METRICS])
     atomic_write_text(out_dir / "metrics.json", json.dumps({"cases": cases, "summary": summary}, indent=2, default=float) + "\n")
     atomic_write_text(out_dir / "table2.md", table2_markdown(summary, input_label))
+    atomic_write_text(out_dir / "enhancement.md", enhancement_markdown(cases))
     _box_plots(cases, out_dir / "metrics_boxplots.png", input_label)
     calibrated = {c["case"]: c["calibration"] for c in cases if "calibration" in c}
     if calibrated:

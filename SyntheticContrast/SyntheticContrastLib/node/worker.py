@@ -152,7 +152,7 @@ class Worker(threading.Thread):
         refuse_if_strict(volume, findings, self.config.strict)
         options = SynthesisOptions(device=self.device, samples=self.config.samples)
         case = synthesize_case(volume, model, options, findings, cancel=self.stop_event.is_set,
-                               progress=lambda done, total: self.beat("working", uid))
+                               progress=lambda done, total: self.beat("working", uid), strict=self.config.strict)
         staging = result_dir.with_name(uid + ".partial")
         if staging.exists():
             shutil.rmtree(staging)
@@ -163,7 +163,8 @@ class Worker(threading.Thread):
             shutil.rmtree(result_dir, ignore_errors=True)
             raise Superseded("instances arrived during the synthesis; it starts again with every instance")
         log.info("synthesized", **event_fields("synthesized", seconds=round(time.time() - started, 2), windows=case.report.windows,
-                                               ood=case.ood_summary, notes=case.report.notes, **triage))
+                                               ood=case.ood_summary, plausibility=case.plausibility_summary,
+                                               notes=case.report.notes, **triage))
         return result_dir
 
     def send(self, uid: str, result_dir: Path, triage: dict) -> None:
