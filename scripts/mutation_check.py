@@ -3,6 +3,7 @@
     python scripts/mutation_check.py            # every mutation (a few minutes)
     python scripts/mutation_check.py --quick    # the ones CI runs
     python scripts/mutation_check.py --list
+    python scripts/mutation_check.py --from 30  # entries 30 and after (the list is in the order written)
 
 Each mutation replaces one exact snippet of a source file (the script refuses a snippet that no longer matches,
 so the list cannot silently go stale) in a temporary copy of the repository, then runs the tests that must catch
@@ -106,6 +107,49 @@ MUTATIONS = (
     Mutation("a flipped synthetic grid is not flipped back", f"{LIB}/io/dicom_export.py",
              "return source.with_array(np.ascontiguousarray(array), **synthetic.metadata)",
              "return source.with_array(np.ascontiguousarray(synthetic.array), **synthetic.metadata)", ("tests/test_real_archives.py",)),
+    # The node's spool, the store, CLI pass-through, export tags, tolerances at their limits, and the output checks.
+    Mutation("the spool's folder is not fsynced after the rename", f"{LIB}/node/spool.py", "    os.replace(partial, path)\n    _fsync_dir(folder)",
+             "    os.replace(partial, path)", ("tests/test_node_queue.py -k fsynced",), quick=True),
+    Mutation("the instance's own file is not fsynced", f"{LIB}/node/spool.py", "        fh.flush()\n        os.fsync(fh.fileno())",
+             "        fh.flush()", ("tests/test_node_queue.py -k fsynced",)),
+    Mutation("every stochastic pass draws the same dropout masks", f"{LIB}/engine/inference.py", "torch.manual_seed(options.seed + k)",
+             "torch.manual_seed(options.seed)", ("tests/test_pass_through.py",)),
+    Mutation("--tile-overlap does not reach the engine", f"{LIB}/cli/common.py", "device or args.device, tile_overlap=args.tile_overlap,",
+             "device or args.device,", ("tests/test_pass_through.py",)),
+    Mutation("weights loaded without every tensor", f"{LIB}/engine/models.py", "generator.load_state_dict(state, strict=True)",
+             "generator.load_state_dict(state, strict=False)", ("tests/test_model_store.py -k tensor",)),
+    Mutation("a half-finished install is listed as a model", f"{LIB}/engine/store.py", "if p.is_dir() and not p.name.startswith(\".\")",
+             "if p.is_dir()", ("tests/test_model_store.py -k half_finished",)),
+    Mutation("padding found without the rescale slope", f"{LIB}/io/dicom_series.py",
+             "float(ds.PixelPaddingValue) * float(ds.get(\"RescaleSlope\", 1) or 1) +", "float(ds.PixelPaddingValue) +",
+             ("tests/test_real_archives.py -k padding",)),
+    Mutation("a gap is a step over twice the median", f"{LIB}/io/rules.py", "GAP_FACTOR = 1.5", "GAP_FACTOR = 2.0",
+             ("tests/test_tolerances.py",)),
+    Mutation("the export grid's origin tolerance 0.1 mm", f"{LIB}/io/dicom_export.py", '"origin_mm": 0.05,', '"origin_mm": 0.1,',
+             ("tests/test_tolerances.py",)),
+    Mutation("PatientAge and AccessionNumber not copied", f"{LIB}/io/dicom_export.py", '"PatientSex", "PatientAge", "StudyInstanceUID",',
+             '"PatientSex", "StudyInstanceUID",', ("tests/test_dicom_export.py -k identity",)),
+    Mutation("training never draws the last window position", f"{LIB}/engine/training.py", "max(1, z - cfg.window_z + 1)",
+             "max(1, z - cfg.window_z)", ("tests/test_phantom_training.py -k every_z",)),
+    Mutation("batch digests cached by path only", f"{LIB}/engine/batch.py", "key = (str(path), stat.st_mtime_ns, stat.st_size)",
+             "key = (str(path), stat.st_size)", ("tests/test_batch.py -k while_the_batch",)),
+    Mutation("measured circles drawn with the diameter as radius", f"{LIB}/mrml.py", "    r = lesion.diameter_mm / 2\n",
+             "    r = lesion.diameter_mm\n", ("tests/test_mrml_bridge.py",)),
+    Mutation("calibration over the whole volume, air included", f"{LIB}/measurement/evaluation.py",
+             "region = mask if mask is not None else body_mask(source.array[sel])", "region = mask",
+             ("tests/test_uncertainty.py -k whatever_the",)),
+    Mutation("RJafroc IDs not trimmed", f"{LIB}/readerstudy/rjafroc.py", "    return str(value).strip()", "    return str(value)",
+             ("tests/test_significance.py -k stray",)),
+    Mutation("contrast allowed into fat", f"{LIB}/trust/plausibility.py", '"region_allowance_hu": {"air": 0.0, "fat": 0.0,',
+             '"region_allowance_hu": {"air": 0.0, "fat": 500.0,', ("tests/test_plausibility.py -k fat",), quick=True),
+    Mutation("darkening never checked", f"{LIB}/trust/plausibility.py", "lowered = any_class & body & (enhancement < -threshold)",
+             "lowered = any_class & body & (enhancement < -10 * threshold)", ("tests/test_plausibility.py -k aorta",)),
+    Mutation("noise judged on the output, not the NCCT", f"{LIB}/trust/plausibility.py", "    values = n[reference]\n",
+             "    values = enhancement[reference]\n", ("tests/test_plausibility.py",)),
+    Mutation("the body wall's muscle may take hundreds of HU", f"{LIB}/trust/plausibility.py", '"body_wall_region_ml": 10.0,',
+             '"body_wall_region_ml": 1000.0,', ("tests/test_plausibility.py -k real_ct",)),
+    Mutation("the training targets' share of enhanced soft tissue not checked", f"{LIB}/trust/plausibility.py",
+             "        if c[\"share_above_100\"] > share_hi:", "        if False:", ("tests/test_plausibility.py -k blob",)),
 )
 
 
@@ -137,8 +181,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only the mutations CI runs")
     parser.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
+    parser.add_argument("--from", dest="start", type=int, default=0, help="start at this entry of the list (0-based)")
     args = parser.parse_args()
-    chosen = [m for m in MUTATIONS if m.quick or not args.quick]
+    chosen = [m for m in MUTATIONS if m.quick or not args.quick][args.start:]
     if args.list:
         for m in chosen:
             print(f"{m.name:55s} {m.path:45s} {' '.join(m.tests)}")

@@ -247,3 +247,28 @@ def test_a_corrupt_status_file_is_named_and_its_case_done_again(tmp_path, tiny_m
     assert f"status file {broken} is not readable JSON" in err and "the case is done again" in err
     assert json.loads(broken.read_text())["status"] == "done" and [k.stat().st_mtime_ns for k in kept] == kept_before
     assert {r["status"] for r in manifest(tmp_path / "out").values()} == {"done"}
+
+
+def test_an_output_changed_while_the_batch_still_runs_is_reported_in_its_final_manifest(tmp_path, tiny_model_card):
+    """The manifest is rebuilt after every case from cached digests: an output edited between two cases, with its
+    size kept, must not keep the digest of what the batch wrote."""
+    from SyntheticContrastLib.engine.batch import BatchRunner
+    from SyntheticContrastLib.engine.inference import SynthesisOptions
+    from SyntheticContrastLib.engine.models import load_model
+
+    make_cases(tmp_path / "in", 2)
+    runner = BatchRunner(tmp_path / "out", load_model(tiny_model_card), SynthesisOptions(device="cpu"))
+    edited = []
+
+    def after_each(status):
+        if not edited:  # after the first case, before the second: same size, new bytes, new mtime
+            output = Path(status["output"])
+            data = bytearray(output.read_bytes())
+            data[-1] ^= 0xFF
+            output.write_bytes(bytes(data))
+            edited.append(status["case"])
+
+    runner.run(discover_cases(tmp_path / "in"), progress=after_each)
+    rows = manifest(tmp_path / "out")
+    assert rows[edited[0]]["status"] == "failed" and "changed since this batch wrote it" in rows[edited[0]]["error"]
+    assert [r["status"] for name, r in rows.items() if name != edited[0]] == ["done", "done"]

@@ -111,3 +111,37 @@ def test_an_oblique_volume_is_exported_with_its_own_orientation(tmp_path, source
         np.testing.assert_allclose(np.array(ds.ImagePositionPatient, float), synthetic.index_to_physical((0, 0, k)), atol=1e-5)
     back = read_volume(tmp_path / "oblique")
     np.testing.assert_allclose(back.direction, oblique, atol=1e-5)
+
+
+# The patient and study identity the derived series must carry over, named here as DICOM names them (PS3.3 Patient,
+# General Study, Patient Study, Frame of Reference and General Equipment modules), with literal values.
+IDENTITY = {
+    "PatientName": "Doe^Jane", "PatientID": "MRN-0042", "PatientBirthDate": "19510203", "PatientSex": "F", "PatientAge": "075Y",
+    "StudyDate": "20261130", "StudyTime": "081500", "StudyID": "S77", "AccessionNumber": "ACC-991",
+    "ReferringPhysicianName": "Who^Doctor", "StudyDescription": "CT CHEST WITHOUT CONTRAST", "PositionReferenceIndicator": "SN",
+    "Manufacturer": "Scanner Co", "InstitutionName": "General Hospital", "PatientPosition": "FFS", "BodyPartExamined": "CHEST",
+}
+
+
+def test_every_identity_attribute_is_copied_literally_and_each_slice_names_its_source(tmp_path, source):
+    folder, files = source
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for keyword, value in IDENTITY.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+    src = read_volume(folder)
+    out = export_dicom_series(src.with_array(src.array + 50.0), tmp_path / "out", source_files_of(src), "m", "a" * 64)
+    by_position = {tuple(round(float(v), 3) for v in pydicom.dcmread(f).ImagePositionPatient): pydicom.dcmread(f) for f in files}
+    for path in out:
+        ds = pydicom.dcmread(path)
+        for keyword, value in IDENTITY.items():
+            assert str(ds.get(keyword)) == value, keyword
+        # A derived image references the source image it was made from (PS3.3 C.7.6.1.1.4), at its own position.
+        (item,) = ds.SourceImageSequence
+        origin = by_position[tuple(round(float(v), 3) for v in ds.ImagePositionPatient)]
+        assert item.ReferencedSOPInstanceUID == origin.SOPInstanceUID and item.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.BurnedInAnnotation == "NO"
+        assert ds.ImageComments.startswith("SYNTHETIC IMAGE - not acquired, not for diagnosis")
+        assert ds.SeriesDescription.startswith("SYNTHETIC CONTRAST - ")
+        assert (ds.WindowCenter, ds.WindowWidth) == (50, 350) and ds.RescaleType == "HU"

@@ -70,6 +70,41 @@ def test_a_site_store_is_shared_read_only_and_a_user_model_shadows_it(stores, ti
         load_model("nope")
 
 
+def test_a_weights_file_missing_a_tensor_is_refused_and_the_tensor_named(tmp_path, tiny_model_card):
+    from safetensors.torch import load_file, save_file
+
+    from SyntheticContrastLib.fileio import sha256_of
+
+    card = json.loads(tiny_model_card.read_text())
+    weights = tiny_model_card.parent / card["weights_file"]
+    state = load_file(str(weights))
+    dropped = sorted(state)[-1]
+    del state[dropped]
+    save_file(state, str(weights))
+    card["sha256"] = sha256_of(weights)  # an intact file, signed by its card, that lacks one tensor
+    tiny_model_card.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="weights do not fit the architecture in the card") as caught:
+        load_model(tiny_model_card)
+    assert dropped in str(caught.value) and "Missing key" in str(caught.value)
+
+
+def test_a_half_finished_install_left_by_a_kill_is_neither_listed_nor_in_the_way(stores, tiny_model_card, capsys):
+    user, _ = stores
+    left = user / ".chest-v1.k3j2.partial"  # atomic_dir's staging folder, as a kill during the copy leaves it
+    left.mkdir(parents=True)
+    shutil.copy2(tiny_model_card, left / tiny_model_card.name)  # the card copied, the weights not yet
+    (user / "half").mkdir()
+    shutil.copy2(tiny_model_card, user / "half" / tiny_model_card.name)  # copied by hand, weights forgotten
+    names = [m.name for m in store.list_models()]
+    assert "chest-v1" not in names and not any(n.startswith(".") for n in names)
+    with pytest.raises(ModelError, match="no model named 'chest-v1'"):
+        store.find("chest-v1")
+    assert main(["models", "verify"]) == 1
+    assert "half\tuser\tBROKEN: weights tiny-test.safetensors missing" in capsys.readouterr().out
+    store.install(tiny_model_card, "chest-v1")  # the leftover does not block the real install
+    assert load_model("chest-v1").card.model_id == "tiny-test"
+
+
 def test_a_built_wheel_carries_the_demo_model(tmp_path):
     """pip install of a wheel: the demo model is package data, so the default --model works outside the source tree."""
     source = tmp_path / "source"  # a copy: building writes build/ and egg-info next to the sources

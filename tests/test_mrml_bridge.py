@@ -96,6 +96,18 @@ def test_cnr_table_for_a_phantom_case(scene):
         assert float(table.GetCellText(r, cnr_col)) == pytest.approx(row["cnr"], rel=1e-3)
     curves = mrml.draw_measured_circles(scene, lesions[0])
     assert len(curves) == 4 and all(c.GetNumberOfControlPoints() == 48 for c in curves)
+    # Each circle is the one CNR measures: centred on its point (LPS in the ROI file, RAS in the scene), of half
+    # the lesion's diameter, in the axial plane, and locked so that a stray drag cannot move what was measured.
+    lesion = lesions[0]
+    centres = {"lesion": lesion.center, **lesion.references}
+    for curve in curves:
+        name = curve.GetName().split(" ", 1)[1].rsplit(" ROI", 1)[0]
+        lps = np.asarray(centres[name], float)
+        ras = np.array([-lps[0], -lps[1], lps[2]])
+        points = np.array([curve.GetNthControlPointPosition(i) for i in range(48)])
+        np.testing.assert_allclose(points.mean(axis=0), ras, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(points - ras, axis=1), lesion.diameter_mm / 2, rtol=1e-9)
+        assert np.ptp(points[:, 2]) == 0 and curve.GetLocked() and curve.GetAttribute("SyntheticContrast.role") == "measured-circle"
 
 
 def test_layout_xml_names_the_views():

@@ -340,3 +340,54 @@ def test_below_the_disk_watermark_an_instance_is_refused_with_0xa700_and_not_spo
     assert not (tmp_path / "incoming").exists() and queue.rows() == []
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=513 * 2**20))
     assert receiver._on_store(event) == 0x0000 and queue.instance_uids("1.2.3") == {"1.2.3.4"}
+
+
+def test_the_instance_file_and_its_folder_are_fsynced_before_the_c_store_response(tmp_path, queue, monkeypatch):
+    """The README's guarantee: an acknowledged instance is on disk. An os.fsync spy names each descriptor it is given
+    (through /proc) and whether the final file existed then; the sender checks the record when its response comes."""
+    import os
+
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    from conftest import chest_like, free_port, write_dicom_series
+    from SyntheticContrastLib.node import spool
+    from SyntheticContrastLib.node.config import NodeConfig
+    from SyntheticContrastLib.node.receiver import Receiver
+
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        real_fsync(fd)
+        synced.append((target, sorted(p.name for p in Path(target).parent.glob("*.dcm")) if Path(target).is_file()
+                       else sorted(p.name for p in Path(target).glob("*.dcm"))))
+
+    monkeypatch.setattr(spool.os, "fsync", spy)
+    port = free_port()
+    receiver = Receiver(NodeConfig(spool=tmp_path / "spool", allow=["PACS"], destination="X@127.0.0.1:1", port=port), queue)
+    receiver.start()
+    try:
+        (path,) = write_dicom_series(tmp_path / "in", chest_like((1, 16, 16)))
+        ds = pydicom.dcmread(path)
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="SYNTHCONTRAST")
+        assert assoc.is_established
+        try:
+            assert synced == []
+            assert assoc.send_c_store(ds).Status == 0x0000
+            at_response = list(synced)  # what was on disk when the sender was told "stored"
+        finally:
+            assoc.release()
+    finally:
+        receiver.stop()
+    folder = tmp_path / "spool" / "incoming" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+    final = f"{ds.SOPInstanceUID}.dcm"
+    assert len(at_response) == 2, at_response
+    (file_target, _), (dir_target, listed) = at_response
+    # First the instance's own file, written under a temporary name; then its folder, once the rename put it there.
+    assert Path(file_target).parent == folder and Path(file_target).name == f".{ds.SOPInstanceUID}.partial"
+    assert Path(dir_target) == folder and listed == [final]

@@ -126,3 +126,23 @@ open({str(tmp_path)!r} + f"/rank{{t.rank}}.done", "w").close()  # a file per ran
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "rank0.done").exists() and (tmp_path / "rank1.done").exists()
     assert (tmp_path / "out" / "sct-model.json").exists()
+
+
+def test_training_windows_reach_every_z_position_the_first_and_the_last():
+    """A volume of 20 slices holds windows of 16 starting at slices 0 to 4: all five must be drawn, each the slab it
+    names, in input and target alike. An off-by-one would never train on the last slices of any volume."""
+    from SyntheticContrastLib.engine.training import _sample
+
+    z, size = 20, 32
+    slab = np.broadcast_to(np.arange(z, dtype=np.float32)[:, None, None], (z, size, size)).copy()
+    pair = PairedVolume("p", slab, slab + 1000.0)
+    cfg = TrainConfig(window_z=16, crop=None, shift_px=0)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(200):
+        source, target = _sample(pair, cfg, rng)
+        start = int(source[0, 0, 0])
+        np.testing.assert_array_equal(source[:, 0, 0], np.arange(start, start + 16))
+        np.testing.assert_array_equal(target, source + 1000.0)
+        starts.add(start)
+    assert starts == {0, 1, 2, 3, 4}

@@ -67,6 +67,22 @@ def test_padding_outside_the_field_of_view_becomes_air(series):
     assert any("PixelPaddingValue" in n and f"{12 * 9} voxels" in n for n in volume.metadata[READER_NOTES])
 
 
+def test_padding_is_found_through_the_rescale_slope_not_only_the_intercept(series):
+    folder, files = series
+
+    def pad(k, ds):
+        pixels = ds.pixel_array.copy()
+        pixels[:3, :3] = -32768
+        ds.PixelData = pixels.tobytes()
+        ds.add_new(0x00280120, "SS", -32768)
+        ds.RescaleSlope = 2  # stored -32768 is then -32768 x 2 - 1024 = -66560 HU: only that value is padding
+
+    rewrite_series(files, pad)
+    volume = read_volume(folder, check_hu=False)
+    assert (volume.array[:, :3, :3] == -1000.0).all()
+    assert any(f"{12 * 9} voxels were padding" in n for n in volume.metadata[READER_NOTES])
+
+
 def test_a_flipped_synthetic_volume_is_put_back_on_the_source_grid_and_a_shifted_one_refused(series):
     folder, files = series
     source = read_volume(folder)

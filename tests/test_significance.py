@@ -191,3 +191,19 @@ def test_weighted_lesions_on_a_0_to_100_scale_by_hand(tmp_path):
     foms = fom_matrix("wAFROC", imported)
     assert foms[0].tolist() == [0.8125, 0.8125] and foms[1].tolist() == [0.8125, pytest.approx(0.9375)]  # (0.75+1+1+1)/4
     assert math.isfinite(analyze_or(imported, "wAFROC")["RRRC"]["F"])
+
+
+def test_ids_with_stray_spaces_are_the_same_ids_as_rjafroc_trims_them(tmp_path):
+    """Spreadsheets typed by hand carry ' 3' and 'A ': RJafroc trims them, so a lesion is matched to its truth and
+    modality 'A ' is modality 'A'; untrimmed, the same workbook would be refused or split into more modalities."""
+    truth = [[1, 0, 0], [" 2", 0, 0], [3, 1, 0.5], ["3 ", 2, 0.5]]
+    fp = [["1", "A", 1, 30], [" 1", "A ", "2 ", 10]]
+    tp = [["1", "A", 3, 1, 80], ["1 ", "A", " 3", 2, 20], ["1", "B", 3, 1, 70], ["1", " B", 3, 2, 40]]
+    clean_truth = [[1, 0, 0], [2, 0, 0], [3, 1, 0.5], [3, 2, 0.5]]
+    clean_fp = [["1", "A", 1, 30], ["1", "A", 2, 10]]
+    clean_tp = [["1", "A", 3, 1, 80], ["1", "A", 3, 2, 20], ["1", "B", 3, 1, 70], ["1", "B", 3, 2, 40]]
+    spaced = read_jafroc_excel(_workbook(tmp_path / "spaced.xlsx", truth, fp, tp))
+    clean = read_jafroc_excel(_workbook(tmp_path / "clean.xlsx", clean_truth, clean_fp, clean_tp))
+    assert spaced.modality_ids == ["A", "B"] and spaced.reader_ids == ["1"] and spaced.case_ids == clean.case_ids
+    np.testing.assert_array_equal(spaced.ll, clean.ll)
+    np.testing.assert_array_equal(spaced.nl, clean.nl)
