@@ -228,3 +228,12 @@ def test_evaluate_reports_enhancement_per_class_beside_the_reference(tmp_path, c
     assert "reference: implausible" not in table  # the real CECT obeys physics
     figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())["cases"][0]["enhancement"]
     assert figures["reference"]["soft_tissue"]["median"] > 20 and figures["sCECT"]["findings"]
+
+
+def test_beyond_noise_is_judged_by_the_acquired_images_noise_not_by_how_the_model_treats_noise(case):
+    """A model that copies the NCCT's noise and one that adds its own must face the same bar: the threshold comes
+    from the NCCT alone (4 robust SDs in fat, at least 20 HU)."""
+    noisy = plausibility.measure(case.ncct, case.cect, OUTPUT_RANGE)
+    copied = plausibility.measure(case.ncct, case.ncct, OUTPUT_RANGE)  # the NCCT itself: its noise copied exactly
+    assert noisy.threshold_hu == copied.threshold_hu and noisy.noise_hu == copied.noise_hu
+    assert noisy.threshold_hu == max(4 * noisy.noise_hu, 20.0) and 5 < noisy.noise_hu < 40

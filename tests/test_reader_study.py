@@ -194,6 +194,12 @@ def test_end_to_end_outputs_and_the_known_direction(phantom_study, capsys):
     summary = json.loads((out / "reader_study.json").read_text())
     assert summary["simulated_marks"] is True
     assert "SIMULATED" in (out / "reader_study.md").read_text()
+    from matplotlib.image import imread
+
+    from test_figures import share
+
+    for name in ("conspicuity_bars.png", "froc_curves.png", "operating_characteristics.png"):
+        assert share(imread(out / name), (1, 0, 1)) > 0.0003, name  # stamped SIMULATED in magenta
     fom = summary["reader_averaged_fom"]
     # Simulated readers see high-contrast nodes more often: real contrast must beat no contrast.
     assert fom["CECT"]["fom_wafroc1"] > fom["NCCT"]["fom_wafroc1"]

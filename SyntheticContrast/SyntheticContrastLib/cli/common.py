@@ -33,7 +33,7 @@ def synthetic_output_path(input_path: Path, output: Path) -> Path:
 
 def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     from ..engine.devices import DEVICE_HELP
-    from ..engine.models import DEFAULT_MODEL_CARD
+    from ..engine.bundled import DEFAULT_MODEL_CARD
 
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_CARD,
                    help="model store name ('models list') or model card JSON (default: the bundled phantom demo model)")

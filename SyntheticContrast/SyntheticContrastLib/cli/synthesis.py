@@ -156,11 +156,14 @@ def cmd_demo(args) -> int:
     write_rois(case.annotations, out / f"{name}_rois.json")
     lesions = parse_rois(case.annotations)
     node = max(case.annotations["lesions"], key=lambda l: l["short_axis_mm"])
-    k = int(round(case.ncct.physical_to_index(node["center"])[2]))
+    i, j, k = (float(v) for v in case.ncct.physical_to_index(node["center"]))
+    k = int(round(k))
+    pixel_mm = float(case.ncct.spacing[0])
     figure = side_by_side(
         [case.ncct.array[k], scect.array[k], case.cect.array[k]],
         ["NCCT", "sCECT (SYNTHETIC)", "CECT"], out / f"{name}_side_by_side.png",
         f"phantom seed {args.seed}, slice {k}: node {node['id']} ({node['short_axis_mm']:.0f} mm)",
+        pixel_mm=pixel_mm, marks=[(j, i, 0.75 * node["short_axis_mm"] / pixel_mm + 4, node["id"])],
     )
     print(f"\n{'vs CECT, W350/L50':22s} {'MAE (HU)':>9s} {'PSNR (dB)':>10s}")
     for label, vol in (("NCCT", case.ncct), ("sCECT (synthetic)", scect)):

@@ -18,10 +18,9 @@ from .encoding import WindowEncoding
 from ..errors import ModelError
 from ..fileio import atomic_path, atomic_write_text, sha256_of
 from .networks import GENERATOR_ARCHITECTURE, GeneratorConfig, UNetGenerator3D
+from .bundled import BUNDLED_MODELS_DIR, DEFAULT_MODEL_CARD  # noqa: F401  (re-exported: callers import them here)
 
 CARD_FORMAT = "synthetic-contrast-model-card/1"
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "bundled_models"  # package data: in every wheel
-DEFAULT_MODEL_CARD = BUNDLED_MODELS_DIR / "demo_phantom_small.json"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".h5"}
 
 

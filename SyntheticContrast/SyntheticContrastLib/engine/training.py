@@ -365,7 +365,7 @@ class Trainer:
                 [val[0].source[k], self._last_val_pred[k], val[0].target[k]],
                 ["NCCT (input)", "sCECT (SYNTHETIC)", "CECT (target)"],
                 self.out_dir / f"samples_epoch{row['epoch']:03d}.png",
-                f"{val[0].name}, epoch {row['epoch']}, slice {k}",
+                f"{val[0].name}, epoch {row['epoch']}, slice {k}", pixel_mm=float(val[0].spacing[0]),
             )
 
     def export_model(self, train: list[PairedVolume] | None = None) -> Path:

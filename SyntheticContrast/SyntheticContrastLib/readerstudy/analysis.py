@@ -285,7 +285,7 @@ def _plots(summary, rating, readers, conditions, out_dir):
         ax.set_title(f"Reader {reader}: conspicuity")
         ax.set_ylabel("lymph nodes")
     axes[0][-1].legend(title="rating", fontsize=8)
-    save_figure(fig, out_dir / "conspicuity_bars.png")
+    save_figure(fig, out_dir / "conspicuity_bars.png", simulated=summary["simulated_marks"])
     fig, axes = plt.subplots(1, len(readers), figsize=(4.5 * len(readers), 4), squeeze=False)
     for ax, reader in zip(axes[0], readers):
         for r in summary["per_reader"]:
@@ -296,6 +296,6 @@ def _plots(summary, rating, readers, conditions, out_dir):
         ax.set_ylabel("lesion localisation fraction")
         ax.set_title(f"Reader {reader}: FROC")
         ax.legend(fontsize=8)
-    save_figure(fig, out_dir / "froc_curves.png")
+    save_figure(fig, out_dir / "froc_curves.png", simulated=summary["simulated_marks"])
 
 

@@ -22,7 +22,7 @@ def write_significance(ratings: Ratings, fom: str, why: str, out_dir: Path, simu
     result["simulated_marks"] = simulated
     atomic_write_text(out_dir / "significance.json", json.dumps(result, indent=1, default=float) + "\n")
     atomic_write_text(out_dir / "significance.md", significance_markdown(result))
-    operating_characteristics(ratings, fom, out_dir / "operating_characteristics.png")
+    operating_characteristics(ratings, fom, out_dir / "operating_characteristics.png", simulated)
     return result
 
 
@@ -65,7 +65,7 @@ def _curve(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesio
     return x, y
 
 
-def operating_characteristics(ratings: Ratings, fom: str, path: Path) -> Path:
+def operating_characteristics(ratings: Ratings, fom: str, path: Path, simulated: bool = False) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,4 +86,4 @@ def operating_characteristics(ratings: Ratings, fom: str, path: Path) -> Path:
         ax.set_ylabel("TPF" if fom == "ROC" else ("weighted LLF" if fom.startswith("w") else "LLF"))
         ax.set_title(f"{ratings.modality_ids[i]}: empirical {fom}")
         ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return save_figure(fig, path, simulated=simulated)
