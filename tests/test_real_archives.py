@@ -1,6 +1,7 @@
 """What hospital archives and CDs really hold: stray files, scouts and padding in a series, and synthetic volumes
 whose grid must be checked against the source series before a derived series is filed beside it."""
 
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -367,3 +368,25 @@ def test_a_synthetic_volume_in_axial_order_goes_back_onto_a_sagittal_source(tmp_
         np.testing.assert_allclose(np.array(ds.ImagePositionPatient, float), np.array(src.ImagePositionPatient, float), atol=1e-4)
         np.testing.assert_allclose(np.array(ds.ImageOrientationPatient, float), np.array(src.ImageOrientationPatient, float), atol=1e-6)
     assert dicom_validation_errors(tmp_path / "dicom") == []
+
+
+@variant("a folder of assorted objects GDCM's scan throws on")
+def test_pydicoms_own_test_folder_gives_one_line_and_no_foreign_messages(tmp_path):
+    """78 objects of every kind (RT dose and plan, SR, broken JPEG 2000, big-endian, no meta): GDCM's series scan
+    throws on one of them and its JPEG 2000 decoder prints to the terminal. The user sees one line naming a file."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pydicom.data
+
+    folder = tmp_path / "pydicom_test_files"
+    folder.mkdir()
+    for path in (Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm"):
+        shutil.copy(path, folder / path.name)
+    res = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", "synthesize", str(folder),
+                          str(tmp_path / "o_synthetic.nii.gz"), "--no-progress"], capture_output=True, text=True)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder}") and "is not a readable DICOM file" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and "tiles" not in res.stderr and not (tmp_path / "o_synthetic.nii.gz").exists()

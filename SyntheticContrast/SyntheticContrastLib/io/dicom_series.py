@@ -27,16 +27,66 @@ def quiet_itk():
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
+@contextlib.contextmanager
+def quiet_scan():
+    """Scanning a folder of other people's objects: GDCM's JPEG 2000 decoder writes straight to file descriptor 2
+    ('Invalid number of tiles'), and pydicom warns about each odd header. Neither says anything our notes do not,
+    so both are silenced for the scan only, and the descriptor is restored."""
+    import logging
+    import os
+    import sys
+    import warnings
+
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    saved = None
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:  # no descriptor 2 (a GUI host without a console): nothing to silence
+        saved = None
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), quiet_itk():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def dicom_series_in(folder: Path) -> list[dict]:
-    """The DICOM series directly in ``folder``: uid, files (GDCM's order), description and kind."""
+    """The DICOM series directly in ``folder``: uid, files (GDCM's order), description and kind. GDCM's scan throws
+    on some malformed objects (pydicom's own test folder has them): then pydicom lists the series instead."""
     reader = sitk.ImageSeriesReader
-    series = []
-    with quiet_itk():
-        uids = reader.GetGDCMSeriesIDs(str(folder))
-    for uid in uids:
-        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-        series.append(_series_entry(uid, files))
-    return series
+    with quiet_scan():
+        try:
+            uids = reader.GetGDCMSeriesIDs(str(folder))
+            return [_series_entry(uid, list(reader.GetGDCMSeriesFileNames(str(folder), uid))) for uid in uids]
+        except RuntimeError:
+            return _series_by_pydicom(folder)
+
+
+def _series_by_pydicom(folder: Path) -> list[dict]:
+    """Files with pixels grouped by SeriesInstanceUID; what cannot be parsed is left to report_unreadable_files."""
+    import pydicom
+
+    groups: dict[str, list[str]] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if not is_dicom_file(path):
+            continue
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)
+        except Exception:
+            continue
+        if "PixelData" in ds and "SeriesInstanceUID" in ds:
+            groups.setdefault(str(ds.SeriesInstanceUID), []).append(str(path))
+    return [_series_entry(uid, files) for uid, files in groups.items()]
 
 
 #: The series kind that can be synthesised; every other kind is named and left out of the choice.

@@ -78,6 +78,8 @@ RULES = (
     Rule("padding (PixelPaddingValue)", "outside the field of view: filled as air, -1000 HU",
          "note: N voxels were padding (PixelPaddingValue), outside the field of view: filled as air (-1000 HU)"),
     Rule("stray non-DICOM files", "ignored", "note: README.txt: not a DICOM file; ignored"),
+    Rule("a folder of assorted objects GDCM's scan throws on", "listed by pydicom instead, GDCM's and pydicom's own messages "
+         "silenced; an unreadable DICOM file is named", "FILE: is not a readable DICOM file (InvalidDicomError); it sits in the series folder DIR"),
     Rule("JPEG, JPEG-LS, JPEG 2000, RLE transfer syntaxes", "decoded by GDCM (pylibjpeg for Enhanced CT)", "-"),
     Rule("private vendor compression", "refused by name: a private transfer syntax, or pixels in a private block "
          "(Philips PMSCT_RLE1) with no PixelData, which GDCM leaves out of every series",
