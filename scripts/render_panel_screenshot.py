@@ -1,4 +1,4 @@
-"""Render the module's .ui offscreen with Qt (PySide6) to the PNG the README shows.
+"""Render the module's .ui offscreen with Qt (PySide6) to the PNG docs/slicer.md shows.
 
 ctk/qMRML widgets fall back to their Qt base classes, so node selectors render as empty boxes.
     QT_QPA_PLATFORM=offscreen python scripts/render_panel_screenshot.py

@@ -319,4 +319,4 @@ def test_every_rule_has_a_test_and_the_readme_shows_the_table():
     variants = {r.variant for r in rules.RULES}
     assert named - variants == set(), "tests name variants the rule table lacks"
     assert variants - named == set(), "rules without a test"
-    assert rules.markdown_table() in (Path(__file__).parents[1] / "README.md").read_text()
+    assert rules.markdown_table() in (Path(__file__).parents[1] / "docs" / "batch-and-inputs.md").read_text()

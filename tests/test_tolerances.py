@@ -1,5 +1,5 @@
 """Every tolerance of the readers (io/rules.py) and of the export's grid check, tested just inside and just outside
-its limit. The limits are written here literally, as the README's table states them, never imported: a tolerance
+its limit. The limits are written here literally, as docs/batch-and-inputs.md's table states them, never imported: a tolerance
 changed in the code must fail here until the documentation changes with it."""
 
 from __future__ import annotations

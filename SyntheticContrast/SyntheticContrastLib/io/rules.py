@@ -1,6 +1,6 @@
 """What the reader does with each kind of CT input that scanners, PACS exports, CDs and converters produce: one rule
 per variant, what the user sees, and every tolerance the readers use. Change a rule here, and its test and the
-README's table (``python -m SyntheticContrastLib.io.rules`` prints it) follow."""
+table in docs/batch-and-inputs.md (``python -m SyntheticContrastLib.io.rules`` prints it) follow."""
 
 from __future__ import annotations
 

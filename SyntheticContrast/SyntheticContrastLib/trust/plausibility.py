@@ -1,7 +1,7 @@
 """Checks of the output against physiology: the enhancement map (sCECT minus NCCT) must obey what iodinated contrast
 can do, per tissue class found in the NCCT alone, and stay within what the model's training targets showed.
 
-Needs no reference CECT and no second model. Bounds and how they were chosen are in the README and the model card.
+Needs no reference CECT and no second model. Bounds and how they were chosen are in docs/trust.md and the model card.
 """
 
 from __future__ import annotations
