@@ -487,7 +487,15 @@ def installed():
     slicer.util.errorDisplay, slicer.util.warningDisplay, slicer.util.infoDisplay = record("error"), record("warning"), record("info")
     slicer.util.confirmOkCancelDisplay = slicer.util.confirmYesNoDisplay = confirm
     slicer.util.loadVolume, slicer.util.saveNode = _load_volume, _save_node
-    slicer.util.pip_install = lambda *a, **k: harness.messages.append(("pip_install", str(a)))
+    def pip_install(requirements):
+        # As Slicer's own does (Base/Python/slicer/util.py): a string is split as a POSIX shell splits it, a list is
+        # passed to pip as it is.
+        import shlex
+
+        args = shlex.split(requirements) if isinstance(requirements, str) else list(requirements)
+        harness.messages.append(("pip_install", args))
+
+    slicer.util.pip_install = pip_install
     if str(MODULE_DIR) not in sys.path:
         sys.path.insert(0, str(MODULE_DIR))
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

@@ -77,8 +77,7 @@ class DependencyChecker:
         """Install what is missing (asking once, showing what), then describe the environment for the panel."""
         plan = self.install_plan()
         if plan:
-            if self.declined:
-                raise RuntimeError("Synthetic contrast needs: " + "; ".join(plan) + ". Installation was declined.")
+            # Asked again on each Apply: a user who declined once must not need a restart to change their mind.
             text = "Synthetic contrast needs these Python packages, which are not installed:\n\n- " + "\n- ".join(plan)
             if ask and not slicer.util.confirmOkCancelDisplay(text + "\n\nInstall them now? This can take several minutes."):
                 self.declined = True
@@ -95,10 +94,11 @@ class DependencyChecker:
                 if extension.installTorch(askConfirmation=False, torchVersionRequirement=f">={minimum}") is None:
                     raise RuntimeError("PyTorch could not be installed through the PyTorch extension.")
             else:
-                slicer.util.pip_install(f"torch>={minimum} -c {self._constraints_file()}")
+                slicer.util.pip_install([f"torch>={minimum}", "-c", str(self._constraints_file())])
         missing = self.missing_packages()
         if missing:
-            slicer.util.pip_install(" ".join(missing) + f" -c {self._constraints_file()}")
+            # A list, not a string: Slicer splits a string as a POSIX shell would, which eats a Windows path's backslashes.
+            slicer.util.pip_install([*missing, "-c", str(self._constraints_file())])
 
     @staticmethod
     def _constraints_file() -> Path:
@@ -108,18 +108,12 @@ class DependencyChecker:
         return path
 
     def describe(self) -> str:
-        """'torch 2.4.1; device: CUDA (NVIDIA ...)' - what the panel shows under the model."""
+        """'torch 2.4.1 installed; ...' - what the panel shows under the model. Read from the package metadata, not by
+        importing torch: that took seconds and initialised CUDA in Slicer's own process, where no network runs. The
+        device is the child's to find, and its progress line names it."""
         version = self.torch_version()
         if version is None:
             return "PyTorch is not installed yet: it is offered on the first Apply."
         if version_tuple(version) < MINIMUM_TORCH:
             return f"PyTorch {version} is older than {'.'.join(map(str, MINIMUM_TORCH))}: update it on the first Apply."
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"CUDA ({torch.cuda.get_device_name(0)})"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "MPS (Apple GPU)"
-        else:
-            device = "CPU (no CUDA or MPS GPU found: synthesis takes minutes)"
-        return f"torch {version}; device: {device}"
+        return f"torch {version}; the synthesis process picks the device (CUDA, else MPS, else CPU) and names it while it runs"

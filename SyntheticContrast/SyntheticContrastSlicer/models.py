@@ -16,7 +16,7 @@ class ModelChoices:
                 for m in store.list_models()]
 
     def default_name(self) -> str:
-        from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD
+        from SyntheticContrastLib.engine.bundled import DEFAULT_MODEL_CARD
 
         return DEFAULT_MODEL_CARD.stem
 

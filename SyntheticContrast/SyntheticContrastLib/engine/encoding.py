@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: torch is imported where tensors are made
+    import torch
 
 #: The paper's windows as (width, level) in HU: W2000/L0, W1000/L200, W500/L50.
 PAPER_WINDOWS: tuple[tuple[float, float], ...] = ((2000.0, 0.0), (1000.0, 200.0), (500.0, 50.0))
@@ -25,6 +28,8 @@ def window_bounds(width: float, level: float) -> tuple[float, float]:
 def _window_affine(windows: tuple[tuple[float, float], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window scale and shift that map [lo, hi] onto [-1, 1], on ``device``. Made once per device: a small
     tensor built from Python numbers on every slab is a host-to-device copy that waits for the GPU's queue."""
+    import torch  # here, not at the top: a card (cards.py) is read without torch
+
     scale, shift = [], []
     for width, level in windows:
         lo, hi = window_bounds(width, level)
@@ -62,6 +67,8 @@ class WindowEncoding:
 
         ``channels_last`` stores the channels innermost (the same values and shape), so a window cut from it is
         already in the ``channels_last_3d`` layout, with no copy before the network."""
+        import torch
+
         hu = hu.to(torch.float32)
         # clamp(hu, lo, hi) scaled to [-1, 1] is clamp(scale * hu + shift, -1, 1): one fused pass writes every
         # channel in either layout, and one more clamps it in place.

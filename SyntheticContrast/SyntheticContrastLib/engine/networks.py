@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-GENERATOR_ARCHITECTURE = "pix2pix3d-unet"
+from .cards import GENERATOR_ARCHITECTURE  # noqa: F401  (the name a card gives this network)
 DISCRIMINATOR_ARCHITECTURE = "pix2pix3d-patchgan"
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..fileio import atomic_dir, sha256_of
-from .models import BUNDLED_MODELS_DIR, ModelCard, read_card
+from .bundled import BUNDLED_MODELS_DIR
+from .cards import ModelCard, read_card
 
 USER_ENV, SITE_ENV = "SYNTHETIC_CONTRAST_MODELS", "SYNTHETIC_CONTRAST_SITE_MODELS"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -65,7 +66,11 @@ def bundled_models() -> list[StoredModel]:
 def list_models() -> list[StoredModel]:
     """Every model by name; a user model shadows a site model of the same name, and both shadow a bundled one."""
     seen, models = set(), []
-    for model in _cards_in(user_store(), "user") + _cards_in(site_store(), "site") + bundled_models():
+    try:
+        user = user_store()
+    except ImportError:  # platformdirs not installed yet (Slicer's first launch): no user store can exist either
+        user = None
+    for model in _cards_in(user, "user") + _cards_in(site_store(), "site") + bundled_models():
         if model.name not in seen:
             seen.add(model.name)
             models.append(model)
@@ -101,7 +106,7 @@ def verify_model(model: StoredModel) -> str | None:
 def install(source: str | Path, name: str | None = None) -> StoredModel:
     """Copy a card (or the folder holding one) and its weights into the user store under ``name`` (default: the
     model id). Checked before and after the copy; the model appears only complete, by a rename."""
-    from .models import _card_file
+    from .cards import _card_file
 
     card_path = _card_file(Path(source))
     card = read_card(card_path)
