@@ -20,6 +20,18 @@ import qt
 
 #: How often the panel looks at the child's log, in milliseconds.
 POLL_INTERVAL_MS = 200
+#: Windows' flag, named here (subprocess defines it only on Windows) so that the Windows branch is testable anywhere.
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+
+
+def popen_options(system: str = os.name) -> dict:
+    """The child gets a process group of its own, so that Cancel reaches everything it starts."""
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP} if system == "nt" else {"start_new_session": True}
+
+
+def tree_kill_command(pid: int, system: str = os.name) -> list[str] | None:
+    """Windows has no process groups to signal: taskkill /T ends the child and its own children. None on POSIX."""
+    return ["taskkill", "/F", "/T", "/PID", str(pid)] if system == "nt" else None
 
 
 def python_slicer() -> str:
@@ -79,9 +91,8 @@ class ProcessRunner:
         self._log = open(self._log_path, "wb")  # noqa: SIM115 - kept open for the child's lifetime
         self._offset, self._events = 0, []
         self._on_event, self._on_finished = on_event, on_finished
-        kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         self._popen = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env={**os.environ, **(env or {})}, **kwargs)
+                                       env={**os.environ, **(env or {})}, **popen_options())
         self.timer.start()
 
     def _read_new_lines(self) -> None:
@@ -142,8 +153,9 @@ class ProcessRunner:
 
 def _kill_tree(popen) -> None:
     """The child runs in its own process group (session), so one signal reaches its workers too."""
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(popen.pid)], capture_output=True, check=False)
+    command = tree_kill_command(popen.pid)
+    if command:
+        subprocess.run(command, capture_output=True, check=False)
         return
     try:
         os.killpg(popen.pid, signal.SIGKILL)

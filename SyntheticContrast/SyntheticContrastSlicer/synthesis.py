@@ -82,7 +82,11 @@ class SynthesisController:
                        str(job.output_path), "--progress-json", "--plausibility-map", *synthesis_arguments(p)]
             pythonpath = os.pathsep.join(filter(None, [str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
             self.job, self._on_finished, self._parameters = job, on_finished, p
-            self.runner.start(command, job.log_path, on_event, self._finished, env={"PYTHONPATH": pythonpath})
+            from SyntheticContrastLib.cli.watchdog import JOB_DIR_ENV, PARENT_ENV
+
+            # If Slicer dies, the child ends and deletes the private folder with the patient's CT (cli/watchdog.py).
+            env = {"PYTHONPATH": pythonpath, PARENT_ENV: str(os.getpid()), JOB_DIR_ENV: str(workdir)}
+            self.runner.start(command, job.log_path, on_event, self._finished, env=env)
         except Exception:
             self.job = None
             shutil.rmtree(workdir, ignore_errors=True)

@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    from .watchdog import watch_parent_from_environment
+
+    watch_parent_from_environment(EXIT_CANCELLED)  # started by the Slicer module: end with it
     as_json = getattr(args, "progress_json", False)
     try:
         return args.func(args)
