@@ -3,17 +3,21 @@
     Slicer --no-main-window --python-script scripts/slicer_batch_synthesize.py -- IN_DIR OUT_DIR [--model CARD] [--stride N] [--device cpu]
 
 Each input gets OUT_DIR/<name>_sCECT_synthetic.nrrd, whose header says SYNTHETIC and carries the model's
-provenance (SyntheticContrast.* keys). Synthesis runs in this process: a headless batch has no panel to keep alive.
+provenance (SyntheticContrast.* keys); <name> is the engine batch's unique case name, so 'patient.A' and 'patient.B'
+never share an output. Synthesis runs in this process: a headless batch has no panel to keep alive. Any error,
+inside a case or around them, ends Slicer with a non-zero exit code.
 """
 
 import argparse
 import pathlib
 import sys
+import traceback
 
 import slicer
 
 from SyntheticContrast import SyntheticContrastLogic
 from SyntheticContrastLib import mrml
+from SyntheticContrastLib.engine.batch import unique_case_names
 from SyntheticContrastLib.io.reading import write_volume
 
 SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -33,8 +37,7 @@ def main(argv):
     args.output_dir.mkdir(parents=True, exist_ok=True)
     inputs = sorted(p for p in args.input_dir.iterdir() if p.name.lower().endswith(SUFFIXES))
     failures = 0
-    for n, path in enumerate(inputs, 1):
-        stem = path.name.split(".")[0]
+    for n, (path, stem) in enumerate(zip(inputs, unique_case_names([p.name for p in inputs])), 1):
         target = args.output_dir / f"{stem}_sCECT_synthetic.nrrd"
         if target.exists():
             print(f"[{n}/{len(inputs)}] {stem}: already done")
@@ -57,6 +60,17 @@ def main(argv):
     return 1 if failures else 0
 
 
+def run(argv) -> int:
+    """main, with every way out turned into an exit code: a pip failure or a missing folder must not leave
+    `Slicer --no-main-window` waiting for ever."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    slicer.app.exit(code)
+    slicer.app.exit(run(sys.argv[1:]))

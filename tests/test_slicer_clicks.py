@@ -488,13 +488,18 @@ def test_cancel_kills_the_running_child_and_leaves_nothing(harness):
 
 # --- R4: the headless batch script keeps provenance in the header ------------------------------------------------------
 
-def test_batch_script_output_header_has_provenance(harness, tmp_path, tiny_model_card):
+def _batch_script():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         sys.modules.pop("slicer_batch_synthesize", None)
         import slicer_batch_synthesize
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+    return slicer_batch_synthesize
+
+
+def test_batch_script_output_header_has_provenance(harness, tmp_path, tiny_model_card):
+    slicer_batch_synthesize = _batch_script()
     src, out = tmp_path / "in", tmp_path / "out"
     write_volume(Volume(chest_like((20, 32, 32)), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0)), src / "case1.nii.gz")
     code = slicer_batch_synthesize.main([str(src), str(out), "--model", str(tiny_model_card), "--device", "cpu"])
@@ -505,6 +510,34 @@ def test_batch_script_output_header_has_provenance(harness, tmp_path, tiny_model
     keys = set(reader.GetMetaDataKeys())
     assert {"SyntheticContrast.synthetic", "SyntheticContrast.model_id", "SyntheticContrast.model_sha256"} <= keys
     assert reader.GetMetaData("SyntheticContrast.model_id") == "tiny-test"
+
+
+def test_batch_script_gives_inputs_whose_names_differ_after_a_dot_their_own_outputs(harness, tmp_path, tiny_model_card):
+    """D5: 'patient.A' and 'patient.B' both became 'patient': 5 inputs gave 3 outputs and the script said 0."""
+    script = _batch_script()
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = ["patient.A.nii.gz", "patient.B.nii.gz", "1.2.840.113619.2.55.nrrd", "1.2.840.113619.2.56.nrrd", "plain.mha"]
+    for k, name in enumerate(names):
+        write_volume(Volume(chest_like((20, 32, 32), seed=k), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0)), src / name)
+    assert script.main([str(src), str(out), "--model", str(tiny_model_card), "--device", "cpu"]) == 0
+    outputs = sorted(p.name for p in out.glob("*_sCECT_synthetic.nrrd"))
+    assert len(outputs) == 5 and "patient.A_sCECT_synthetic.nrrd" in outputs and "plain_sCECT_synthetic.nrrd" in outputs
+
+
+@pytest.mark.parametrize("argv, code", [(["MISSING", "OUT"], 1), (["--no-such-flag"], 2)])
+def test_batch_script_ends_slicer_with_an_error_code_whatever_goes_wrong(harness, tmp_path, argv, code):
+    """D6: an error outside the per-case loop (a missing input folder, a bad flag) left `Slicer --no-main-window`
+    running for ever; the script's ending must always reach slicer.app.exit with a non-zero code."""
+    import runpy
+
+    argv = [str(tmp_path / a) if a.isupper() else a for a in argv]
+    saved = sys.argv
+    sys.argv = [str(ROOT / "scripts" / "slicer_batch_synthesize.py"), *argv]
+    try:
+        runpy.run_path(str(ROOT / "scripts" / "slicer_batch_synthesize.py"), run_name="__main__")
+    finally:
+        sys.argv = saved
+    assert slicer.app.exit_code == code
 
 
 # --- Slicer conventions -------------------------------------------------------------------------------------------
