@@ -293,6 +293,17 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.logic.exportROIs(path)
 
 
+def _is_synthetic(node) -> bool:
+    return node is not None and node.GetAttribute("SyntheticContrast.synthetic") == "true"
+
+
+def _refuse_synthetic(node, role: str) -> None:
+    """A synthetic image is never an input, nor the acquired reference it is compared with (D10)."""
+    if _is_synthetic(node):
+        raise ValueError(_("{name} is a synthetic image and cannot be {role}; choose an acquired scan.").format(
+            name=node.GetName(), role=role))
+
+
 class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
     """A facade over one collaborator per concern; every method is usable from headless scripts and tests."""
 
@@ -351,6 +362,9 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
             return {"canApply": False, "running": True, "applyHint": _("A synthesis is running; Cancel stops it."), "outOfDistribution": ""}
         if p is None or not p.inputVolume:
             return {"canApply": False, "running": False, "applyHint": _("Select a non-contrast CT volume"), "outOfDistribution": ood}
+        if _is_synthetic(p.inputVolume):
+            return {"canApply": False, "running": False, "outOfDistribution": ood, "applyHint": _(
+                "{name} is a synthetic image: choose the acquired non-contrast CT").format(name=p.inputVolume.GetName())}
         return {"canApply": True, "running": False, "outOfDistribution": ood,
                 "applyHint": _("Synthesise contrast for {name}").format(name=p.inputVolume.GetName())}
 
@@ -369,6 +383,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
 
     def startSynthesis(self, p, onEvent=None, onFinished=None):
         """Start the engine CLI in a child process; ``onFinished(result, node)`` runs when it has ended."""
+        _refuse_synthetic(p.inputVolume, _("the input"))
         return self.synthesis.start(p, onEvent, onFinished)
 
     def cancelSynthesis(self):
@@ -432,6 +447,7 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
 
     # -- views -------------------------------------------------------------------------------------------
     def showLinkedViews(self, p):
+        _refuse_synthetic(p.referenceVolume, _("the reference CECT"))
         volumes = [v for v in (p.inputVolume, p.outputVolume, p.referenceVolume) if v]
         if len(volumes) < 2:
             raise ValueError(_("Run the synthesis first: the linked views need the NCCT and its sCECT."))
@@ -456,6 +472,8 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         """CNR on NCCT, sCECT and the reference CECT from the scene's ROIs, into this case's one table."""
         if not p.inputVolume:
             raise ValueError(_("Select the non-contrast CT first."))
+        _refuse_synthetic(p.inputVolume, _("the non-contrast CT"))
+        _refuse_synthetic(p.referenceVolume, _("the reference CECT"))
         volumes = {name: node for name, node in (("NCCT", p.inputVolume), ("sCECT (synthetic)", p.outputVolume),
                                                  ("CECT", p.referenceVolume)) if node}
         sd_maps = {"sCECT (synthetic)": p.uncertaintyVolume} if p.outputVolume and p.uncertaintyVolume else {}

@@ -686,3 +686,23 @@ def test_panel_has_the_samples_control_and_a_hidden_yellow_warning():
     assert label.find("property[@name='visible']/bool").text == "false"
     assert "N-fold" in "".join(widgets["samplesSpinBox"].find("property[@name='toolTip']").itertext())
     assert "multiply the synthesis time by N" in "".join(widgets["samplesNoteLabel"].itertext())
+
+
+def test_a_synthetic_volume_is_never_the_input_or_the_reference(harness):
+    """D10: an sCECT could be chosen as the input (a synthetic image of a synthetic image) and as the Reference CECT
+    (the model compared with itself)."""
+    p = harness.logic.getParameterNode()
+    ncct = _volume_node("Patient CT")
+    fake = _volume_node("Patient CT - sCECT (synthetic)", value_offset=50.0)
+    fake.SetAttribute("SyntheticContrast.synthetic", "true")
+    p.inputVolume = fake
+    state = harness.logic.panelState(p)
+    assert state["canApply"] is False and "is a synthetic image" in state["applyHint"]
+    with pytest.raises(ValueError, match="is a synthetic image and cannot be the input"):
+        harness.logic.startSynthesis(p)
+    p.inputVolume, p.outputVolume, p.referenceVolume = ncct, fake, fake
+    with pytest.raises(ValueError, match="cannot be the reference CECT"):
+        harness.logic.computeCNR(p)
+    with pytest.raises(ValueError, match="cannot be the reference CECT"):
+        harness.logic.showLinkedViews(p)
+    assert harness.logic.panelState(p)["canApply"] is True
