@@ -374,3 +374,39 @@ def test_a_few_bytes_that_claim_gigabytes_are_refused_in_under_a_second_and_200_
     # What the read adds: lazy imports (pydicom, about 20 MiB) and GDCM's scan, never the 1.1 GiB (DICOM) or 7.6 GiB
     # (NIfTI, as float32) the headers declare.
     assert float(figures["grew_mib"]) < 50, figures
+
+
+# --- wrongly shaped JSON and CSV: one line naming the file, never a traceback (issue 31) --------------------------
+
+CARD_FIELDS = {"format": "synthetic-contrast-model-card/1", "model_id": "x", "input_encoding": {"windows": [{"width": 2000, "level": 0}]},
+               "default_stride": 1, "intended_use": "", "training_data": "", "weights_file": "w.safetensors", "sha256": ""}
+SHAPES = {
+    "ROI file holding a list": ("rois.json", "[1, 2]", ["cnr", "V", "--rois", "F"], "is not an ROI file: it holds a JSON list"),
+    "ROI lesions not a list": ("rois.json", json.dumps({"format": "synthetic-contrast-rois/1", "lesions": 5}), ["cnr", "V", "--rois", "F"],
+                               "'lesions' must be a list of lesion objects"),
+    "ROI lesion not an object": ("rois.json", json.dumps({"format": "synthetic-contrast-rois/1", "lesions": ["LN1"]}),
+                                 ["cnr", "V", "--rois", "F"], "lesion 1 must be an object"),
+    "model card holding a list": ("card.json", "[]", ["synthesize", "V", "O_synthetic.nii.gz", "--model", "F"],
+                                  "is not a model card: it holds a JSON list"),
+    "model card architecture a list": ("card.json", json.dumps({**CARD_FIELDS, "architecture": [], "window": {}}),
+                                       ["synthesize", "V", "O_synthetic.nii.gz", "--model", "F"], "must be JSON objects"),
+    "evaluate CSV without its columns": ("cases.csv", "a,b\n1,2\n", ["evaluate", "--cases", "F", "--output", "E"],
+                                         "missing case, pred, input, reference"),
+    "study file holding a list": ("study.json", "[1]", ["reader-study", "plan", "F", "S"], "is not a study file: it holds a JSON list"),
+    "study cases without ids": ("study.json", json.dumps({"format": "synthetic-contrast-reader-study/1", "readers": ["R1"], "cases": ["c1"]}),
+                                ["reader-study", "plan", "F", "S"], "'cases' a list of objects, each with an 'id'"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(SHAPES))
+def test_wrongly_shaped_json_and_csv_are_one_line_naming_the_file(tmp_path, label):
+    name, text, argv, message = SHAPES[label]
+    path = tmp_path / name
+    path.write_text(text)
+    write_volume(Volume(chest_like((8, 16, 16)), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0)), tmp_path / "v.nii.gz")
+    swap = {"F": str(path), "V": str(tmp_path / "v.nii.gz"), "E": str(tmp_path / "eval"), "S": str(tmp_path / "study"),
+            "O_synthetic.nii.gz": str(tmp_path / "o_synthetic.nii.gz")}
+    res = subprocess.run([sys.executable, "-m", "SyntheticContrastLib.cli", *[swap.get(a, a) for a in argv]], capture_output=True, text=True)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode in (1, 2) and "Traceback" not in res.stderr, res.stderr
+    assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], res.stderr

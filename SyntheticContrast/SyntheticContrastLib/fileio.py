@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 
 
 @contextlib.contextmanager
@@ -117,3 +117,21 @@ def safe_file_name(text: str, max_bytes: int = NAME_BYTES) -> str:
         cut = name.encode("utf-8")[: max_bytes - 9].decode("utf-8", "ignore")
         name = f"{cut}-{digest}"
     return name
+
+
+def read_json_object(path: str | Path, what: str) -> dict:
+    """A JSON file that must hold an object (ROI file, model card, study, plan, ratings): any other content is a
+    one-line error naming the file, never a traceback from the first ``.get`` on a list."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(path, "does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"is not readable {what} JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(path, f"is not {what}: it holds a JSON {type(data).__name__}, where {what} is a JSON object")
+    return data
+

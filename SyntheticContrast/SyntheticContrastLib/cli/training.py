@@ -124,6 +124,11 @@ def cmd_evaluate(args) -> int:
 
         with open(args.cases, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
+        missing = [c for c in ("case", "pred", "input", "reference") if not rows or c not in rows[0]]
+        if missing:
+            print(f"error: {args.cases}: the cases CSV needs the columns case,pred,input,reference[,sd]; "
+                  f"missing {', '.join(missing)}", file=sys.stderr)
+            return EXIT_USAGE
         base = args.cases.parent
         cases = [(r["case"], base / r["pred"], base / r["input"], base / r["reference"], base / r["sd"] if r.get("sd") else None) for r in rows]
     elif args.pred and args.input and args.reference:

@@ -83,8 +83,10 @@ class ModelCard:
                 input_statistics=data.get("input_statistics", {}),
                 enhancement_statistics=data.get("enhancement_statistics", {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(path, f"model card is missing or has a bad field: {exc}") from exc
+        if not isinstance(card.architecture, dict) or not isinstance(card.window, dict):
+            raise ModelError(path, "model card's 'architecture' and 'window' must be JSON objects")
         if card.architecture.get("name") != GENERATOR_ARCHITECTURE:
             raise ModelError(
                 path,
@@ -128,4 +130,6 @@ def read_card(card_path: str | Path) -> ModelCard:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(card_path, f"model card is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(card_path, f"is not a model card: it holds a JSON {type(data).__name__}, not an object")
     return ModelCard.from_dict(data, card_path)

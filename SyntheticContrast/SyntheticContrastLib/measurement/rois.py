@@ -47,9 +47,13 @@ def parse_rois(data: dict, source: str | Path = "<rois>") -> list[LesionROI]:
         raise InputError(source, f"coordinate_system must be LPS or RAS, got {system!r}")
     fraction = float(data.get("roi_diameter_fraction", 0.9))
     shared = data.get("references", {})
+    if not isinstance(data.get("lesions", []), list) or not isinstance(shared, dict):
+        raise InputError(source, "'lesions' must be a list of lesion objects and 'references' an object of named points")
     lesions = []
     try:
         for n, item in enumerate(data.get("lesions", [])):
+            if not isinstance(item, dict) or not isinstance(item.get("references", {}), dict):
+                raise ValueError(f"lesion {n + 1} must be an object (id, short_axis or center, references)")
             lid = str(item.get("id", f"lesion{n + 1}"))
             if "short_axis" in item:
                 a, b = (_lps(p, system, f"lesion {lid} short_axis") for p in item["short_axis"])
@@ -79,14 +83,9 @@ def parse_rois(data: dict, source: str | Path = "<rois>") -> list[LesionROI]:
 
 
 def read_rois(path: str | Path) -> list[LesionROI]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise InputError(path, "does not exist") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"is not readable ROI JSON: {exc}") from exc
-    return parse_rois(data, path)
+    from ..fileio import read_json_object
+
+    return parse_rois(read_json_object(path, "an ROI file"), Path(path))
 
 
 def write_rois(data: dict, path: str | Path) -> None:

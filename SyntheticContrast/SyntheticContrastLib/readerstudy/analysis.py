@@ -167,7 +167,13 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | No
 
     out_dir = Path(out_dir)
     if (Path(study_dir) / RATINGS_FILE).exists():
-        ratings = Ratings.from_json(json.loads((Path(study_dir) / RATINGS_FILE).read_text()))
+        from ..fileio import read_json_object
+
+        path = Path(study_dir) / RATINGS_FILE
+        try:
+            ratings = Ratings.from_json(read_json_object(path, "an imported ratings file"))
+        except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong shape
+            raise InputError(path, f"is not an imported ratings file this version reads: {type(exc).__name__}: {exc}") from exc
         name, why = choose_fom(fom, ratings)
         significance = write_significance(ratings, name, why, out_dir)
         if export_rjafroc:

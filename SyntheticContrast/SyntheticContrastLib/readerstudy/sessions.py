@@ -32,10 +32,9 @@ def _now() -> str:
 def load_study(path: str | Path) -> dict:
     """Read and check a study file; relative volume paths are resolved against its folder."""
     path = Path(path)
-    try:
-        study = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"is not a readable study file: {exc}") from exc
+    from ..fileio import read_json_object
+
+    study = read_json_object(path, "a study file")
     if study.get("format") != STUDY_FORMAT:
         raise InputError(path, f"format must be {STUDY_FORMAT!r}")
     study.setdefault("conditions", [dict(c) for c in PAPER_CONDITIONS])
@@ -46,6 +45,9 @@ def load_study(path: str | Path) -> dict:
         raise InputError(path, f"rating_scale must be [lowest, highest] with lowest < highest, got {scale!r}")
     if not study.get("readers") or not study.get("cases"):
         raise InputError(path, "needs at least one reader and one case")
+    if not isinstance(study["readers"], list) or not isinstance(study["cases"], list) or \
+            not all(isinstance(c, dict) and "id" in c for c in study["cases"]):
+        raise InputError(path, "'readers' must be a list and 'cases' a list of objects, each with an 'id'")
     ids = [c["id"] for c in study["cases"]]
     if len(set(ids)) != len(ids):
         raise InputError(path, "case ids repeat")
@@ -139,7 +141,9 @@ def read_plan(study_dir: str | Path) -> tuple[dict, dict]:
     for name in ("study.json", "plan.json"):
         if not (study_dir / name).exists():
             raise InputError(study_dir, f"has no {name}; run 'reader-study plan' first")
-    return json.loads((study_dir / "study.json").read_text()), json.loads((study_dir / "plan.json").read_text())
+    from ..fileio import read_json_object
+
+    return read_json_object(study_dir / "study.json", "a study file"), read_json_object(study_dir / "plan.json", "a reading plan")
 
 
 # --- reading sessions ---------------------------------------------------------------------------
