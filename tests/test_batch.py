@@ -272,3 +272,28 @@ def test_an_output_changed_while_the_batch_still_runs_is_reported_in_its_final_m
     rows = manifest(tmp_path / "out")
     assert rows[edited[0]]["status"] == "failed" and "changed since this batch wrote it" in rows[edited[0]]["error"]
     assert [r["status"] for name, r in rows.items() if name != edited[0]] == ["done", "done"]
+
+
+def test_a_rerun_with_another_model_is_refused_by_name_and_overwrite_makes_every_output_with_it(tmp_path, tiny_model_card, capsys):
+    """A rerun with another --model skipped every case as 'already done' and left the old model's outputs under a
+    manifest the user took for the new one's. Outputs of two models are never mixed in one folder."""
+    from conftest import tiny_generator
+    from SyntheticContrastLib.engine.models import ModelCard, read_card, save_model
+
+    first = read_card(tiny_model_card)
+    other = save_model(tiny_generator(seed=7), ModelCard(**{**first.__dict__, "model_id": "tiny-other", "sha256": ""}),
+                       tmp_path / "other" / "tiny-other.json")
+    make_cases(tmp_path / "in", 2)
+    base = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--device", "cpu", "--no-progress"]
+    assert main(base + ["--model", str(tiny_model_card)]) == 0
+    outputs = {name: Path(r["output"]).read_bytes() for name, r in manifest(tmp_path / "out").items()}
+    capsys.readouterr()
+    assert main(base + ["--model", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "made by model tiny-test" in err and "this run's model is tiny-other" in err and "--overwrite" in err
+    assert "already done" not in err
+    assert {name: Path(r["output"]).read_bytes() for name, r in manifest(tmp_path / "out").items()} == outputs  # untouched
+    assert main(base + ["--model", str(other), "--overwrite"]) == 0
+    rows = manifest(tmp_path / "out")
+    assert {r["model_id"] for r in rows.values()} == {"tiny-other"} and all(r["status"] == "done" for r in rows.values())
+    assert all(Path(r["output"]).read_bytes() != outputs[name] for name, r in rows.items())

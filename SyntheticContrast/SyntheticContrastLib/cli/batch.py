@@ -15,6 +15,8 @@ def register(sub) -> None:
     add_synthesis_options(p)
     p.add_argument("--dicom", action="store_true", help="also export each sCECT as a derived DICOM series")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="make again, with this run's model, the outputs another model made in OUTPUT (refused without it)")
     add_strict_option(p)
     p.set_defaults(func=cmd_batch)
 
@@ -38,7 +40,7 @@ def cmd_batch(args) -> int:
     cases = discover_cases(args.input)
     model = load_model(args.model)
     runner = BatchRunner(args.output, model, synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict,
-                         plausibility_map=args.plausibility_map)
+                         plausibility_map=args.plausibility_map, overwrite=args.overwrite)
     mine = runner.shard(cases)
     desc = f"rank {rank}/{world}" if world > 1 else "cases"
     from .progress import progress_bar

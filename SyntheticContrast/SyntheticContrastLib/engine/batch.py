@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InputError, SyntheticContrastError
+from ..errors import InputError, OutputError, SyntheticContrastError
 from ..fileio import NAME_BYTES, atomic_write_csv, atomic_write_text, safe_file_name, sha256_of
 from ..io.dicom_series import dicom_series_in
 from ..io.volume import READ_SUFFIXES, READER_NOTES, strip_volume_suffix
@@ -96,10 +96,11 @@ class BatchRunner:
     """Runs cases of one shard; ``run`` returns the statuses of this rank's cases."""
 
     def __init__(self, out_dir, model, options, dicom: bool = False, rank: int = 0, world: int = 1,
-                 say: Callable[[str], None] | None = None, strict: bool = False, plausibility_map: bool = False):
+                 say: Callable[[str], None] | None = None, strict: bool = False, plausibility_map: bool = False,
+                 overwrite: bool = False):
         self.out_dir = Path(out_dir)
         self.model, self.options, self.dicom, self.strict = model, options, dicom, strict
-        self.plausibility_map = plausibility_map
+        self.plausibility_map, self.overwrite = plausibility_map, overwrite
         self.rank, self.world = rank, world
         self.say = say or (lambda msg: None)
         self._digests = {}  # (path, mtime, size) -> sha256: the manifest is rebuilt after every case
@@ -134,7 +135,8 @@ class BatchRunner:
         return status
 
     def _finished_state(self, case: Case) -> str:
-        """'done' (output there, sha256 as written), 'changed' (output altered since), or 'todo'."""
+        """'done' (output there, sha256 as written), 'changed' (output altered since), 'other-model' (made by
+        another model than this run's), or 'todo'."""
         status = self.read_status(case)
         if status is None:
             return "todo"
@@ -142,7 +144,9 @@ class BatchRunner:
         if status.get("status") != "done" or not output.is_file():
             return "todo"
         expected = status.get("output_sha256")
-        return "done" if expected is None or self._digest(output) == expected else "changed"
+        if expected is not None and self._digest(output) != expected:
+            return "changed"  # altered since: never overwritten, whatever the model
+        return "other-model" if status.get("model_sha256") not in (None, self.model.card.sha256) else "done"
 
     def _digest(self, path: Path) -> str:
         """sha256 of an output, read once per run unless the file changes: rebuilding the manifest after every case
@@ -220,8 +224,19 @@ class BatchRunner:
         atomic_write_text(self.status_path(case), json.dumps(status, indent=2) + "\n")
         return status
 
+    def check_one_model(self, cases: list[Case]) -> None:
+        """A folder's outputs all come from one model: outputs another model made are refused by name, before any
+        work, unless ``overwrite`` says to make them again with this one. Never a mix, never a silent skip."""
+        others = [self.read_status(c) for c in cases if self._finished_state(c) == "other-model"]
+        if others and not self.overwrite:
+            made_by = sorted({f"{s.get('model_id')} (sha256 {str(s.get('model_sha256'))[:12]})" for s in others})
+            raise OutputError(self.out_dir, f"holds the outputs of {len(others)} case(s) made by model {', '.join(made_by)}; this run's "
+                                            f"model is {self.model.card.model_id} (sha256 {self.model.card.sha256[:12]}). Give another "
+                                            "output folder, or --overwrite to make them again with this model")
+
     def run(self, cases: list[Case], progress=None) -> list[dict]:
         mine = self.shard(cases)
+        self.check_one_model(mine)
         results = []
         for case in mine:
             state = self._finished_state(case)
