@@ -57,3 +57,17 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
     assert code == 0 and "NOT FOR DIAGNOSIS" in out and "sCECT (synthetic)" in out
     assert (tmp_path / "demo" / "phantom9001_sCECT_synthetic.nii.gz").exists()
     assert (tmp_path / "demo" / "phantom9001_side_by_side.png").stat().st_size > 10_000
+
+
+def test_train_into_a_folder_that_holds_a_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
+    """It used to start over silently and overwrite checkpoint.pt after epoch 1: days of GPU time lost."""
+    from SyntheticContrastLib.cli import main
+
+    run = tmp_path / "run1"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"days of GPU time")
+    code = main(["train", "--phantom-seeds", "1", "--output", str(run), "--epochs", "1", "--ngf", "4", "--levels", "4",
+                 "--crop", "64", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds files (checkpoint.pt)" in err and "--resume" in err and "--overwrite" in err
+    assert (run / "checkpoint.pt").read_bytes() == b"days of GPU time" and sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]

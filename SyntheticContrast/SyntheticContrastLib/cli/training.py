@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--default-stride", type=int)
     p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an OUTPUT that holds one (refused without it)")
     p.add_argument("--phantom-slices", type=int, default=48)
     p.add_argument("--install", metavar="NAME", help="install the trained model into your model store under NAME")
     p.set_defaults(func=cmd_train)
@@ -72,6 +73,12 @@ def cmd_train(args) -> int:
 
     from ..engine.training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
 
+    held = sorted(p.name for p in args.output.iterdir()) if args.output.is_dir() else []
+    if held and not (args.resume or args.overwrite):
+        # Days of GPU time sit in a checkpoint: a new run over it is never started by default.
+        print(f"error: {args.output} already holds files ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); --resume "
+              "continues that run, --overwrite starts a new one over it, or give a new folder", file=sys.stderr)
+        return EXIT_USAGE
     cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
     gen = dataclasses.replace(cfg.generator, **{k: v for k, v in (("ngf", args.ngf), ("levels", args.levels), ("dropout", args.dropout), ("residual", args.residual or None)) if v is not None})
     overrides = {
