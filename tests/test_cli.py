@@ -161,3 +161,15 @@ def test_auto_and_cuda_mean_this_ranks_gpu_under_torchrun(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda") == torch.device("cuda")
     with pytest.raises(ValueError, match="device 'cuda:9' was asked for but only 4 CUDA GPU"):
         resolve_device("cuda:9")
+
+
+def test_the_samples_warning_comes_before_the_n_fold_run_and_once(tmp_path, ncct, tiny_model_card, capsys):
+    """--samples 4 with a model without dropout said so only after the 4x-long run."""
+    out = tmp_path / "o_synthetic.nii.gz"
+    code = main(["synthesize", str(ncct), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--samples", "2",
+                 "--progress-json"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    kinds = [e["event"] for e in events]
+    warning = [i for i, e in enumerate(events) if e["event"] == "warning" and "no dropout" in e["message"]]
+    assert len(warning) == 1 and warning[0] < kinds.index("progress")

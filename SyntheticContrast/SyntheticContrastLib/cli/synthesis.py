@@ -69,8 +69,17 @@ def cmd_synthesize(args) -> int:
     if args.progress_json:
         emit_event("started", input=str(args.input), output=str(out), model_id=model.card.model_id)
     findings = report_findings(volume, model, args)
+    from ..engine.inference import samples_note
+
+    early = samples_note(model.generator, args.samples)
+    if early:  # before the N-fold run, not after it
+        print(f"note: {early}", file=sys.stderr)
+        if args.progress_json:
+            emit_event("warning", message=early)
     case = synthesize_reporting(volume, model, args, findings, progress_callback(args))
     for note in case.report.notes:
+        if note == early:
+            continue
         print(f"note: {note}", file=sys.stderr)
         if args.progress_json:
             emit_event("warning", message=note)

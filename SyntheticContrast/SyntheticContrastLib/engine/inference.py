@@ -335,6 +335,14 @@ def _use_channels_last(choice: str, device: torch.device, generator) -> bool:
     return has_weights and (choice == "on" or (choice == "auto" and device.type == "cpu"))
 
 
+NO_DROPOUT_NOTE = "the model has no dropout: the samples differ only by test-time shifts of the window grid"
+
+
+def samples_note(generator, samples: int) -> str | None:
+    """What a user must know before N passes start, not after them: whether MC dropout can vary at all."""
+    return NO_DROPOUT_NOTE if samples > 1 and not dropout_layers(generator) else None
+
+
 def dropout_layers(generator: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in generator.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
 
@@ -394,7 +402,7 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
         sd = None
     else:
         if not dropout_layers(generator):
-            plan.notes.append("the model has no dropout: the samples differ only by test-time shifts of the window grid")
+            plan.notes.append(NO_DROPOUT_NOTE)
         if plan.shift_range() == (1, 1, 1):
             plan.notes.append("stride 1 and no in-plane tiling leave no room for test-time shifts")
         mean = m2 = None
