@@ -173,3 +173,20 @@ def test_the_samples_warning_comes_before_the_n_fold_run_and_once(tmp_path, ncct
     kinds = [e["event"] for e in events]
     warning = [i for i, e in enumerate(events) if e["event"] == "warning" and "no dropout" in e["message"]]
     assert len(warning) == 1 and warning[0] < kinds.index("progress")
+
+
+def test_windows_mean_the_same_in_the_bar_the_summary_the_header_and_the_done_event(tmp_path, tiny_model_card, capsys):
+    """'5 windows' followed a bar that counted 1125: the summary counted z-positions, the bar z-positions x tiles."""
+    from SyntheticContrastLib.io.reading import write_volume
+
+    src = write_volume(Volume(chest_like((20, 64, 64)), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0)), tmp_path / "wide.nrrd")
+    out = tmp_path / "wide_synthetic.nrrd"
+    assert main(["synthesize", str(src), str(out), "--model", str(tiny_model_card), "--device", "cpu", "--stride", "4",
+                 "--progress-json"]) == 0  # the card's window is 32 x 32 in-plane: 64 x 64 slices are tiled
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    total = [e for e in events if e["event"] == "progress"][-1]["windows_total"]
+    done = events[-1]
+    header = read_volume(out, check_hu=False).metadata["SyntheticContrast.windows"]
+    assert done["windows"] == total == int(header) and total > 4
+    assert f"{total} windows (" in captured.err and "z-positions x" in captured.err and "in-plane tiles)" in captured.err

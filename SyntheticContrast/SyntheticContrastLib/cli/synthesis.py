@@ -100,7 +100,11 @@ def cmd_synthesize(args) -> int:
         say(f"wrote {written['plausibility_map']} (SYNTHETIC plausibility violation map, labels)")
     warning = (f"; {len(findings)} out-of-distribution finding(s)" if findings else "") + (
         f"; {len(case.plausibility)} implausible-enhancement finding(s)" if case.plausibility else "")
-    say(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {case.report.windows} windows, stride {case.report.stride}, "
+    report = case.report
+    tiles = report.windows // max(1, report.z_positions)
+    layout = f" ({report.z_positions} z-positions x {tiles} in-plane tiles)" if tiles > 1 else ""
+    passes = f" per pass, {report.samples} passes" if report.samples > 1 else ""
+    say(f"wrote {out} (SYNTHETIC; model {model.card.model_id}, {report.windows} windows{layout}{passes}, stride {report.stride}, "
         f"{case.report.blend} blending, {case.report.device}{warning})")
     return EXIT_OK
 

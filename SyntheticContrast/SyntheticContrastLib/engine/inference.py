@@ -58,6 +58,8 @@ class SynthesisOptions:
 class SynthesisReport:
     """What actually ran, for logs and provenance (batch size and device may change after OOM)."""
 
+    #: One word everywhere (bar, summary, header, manifest): a window is one network input, so a pass has
+    #: z-positions x in-plane tiles of them; ``samples`` passes run ``samples`` times as many.
     windows: int
     stride: int
     blend: str
@@ -69,6 +71,7 @@ class SynthesisReport:
     samples: int = 1
     memory: str = ""  # where the blend accumulator lived and how large it was, decided before the run
     peak_device_mib: float | None = None  # CUDA only: the most device memory the run held
+    z_positions: int = 0  # where windows start along z; windows / z_positions tiles each
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -420,8 +423,9 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
         result = mean
     peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if plan.device.type == "cuda" else None
     precision = plan.precision if options.precision != "auto" else f"{plan.precision} (auto)"
-    report = SynthesisReport(len(plan.grid().z), plan.stride, blend_name, str(plan.device), plan.batch_size, precision,
-                             plan.pad_z, plan.notes, samples, plan.memory.describe(plan.device), peak)
+    grid = plan.grid()
+    report = SynthesisReport(grid.windows, plan.stride, blend_name, str(plan.device), plan.batch_size, precision,
+                             plan.pad_z, plan.notes, samples, plan.memory.describe(plan.device), peak, z_positions=len(grid.z))
     log.info("%s", report.memory)
     return result, sd, report
 
