@@ -297,3 +297,34 @@ def test_a_rerun_with_another_model_is_refused_by_name_and_overwrite_makes_every
     rows = manifest(tmp_path / "out")
     assert {r["model_id"] for r in rows.values()} == {"tiny-other"} and all(r["status"] == "done" for r in rows.values())
     assert all(Path(r["output"]).read_bytes() != outputs[name] for name, r in rows.items())
+
+
+def test_a_phantom_folder_gives_its_ncct_cases_only_and_globs_choose_otherwise(tmp_path):
+    """batch on a `phantom` folder took every volume as a case, the CECT references included: 6 cases, not 3."""
+    assert main(["phantom", str(tmp_path / "ph"), "--seeds", "1-3", "--slices", "4", "--size", "32"]) == 0
+    write_volume(Volume(chest_like((4, 32, 32)), (0.7, 0.7, 2.5), (0, 0, 0)), tmp_path / "ph" / "phantom0001_sCECT_synthetic.nii.gz")
+    assert [c.name for c in discover_cases(tmp_path / "ph")] == ["phantom0001_ncct", "phantom0002_ncct", "phantom0003_ncct"]
+    assert [c.name for c in discover_cases(tmp_path / "ph", include=["*_cect.nii.gz"])] == [
+        "phantom0001_cect", "phantom0002_cect", "phantom0003_cect"]
+    assert [c.name for c in discover_cases(tmp_path / "ph", exclude=["phantom0002*"])] == ["phantom0001_ncct", "phantom0003_ncct"]
+    # A lone CECT (no NCCT beside it) is somebody's input, and is kept.
+    (tmp_path / "ph" / "phantom0003_ncct.nii.gz").unlink()
+    assert "phantom0003_cect" in [c.name for c in discover_cases(tmp_path / "ph")]
+
+
+def test_two_slurm_array_shards_run_one_after_the_other_do_each_case_exactly_once(tmp_path, tiny_model_card, monkeypatch, capsys):
+    make_cases(tmp_path / "in", 5)
+    args = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"]
+    for task in ("4", "3"):  # sbatch --array=3-4: task ids 3 and 4, in either order
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
+        monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+        assert main(args) == 0
+    rows = manifest(tmp_path / "out")
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows.values())  # 5 files and a DICOM series
+    for name in rows:
+        log = (tmp_path / "out" / "logs" / f"{name}.log").read_text()
+        assert log.count("done: ") == 1, name  # synthesised once, by one shard
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    capsys.readouterr()
+    assert main(args + ["--shard", "3/2"]) == 1 and "K must be 1 to N" in capsys.readouterr().err

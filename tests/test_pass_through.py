@@ -28,7 +28,7 @@ TABLE = (
 ELSEWHERE = {
     "--help", "--model",  # test_cli, test_verb_defaults
     "--series", "--dicom-out", "--no-progress", "--progress-json", "--strict", "--plausibility-map",  # test_cli, test_plausibility
-    "--dicom", "--output", "--seed", "--overwrite",  # test_batch, test_cli (demo)
+    "--dicom", "--output", "--seed", "--overwrite", "--include", "--exclude", "--shard",  # test_batch, test_cli (demo)
 }
 VERBS = {"synthesize": ["in.nii.gz", "out_synthetic.nii.gz"], "batch": ["in", "out"], "demo": []}
 

@@ -15,6 +15,12 @@ def register(sub) -> None:
     add_synthesis_options(p)
     p.add_argument("--dicom", action="store_true", help="also export each sCECT as a derived DICOM series")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only inputs whose path under INPUT matches (repeatable), e.g. '*_ncct.nii.gz'; default: every volume and "
+                        "DICOM series except synthetic ones and a '<x>_cect' beside its '<x>_ncct'")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out inputs whose path matches (repeatable)")
+    p.add_argument("--shard", metavar="K/N", help="run shard K of N (every N-th case from the K-th); default: a SLURM array "
+                                                  "task's own, from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
     p.add_argument("--overwrite", action="store_true",
                    help="make again, with this run's model, the outputs another model made in OUTPUT (refused without it)")
     add_strict_option(p)
@@ -37,12 +43,15 @@ def cmd_batch(args) -> int:
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    cases = discover_cases(args.input)
+    from ..engine.batch import parse_shard
+
+    shard = parse_shard(args.shard)
+    cases = discover_cases(args.input, args.include, args.exclude)
     model = load_model(args.model)
     runner = BatchRunner(args.output, model, synthesis_options(args, device), dicom=args.dicom, rank=rank, world=world, strict=args.strict,
-                         plausibility_map=args.plausibility_map, overwrite=args.overwrite)
+                         plausibility_map=args.plausibility_map, overwrite=args.overwrite, shard=shard)
     mine = runner.shard(cases)
-    desc = f"rank {rank}/{world}" if world > 1 else "cases"
+    desc = (f"shard {shard[0]}/{shard[1]} " if shard[1] > 1 else "") + (f"rank {rank}/{world}" if world > 1 else "cases")
     from .progress import progress_bar
 
     with progress_bar(total=len(mine), unit="case", desc=desc, disable=args.no_progress, position=rank) as bar:

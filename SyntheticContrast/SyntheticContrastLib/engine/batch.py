@@ -58,8 +58,44 @@ def unique_case_names(relative_paths: list[str]) -> list[str]:
     return [tag(name, rel) if names.count(name) > 1 else name for rel, name in zip(relative_paths, names)]
 
 
-def discover_cases(source: str | Path) -> list[Case]:
-    """Cases from a CSV manifest (columns case,input[,series]) or a folder tree of volumes and DICOM folders."""
+def is_default_case(relative: str, siblings: set[str]) -> bool:
+    """The naming rules a folder tree is read by when no --include is given: a synthetic volume (this tool's output)
+    is never an input, and a '<x>_cect' volume beside its '<x>_ncct' is that pair's reference (the phantom's and
+    `pairs`' layout), not a case."""
+    name = Path(relative).name
+    if "synthetic" in name.lower():
+        return False
+    stem = strip_volume_suffix(name)
+    if stem.lower().endswith("_cect"):
+        return not any(strip_volume_suffix(s).lower() == stem.lower()[:-5] + "_ncct" for s in siblings)
+    return True
+
+
+def select_cases(found: list[tuple[str, str]], include=(), exclude=()) -> list[tuple[str, str]]:
+    """(relative path, input) pairs kept by glob patterns on the relative path; without --include, the default
+    naming rules (is_default_case) decide."""
+    from fnmatch import fnmatch
+
+    by_folder: dict[str, set[str]] = {}
+    for rel, _ in found:
+        by_folder.setdefault(str(Path(rel).parent), set()).add(Path(rel).name)
+    kept = []
+    for rel, path in found:
+        posix = Path(rel).as_posix()
+        if include:
+            if not any(fnmatch(posix, pattern) for pattern in include):
+                continue
+        elif not is_default_case(rel, by_folder[str(Path(rel).parent)]):
+            continue
+        if any(fnmatch(posix, pattern) for pattern in exclude):
+            continue
+        kept.append((rel, path))
+    return kept
+
+
+def discover_cases(source: str | Path, include=(), exclude=()) -> list[Case]:
+    """Cases from a CSV manifest (columns case,input[,series]) or a folder tree of volumes and DICOM folders, the
+    tree's filtered by ``include``/``exclude`` globs on each input's path relative to ``source``."""
     source = Path(source)
     if not source.exists():
         raise InputError(source, "does not exist")
@@ -88,7 +124,10 @@ def discover_cases(source: str | Path) -> list[Case]:
             found.append((rel if rel != "." else "root", str(folder)))
     if not found:
         raise InputError(source, "holds no NIfTI/NRRD/MHA files or DICOM series")
-    found.sort()
+    found = select_cases(sorted(found), include, exclude)
+    if not found:
+        raise InputError(source, f"no input is left after the patterns (include {list(include) or 'the default rules'}, "
+                                 f"exclude {list(exclude)})")
     return [Case(name, path) for name, (_, path) in zip(unique_case_names([rel for rel, _ in found]), found)]
 
 
@@ -97,10 +136,11 @@ class BatchRunner:
 
     def __init__(self, out_dir, model, options, dicom: bool = False, rank: int = 0, world: int = 1,
                  say: Callable[[str], None] | None = None, strict: bool = False, plausibility_map: bool = False,
-                 overwrite: bool = False):
+                 overwrite: bool = False, shard: tuple[int, int] = (1, 1)):
         self.out_dir = Path(out_dir)
         self.model, self.options, self.dicom, self.strict = model, options, dicom, strict
         self.plausibility_map, self.overwrite = plausibility_map, overwrite
+        self.shard_index, self.shard_count = shard  # 1-based: shard 2 of 4 (a SLURM array task), then torchrun ranks
         self.rank, self.world = rank, world
         self.say = say or (lambda msg: None)
         self._digests = {}  # (path, mtime, size) -> sha256: the manifest is rebuilt after every case
@@ -158,7 +198,8 @@ class BatchRunner:
         return self._digests[key]
 
     def shard(self, cases: list[Case]) -> list[Case]:
-        return cases[self.rank :: self.world]
+        """This process's cases: every shard_count-th case from shard_index, then every world-th of those."""
+        return cases[self.shard_index - 1 :: self.shard_count][self.rank :: self.world]
 
     def run_case(self, case: Case) -> dict:
         from .case import check_input, ood_summary, refuse_if_strict, synthesize_case, uncertainty_dicom_dir, write_case
@@ -267,3 +308,19 @@ class BatchRunner:
         target = self.out_dir / "manifest.csv"
         atomic_write_csv(target, rows, MANIFEST_FIELDS)
         return target
+
+
+def parse_shard(text: str | None, environ=os.environ) -> tuple[int, int]:
+    """'2/4' -> (2, 4). Without it, a SLURM array task's own index and count (SLURM_ARRAY_TASK_ID from
+    SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT), else (1, 1): the whole batch."""
+    if text is None and "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
+        text = f"{int(environ['SLURM_ARRAY_TASK_ID']) - int(environ.get('SLURM_ARRAY_TASK_MIN', 0)) + 1}/{environ['SLURM_ARRAY_TASK_COUNT']}"
+    if text is None:
+        return 1, 1
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError as exc:
+        raise InputError(None, f"--shard {text!r}: give K/N, such as 2/4") from exc
+    if not 1 <= index <= count:
+        raise InputError(None, f"--shard {text!r}: K must be 1 to N")
+    return index, count
