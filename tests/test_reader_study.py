@@ -205,8 +205,10 @@ def test_end_to_end_outputs_and_the_known_direction(phantom_study, capsys):
     assert fom["CECT"]["fom_wafroc1"] > fom["NCCT"]["fom_wafroc1"]
     rates = {(r["reader"], r["condition"]): r["detection_rate"] for r in summary["per_reader"]}
     assert all(rates[(rd, "CECT")] >= rates[(rd, "NCCT")] for rd in ("R1", "R2"))
+    capsys.readouterr()
     assert main(["reader-study", "status", str(phantom_study)]) == 0
-    assert capsys.readouterr().out.count("cases") == 6
+    status = capsys.readouterr().out.splitlines()
+    assert len(status) == 6 and all("cases  SIMULATED readers' marks" in line for line in status)
 
 
 def test_lesion_rows_carry_the_scect_uncertainty_where_the_study_has_it(phantom_study):

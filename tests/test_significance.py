@@ -207,3 +207,21 @@ def test_ids_with_stray_spaces_are_the_same_ids_as_rjafroc_trims_them(tmp_path):
     assert spaced.modality_ids == ["A", "B"] and spaced.reader_ids == ["1"] and spaced.case_ids == clean.case_ids
     np.testing.assert_array_equal(spaced.ll, clean.ll)
     np.testing.assert_array_equal(spaced.nl, clean.nl)
+
+
+def test_a_tiny_study_is_reported_with_its_cautions_and_a_real_one_without(tmp_path):
+    """2 readers and 3 cases printed a 95% CI of -1.03 to 1.73 for a figure of merit between 0 and 1, and nothing
+    remarked on 2 readers or 2.7 ddf."""
+    from SyntheticContrastLib.readerstudy.report import write_significance
+
+    nl = np.full((2, 2, 3, 1), -np.inf)
+    nl[:, :, 0, 0] = [[2, 3], [1, 2]]  # the non-diseased case's highest false mark, per modality and reader
+    ll = np.array([[[[3], [1]], [[4], [2]]], [[[2], [4]], [[3], [3]]]], float)  # (I, J, K2, L)
+    tiny = Ratings(nl, ll, np.array([1, 1]), np.ones((2, 1)), ["NCCT", "sCECT"], ["R1", "R2"], ["1", "2", "3"])
+    result = write_significance(tiny, "wAFROC", "default", tmp_path / "tiny")
+    text = (tmp_path / "tiny" / "significance.md").read_text()
+    assert "**Caution: a small study.**" in text and "only 2 reader(s) (fewer than 4)" in text and "only 3 case(s)" in text
+    assert any("denominator degrees of freedom" in c for c in result["cautions"])
+    assert json.loads((tmp_path / "tiny" / "significance.json").read_text())["cautions"] == result["cautions"]
+    real = write_significance(ratings("dataset01"), "wAFROC", "default", tmp_path / "d1")
+    assert real["cautions"] == [] and "Caution" not in (tmp_path / "d1" / "significance.md").read_text()

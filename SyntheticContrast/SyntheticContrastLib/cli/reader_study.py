@@ -45,7 +45,9 @@ def cmd_reader_study(args) -> int:
     elif args.action == "status":
         for row in sessions.study_status(args.study_dir):
             warn = f"  WARNING: {row['washout_warning']}" if row["washout_warning"] else ""
-            print(f"reader {row['reader']:8s} session {row['session']} ({row['condition']:11s}) {row['done']:3d}/{row['total']} cases{warn}")
+            simulated = "  SIMULATED readers' marks" if row["simulated"] else ""
+            print(f"reader {row['reader']:8s} session {row['session']} ({row['condition']:11s}) {row['done']:3d}/{row['total']} "
+                  f"cases{simulated}{warn}")
     elif args.action == "simulate":
         from ..readerstudy.simulation import simulate_readers
 

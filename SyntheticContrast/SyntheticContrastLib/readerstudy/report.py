@@ -20,16 +20,46 @@ def write_significance(ratings: Ratings, fom: str, why: str, out_dir: Path, simu
     result = analyze_or(ratings, fom)
     result["fom_choice"] = why
     result["simulated_marks"] = simulated
+    result["cautions"] = cautions(result)
     atomic_write_text(out_dir / "significance.json", json.dumps(result, indent=1, default=float) + "\n")
     atomic_write_text(out_dir / "significance.md", significance_markdown(result))
     operating_characteristics(ratings, fom, out_dir / "operating_characteristics.png", simulated)
     return result
 
 
+#: Below these, the OR-Hillis P values and CIs rest on very few degrees of freedom (Hillis 2008 gives its ddf for
+#: studies of this size; RJafroc's sample-size examples start at 4 readers); a study that small is a pilot.
+FEW_READERS, FEW_CASES, FEW_DDF = 4, 20, 5.0
+
+
+def cautions(r: dict) -> list[str]:
+    """What a reader of the report must weigh before trusting its P values and CIs."""
+    out = []
+    readers, cases = len(r["readers"]), r["cases"]["non_diseased"] + r["cases"]["diseased"]
+    ddf = r["RRRC"]["ddf"]
+    if readers < FEW_READERS:
+        out.append(f"only {readers} reader(s) (fewer than {FEW_READERS}): the random-reader result rests on very few readers")
+    if cases < FEW_CASES:
+        out.append(f"only {cases} case(s) (fewer than {FEW_CASES})")
+    if not ddf >= FEW_DDF:
+        out.append(f"Hillis' denominator degrees of freedom are {ddf:.2f} (under {FEW_DDF:g}): the F test and the CIs are very wide")
+    for m in r["RRRC"]["modalities"]:
+        lo, hi = m["ci"]
+        if lo < 0 or hi > 1:
+            out.append(f"the 95% CI of {m['modality']} ({lo:.3f} to {hi:.3f}) leaves [0, 1], where a figure of merit lies: "
+                       "it is reported as computed, and says how little the data constrain it")
+    if out:
+        out.append("treat this as a pilot: its variance components (significance.json) are what RJafroc's or the Iowa "
+                   "program's sample-size functions take to size the study that can answer the question")
+    return out
+
+
 def significance_markdown(r: dict) -> str:
     lines = ["# Is the difference significant?", ""]
     if r.get("simulated_marks"):
         lines += ["**These ratings come from SIMULATED readers (pipeline check), not from radiologists.**", ""]
+    if r.get("cautions"):
+        lines += ["**Caution: a small study.**", ""] + [f"- {c}" for c in r["cautions"]] + [""]
     lines += [
         f"Figure of merit: **{r['fom']}** ({r['fom_choice']}). {len(r['readers'])} readers, {r['cases']['non_diseased']} non-diseased "
         f"and {r['cases']['diseased']} diseased cases.", "",

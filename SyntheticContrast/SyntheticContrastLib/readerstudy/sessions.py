@@ -286,10 +286,11 @@ def study_status(study_dir) -> list[dict]:
     rows = []
     for s in plan["sessions"]:
         row = {"reader": s["reader"], "session": s["session"], "condition": s["condition"], "done": 0,
-               "total": len(s["order"]), "washout_warning": ""}
+               "total": len(s["order"]), "washout_warning": "", "simulated": False}
         if (Path(study_dir) / "marks" / _safe(s["reader"]) / f"session{s['session']}" / "session.json").exists():
             session = ReadingSession(study_dir, s["reader"], s["session"])
             row["done"] = session.progress()[0]
             row["washout_warning"] = session.state.get("washout_warning", "")
+            row["simulated"] = any(m.get("simulated") for c in s["order"] for m in session.case_record(c)["marks"])
         rows.append(row)
     return rows
