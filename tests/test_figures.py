@@ -46,13 +46,3 @@ def test_figures_of_simulated_data_say_simulated_and_real_ones_do_not(tmp_path):
         ax.plot([0, 1], [0, 1])
         path = save_figure(fig, tmp_path / f"{simulated}.png", simulated=simulated)
         assert (share(imread(path), magenta) > 0.0003) is simulated
-
-
-def test_the_demo_figure_is_marked(tmp_path, capsys):
-    from SyntheticContrastLib.cli import main
-
-    assert main(["demo", "--output", str(tmp_path), "--no-progress"]) == 0
-    (png,) = tmp_path.glob("*_side_by_side.png")
-    ncct, scect, cect = thirds(imread(png))
-    assert share(scect, (1, 1, 0)) > 0.001 and share(ncct, (1, 1, 0)) == 0
-    assert all(share(p, (0, 1, 1)) > 0.0002 for p in (ncct, scect, cect))

@@ -81,6 +81,14 @@ def test_the_main_job_runs_as_written(tmp_path):
         assert "sCECT (synthetic)" in result.stdout and "NOT FOR DIAGNOSIS" in result.stdout
         assert (output / "phantom9001_sCECT_synthetic.nii.gz").is_file()
         assert "\r" not in result.stderr  # not a terminal: plain progress lines, no redraws
+        # Its picture says what it shows (tests/test_figures.py reads the marks by their colours).
+        from matplotlib.image import imread
+
+        from test_figures import share, thirds
+
+        ncct, scect, cect = thirds(imread(output / "phantom9001_side_by_side.png"))
+        assert share(scect, (1, 1, 0)) > 0.001 and share(ncct, (1, 1, 0)) == 0  # SYNTHETIC burned in, on the sCECT only
+        assert all(share(p, (0, 1, 1)) > 0.0002 for p in (ncct, scect, cect))  # the node its title names, circled
     finally:
         if not existed:
             shutil.rmtree(output, ignore_errors=True)
