@@ -237,7 +237,8 @@ def measure_rows(args, device: str, stride: int, cpu_gflops: float) -> tuple[lis
     return rows, summary
 
 
-def trained_model_check(card: Path, seeds: list[int], strides: list[int], threads: int, device: str, backend: str) -> dict:
+def trained_model_check(card: Path, seeds: list[int], strides: list[int], threads: int, device: str, backend: str,
+                        phantom_slices: int = 48, phantom_size: int = 512) -> dict:
     """The trained model on held-out phantoms: MAE (HU, whole volume and in the mediastinal window) of each stride
     against the paper's stride 1 + mean, all with ``backend``; and of bf16 against fp32 at the default stride, both
     with PyTorch."""
@@ -247,7 +248,7 @@ def trained_model_check(card: Path, seeds: list[int], strides: list[int], thread
     from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_volume
     from SyntheticContrastLib.engine.models import load_model
     from SyntheticContrastLib.measurement.metrics import mae
-    from SyntheticContrastLib.phantom import make_phantom
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
 
     torch.set_num_threads(threads)
     model = load_model(card)
@@ -259,7 +260,7 @@ def trained_model_check(card: Path, seeds: list[int], strides: list[int], thread
         return result.array, report, time.perf_counter() - t0
 
     for seed in seeds:
-        ncct = make_phantom(seed).ncct
+        ncct = make_phantom(seed, PhantomSpec(size=phantom_size, slices=phantom_slices)).ncct
         paper, report, seconds = synth(ncct, stride=1, blend="mean", backend=backend)
         case = {"seed": seed, "shape": list(paper.shape), "backend": backend,
                 "stride1": {"windows": report.windows, "seconds": seconds}}
@@ -298,6 +299,8 @@ def main() -> None:
     parser.add_argument("--trained-model", type=Path, help="also measure MAE per stride and bf16 with this model card")
     parser.add_argument("--phantoms", type=int, nargs="+", default=[9001, 9002, 9003], help="held-out phantom seeds")
     parser.add_argument("--strides", type=int, nargs="+", default=[8, 10, 12], help="strides to compare with stride 1")
+    parser.add_argument("--phantom-slices", type=int, default=48, help="held-out phantoms' slices (default 48, as trained)")
+    parser.add_argument("--phantom-size", type=int, default=512, help="held-out phantoms' in-plane size (default 512)")
     parser.add_argument("--trained-backend", default="openvino",
                         help="backend of the stride comparison (default openvino: 2.6x faster on the CPU, 0.01 HU from PyTorch)")
     parser.add_argument("--json", type=Path)
@@ -323,7 +326,8 @@ def main() -> None:
         report["rows"], report["summary"] = measure_rows(args, device, stride, cpu_gflops)
     if args.trained_model:
         report["trained_model"] = trained_model_check(args.trained_model, args.phantoms, args.strides, args.threads,
-                                                      device, args.trained_backend if device == "cpu" else "torch")
+                                                      device, args.trained_backend if device == "cpu" else "torch",
+                                                      args.phantom_slices, args.phantom_size)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
