@@ -315,11 +315,13 @@ def test_a_phantom_folder_gives_its_ncct_cases_only_and_globs_choose_otherwise(t
 def test_two_slurm_array_shards_run_one_after_the_other_do_each_case_exactly_once(tmp_path, tiny_model_card, monkeypatch, capsys):
     make_cases(tmp_path / "in", 5)
     args = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model_card), "--device", "cpu", "--no-progress"]
-    for task in ("4", "3"):  # sbatch --array=3-4: task ids 3 and 4, in either order
+    for task, done in (("4", 3), ("3", 6)):  # sbatch --array=3-4: task ids 3 and 4, in either order
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
         monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
         monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
         assert main(args) == 0
+        statuses = [r["status"] for r in manifest(tmp_path / "out").values()]
+        assert statuses.count("done") == done and statuses.count("pending") == 6 - done  # each task its half
     rows = manifest(tmp_path / "out")
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows.values())  # 5 files and a DICOM series
     for name in rows:

@@ -367,6 +367,7 @@ def test_the_instance_file_and_its_folder_are_fsynced_before_the_c_store_respons
 
     monkeypatch.setattr(spool.os, "fsync", spy)
     port = free_port()
+    (tmp_path / "spool").mkdir()  # as service.serve makes it before the receiver starts
     receiver = Receiver(NodeConfig(spool=tmp_path / "spool", allow=["PACS"], destination="X@127.0.0.1:1", port=port), queue)
     receiver.start()
     try:

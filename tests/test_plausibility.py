@@ -237,3 +237,24 @@ def test_beyond_noise_is_judged_by_the_acquired_images_noise_not_by_how_the_mode
     copied = plausibility.measure(case.ncct, case.ncct, OUTPUT_RANGE)  # the NCCT itself: its noise copied exactly
     assert noisy.threshold_hu == copied.threshold_hu and noisy.noise_hu == copied.noise_hu
     assert noisy.threshold_hu == max(4 * noisy.noise_hu, 20.0) and 5 < noisy.noise_hu < 40
+
+
+def test_training_statistics_of_unequal_volumes_take_every_volume_as_it_is():
+    """The bundled card already holds its statistics, so the code that makes them from several unequal training
+    volumes ran in no test: ranges are the min and max over volumes, the reference histogram their mean, and the
+    thresholds 1.5 x the largest distance to it."""
+    from SyntheticContrastLib.trust import ood
+
+    small = make_phantom(1001, PhantomSpec(slices=8, size=128))
+    large = make_phantom(1002, PhantomSpec(slices=12, size=256))
+    stats = ood.training_statistics([small.ncct, large.ncct])
+    spacings = sorted(float(c.ncct.spacing[0]) for c in (small, large))
+    assert stats["volumes"] == 2 and stats["ranges"]["inplane_spacing_mm"] == pytest.approx(spacings)
+    assert stats["ranges"]["slice_spacing_mm"] == pytest.approx([2.5, 2.5])
+    each = [ood.measure(c.ncct)["hu_histogram"] for c in (small, large)]
+    np.testing.assert_allclose(stats["hu_histogram"], np.mean(each, axis=0))
+    assert stats["hu_distance_threshold"] == pytest.approx(1.5 * stats["hu_distance_training_max"])
+    pairs = [(c.ncct.array, c.cect.array, c.ncct.spacing) for c in (small, large)]
+    enhancement = plausibility.training_statistics(pairs, OUTPUT_RANGE)
+    medians = sorted(plausibility.measure_arrays(*p, OUTPUT_RANGE).classes["soft_tissue"]["median"] for p in pairs)
+    assert enhancement["pairs"] == 2 and enhancement["classes"]["soft_tissue"]["median"] == pytest.approx(medians)
