@@ -63,32 +63,22 @@ def _peak_of(hu, batch):
     return torch.cuda.max_memory_allocated() - start
 
 
-def test_out_of_memory_halves_the_batch_and_the_result_is_unchanged():
+@pytest.mark.parametrize("allowed, batch, note", [
+    (lambda one, four: (one + four) / 2, 4, "batch halved"),  # the accumulator fits, a batch of 4 does not
+    (lambda one, four: one * 0.3, 2, "continued on the CPU"),  # not even one window fits: the partial sums go along
+])
+def test_out_of_memory_falls_back_and_the_result_is_unchanged(allowed, batch, note):
     hu = chest_like((48, 128, 128))
     generator = tiny_generator(config=GeneratorConfig(ngf=16, levels=3, z_halvings=2, dropout=0.0))
     reference, _, _ = _run(hu, batch=1, generator=generator)
-    one, four = _peak_of(hu, 1), _peak_of(hu, 4)
+    extra = allowed(_peak_of(hu, 1), _peak_of(hu, 4))
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + (one + four) / 2) / total)
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + extra) / total)
     try:
-        result, _, report = _run(hu, batch=4, generator=generator)
+        result, _, report = _run(hu, batch=batch, generator=generator)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    assert any("batch halved" in note for note in report.notes), report.notes
-    np.testing.assert_allclose(result, reference, atol=0.01)
-
-
-def test_too_little_memory_for_one_window_finishes_on_the_cpu_with_the_partial_sums():
-    hu = chest_like((48, 128, 128))
-    generator = tiny_generator(config=GeneratorConfig(ngf=16, levels=3, z_halvings=2, dropout=0.0))
-    reference, _, _ = _run(hu, generator=generator)
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + _peak_of(hu, 1) * 0.3) / total)
-    try:
-        result, _, report = _run(hu, batch=2, generator=generator)
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0)
-    assert any("continued on the CPU" in note for note in report.notes), report.notes
+    assert any(note in n for n in report.notes), report.notes
     np.testing.assert_allclose(result, reference, atol=0.01)
 
 

@@ -52,17 +52,24 @@ def test_a_localizer_filed_in_the_ct_series_is_left_out(series):
     assert any("scout.dcm" in n and "LOCALIZER" in n for n in volume.metadata[READER_NOTES])
 
 
-@variant("padding (PixelPaddingValue)")
-def test_padding_outside_the_field_of_view_becomes_air(series):
-    folder, files = series
+def _pad_corner(files, slope=None):
+    """Store a 3 x 3 corner of every slice as PixelPaddingValue -32768, optionally with another rescale slope."""
 
     def pad(k, ds):
         pixels = ds.pixel_array.copy()
         pixels[:3, :3] = -32768
         ds.PixelData = pixels.tobytes()
         ds.add_new(0x00280120, "SS", -32768)  # PixelPaddingValue; signed pixels make it SS
+        if slope is not None:
+            ds.RescaleSlope = slope
 
     rewrite_series(files, pad)
+
+
+@variant("padding (PixelPaddingValue)")
+def test_padding_outside_the_field_of_view_becomes_air(series):
+    folder, files = series
+    _pad_corner(files)
     volume = read_volume(folder)
     assert (volume.array[:, :3, :3] == -1000.0).all() and volume.array.min() >= -1100
     assert any("PixelPaddingValue" in n and f"{12 * 9} voxels" in n for n in volume.metadata[READER_NOTES])
@@ -70,15 +77,7 @@ def test_padding_outside_the_field_of_view_becomes_air(series):
 
 def test_padding_is_found_through_the_rescale_slope_not_only_the_intercept(series):
     folder, files = series
-
-    def pad(k, ds):
-        pixels = ds.pixel_array.copy()
-        pixels[:3, :3] = -32768
-        ds.PixelData = pixels.tobytes()
-        ds.add_new(0x00280120, "SS", -32768)
-        ds.RescaleSlope = 2  # stored -32768 is then -32768 x 2 - 1024 = -66560 HU: only that value is padding
-
-    rewrite_series(files, pad)
+    _pad_corner(files, slope=2)  # stored -32768 is then -32768 x 2 - 1024 = -66560 HU: only that value is padding
     volume = read_volume(folder, check_hu=False)
     assert (volume.array[:, :3, :3] == -1000.0).all()
     assert any(f"{12 * 9} voxels were padding" in n for n in volume.metadata[READER_NOTES])
