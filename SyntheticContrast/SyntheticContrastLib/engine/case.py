@@ -41,18 +41,21 @@ class CaseResult:
     measurement: object = None  # plausibility.Measurement, for the violation map
 
 
-def uncertainty_path(output: str | Path) -> Path:
-    """'case_synthetic.nii.gz' -> 'case_synthetic_sd.nii.gz': the SD map sits beside the image it belongs to."""
+def _beside(output: str | Path, tag: str) -> Path:
+    """'case_synthetic.nii.gz' -> 'case_synthetic<tag>.nii.gz': a derived map sits beside the image it belongs to."""
     output = Path(output)
     suffix = suffix_of(output)
-    return output.with_name(output.name[: len(output.name) - len(suffix)] + "_sd" + suffix)
+    return output.with_name(output.name[: len(output.name) - len(suffix)] + tag + suffix)
+
+
+def uncertainty_path(output: str | Path) -> Path:
+    """'case_synthetic.nii.gz' -> 'case_synthetic_sd.nii.gz'."""
+    return _beside(output, "_sd")
 
 
 def plausibility_map_path(output: str | Path) -> Path:
-    """'case_synthetic.nii.gz' -> 'case_synthetic_plausibility.nii.gz', beside the image it judges."""
-    output = Path(output)
-    suffix = suffix_of(output)
-    return output.with_name(output.name[: len(output.name) - len(suffix)] + "_plausibility" + suffix)
+    """'case_synthetic.nii.gz' -> 'case_synthetic_plausibility.nii.gz'."""
+    return _beside(output, "_plausibility")
 
 
 def uncertainty_dicom_dir(dicom_dir: str | Path) -> Path:
@@ -121,8 +124,7 @@ def write_case(case: CaseResult, output: Path, dicom_dir: Path | None = None, so
         if case.sd is not None:
             sd_dir = uncertainty_dicom_dir(dicom_dir)
             export_dicom_series(case.sd, sd_dir, source_files, card.model_id, card.sha256, series_number_offset=2000,
-                                uncertainty=True, findings=case.ood_summary,
-                            plausibility=case.plausibility_summary)
+                                uncertainty=True, findings=case.ood_summary, plausibility=case.plausibility_summary)
             written["dicom_sd_output"] = sd_dir
     return written
 
