@@ -197,7 +197,9 @@ def measure_arrays(ncct: np.ndarray, scect: np.ndarray, spacing_xyz: tuple, outp
     classes, body = classify(n)
     enhancement = (s - n) if output_range_hu is None else (np.clip(s, *output_range_hu) - np.clip(n, *output_range_hu))
     sx, sy, sz = spacing_xyz
-    voxel_ml = (sx * 2 if n.shape != ncct.shape else sx) * (sy * 2 if n.shape != ncct.shape else sy) * sz / 1000.0
+    factor = 2 if n.shape != ncct.shape else 1  # _reduce keeps a grid too small to halve as it is
+    step = (sy * factor, sx * factor)  # reduced-grid pixel (row, column) in mm
+    voxel_ml = step[0] * step[1] * sz / 1000.0
     # The noise of the acquired image, not of the output: a model that denoises leaves that noise, negated, in the map.
     reference = classes["fat"] if classes["fat"].sum() >= MIN_CLASS_VOXELS else classes["soft_tissue"]
     values = n[reference]
@@ -214,7 +216,6 @@ def measure_arrays(ncct: np.ndarray, scect: np.ndarray, spacing_xyz: tuple, outp
     _, raised_regions = _largest_region_ml(raised, voxel_ml, physics["region_ml"])
     _, lowered_regions = _largest_region_ml(lowered, voxel_ml, physics["region_ml"])
     above = body & (enhancement > physics["ceiling_hu"])
-    step = (sy * 2, sx * 2) if n.shape != ncct.shape else (sy, sx)
     wall = classes["soft_tissue"] & (skin_depth_mm(body, step) < physics["body_wall_mm"])
     wall_ml, wall_regions = _largest_region_ml(wall & (enhancement > physics["body_wall_enhanced_hu"]), voxel_ml,
                                                physics["body_wall_region_ml"])
