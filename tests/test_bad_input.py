@@ -410,3 +410,35 @@ def test_wrongly_shaped_json_and_csv_are_one_line_naming_the_file(tmp_path, labe
     lines = res.stderr.strip().splitlines()
     assert res.returncode in (1, 2) and "Traceback" not in res.stderr, res.stderr
     assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], res.stderr
+
+
+MEASURE_LOAD = """
+import re, sys, time
+import torch
+from SyntheticContrastLib.errors import ModelError
+from SyntheticContrastLib.engine.models import load_model
+def peak_mib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+before = peak_mib()
+start = time.perf_counter()
+try:
+    load_model(sys.argv[1])
+except ModelError as exc:
+    print("refused:", exc)
+print("seconds", time.perf_counter() - start)
+print("grew_mib", peak_mib() - before)
+"""
+
+
+def test_a_card_claiming_a_huge_network_beside_small_weights_is_refused_before_any_allocation(tmp_path, tiny_model_card):
+    """A card whose architecture says ngf 1024 beside a tiny, correctly signed weights file allocated gigabytes (5.6 GB
+    measured for the issue) before load_state_dict saw the mismatch."""
+    card = json.loads(tiny_model_card.read_text())
+    card["architecture"]["parameters"]["ngf"] = 1024
+    tiny_model_card.write_text(json.dumps(card))
+    out = subprocess.run([sys.executable, "-c", MEASURE_LOAD, str(tiny_model_card)], capture_output=True, text=True, timeout=120)
+    figures = dict(line.split(" ", 1) for line in out.stdout.splitlines() if not line.startswith("refused"))
+    assert "weights do not fit the architecture in the card" in out.stdout and "parameters, the file" in out.stdout, out.stdout + out.stderr
+    # About 1.2 s and 75 MiB here, nearly all of it torch's first use of the meta device (it imports torch.distributed
+    # and sympy), not the card: the network it describes would take 3.5 GB as float32.
+    assert float(figures["seconds"]) < 3.0 and float(figures["grew_mib"]) < 150, figures

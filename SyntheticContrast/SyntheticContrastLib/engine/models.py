@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -52,6 +53,7 @@ def load_model(card_path: str | Path = DEFAULT_MODEL_CARD, device: str | torch.d
         config = card.generator_config()
     except ValueError as exc:
         raise ModelError(card_path, str(exc)) from exc
+    _check_size_before_building(config, weights, card_path)
     generator = UNetGenerator3D(config)
     try:
         state = load_file(str(weights), device="cpu")
@@ -60,6 +62,29 @@ def load_model(card_path: str | Path = DEFAULT_MODEL_CARD, device: str | torch.d
         raise ModelError(weights, f"weights do not fit the architecture in the card: {exc}") from exc
     generator.eval().to(resolve_device(device))
     return LoadedModel(card=card, generator=generator, card_path=card_path)
+
+
+def _check_size_before_building(config, weights: Path, card_path: Path) -> None:
+    """The card's architecture must name the same tensors, of the same shapes, as its weights file holds, compared
+    without allocating either (the network on the meta device, the file by its header): a card that claims a huge
+    network beside small weights would otherwise allocate gigabytes before the mismatch shows."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in UNetGenerator3D(config).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            held = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # a corrupt header
+        raise ModelError(weights, f"weights header is not readable safetensors: {exc}") from exc
+    missing, unexpected = sorted(set(wanted) - set(held)), sorted(set(held) - set(wanted))
+    reshaped = sorted(k for k in set(wanted) & set(held) if wanted[k] != held[k])
+    if missing or unexpected or reshaped:
+        count = lambda shapes: sum(int(np.prod(s)) for s in shapes.values())
+        parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
+                 (("Missing key(s)", missing), ("unexpected key(s)", unexpected), ("other shape", reshaped)) if keys]
+        raise ModelError(weights, f"weights do not fit the architecture in the card {card_path.name} ({'; '.join(parts)}): the "
+                                  f"card's network has {count(wanted)} parameters, the file {count(held)}")
 
 
 def save_model(generator: UNetGenerator3D, card: ModelCard, card_path: str | Path) -> Path:
