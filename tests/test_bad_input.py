@@ -343,17 +343,16 @@ def test_spacing_uneven_by_a_few_percent_is_refused(tmp_path):
 BOMBS = ("416-byte NIfTI claiming gigabytes", "DICOM claiming 6000 x 6000 pixels")
 #: Peak RSS from /proc's VmHWM: it belongs to this process's own memory, whereas ru_maxrss keeps the high-water mark
 #: of the parent it was forked from (pytest's, about 330 MiB) across exec.
-MEASURE_READ = """
+MEASURE = """
 import re, sys, time
-from SyntheticContrastLib.errors import InputError
-from SyntheticContrastLib.io.reading import read_volume
+{imports}
 def peak_mib():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
 before = peak_mib()
 start = time.perf_counter()
 try:
-    read_volume(sys.argv[1])
-except InputError as exc:
+    {call}(sys.argv[1])
+except {error} as exc:
     print("refused:", exc)
 print("seconds", time.perf_counter() - start)
 print("grew_mib", peak_mib() - before)
@@ -361,14 +360,23 @@ print("peak_mib", peak_mib())
 """
 
 
+def measured(path, imports: str, call: str, error: str) -> tuple[str, dict]:
+    """(stdout, figures) of a child process that only imports ``imports`` and runs ``call(path)``: its own peak RSS
+    and time, so nothing of pytest's memory is counted."""
+    code = MEASURE.format(imports=imports, call=call, error=error)
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    figures = dict(line.split(" ", 1) for line in out.stdout.splitlines() if not line.startswith("refused"))
+    return out.stdout + out.stderr, figures
+
+
 @pytest.mark.parametrize("label", BOMBS)
 def test_a_few_bytes_that_claim_gigabytes_are_refused_in_under_a_second_and_200_mib(tmp_path, label):
     """Peak RSS of a child process that only reads the bomb (imports included: numpy, SimpleITK, pydicom)."""
     maker, message = BAD_INPUTS[label]
     bad = maker(tmp_path)
-    out = subprocess.run([sys.executable, "-c", MEASURE_READ, str(bad)], capture_output=True, text=True, timeout=60)
-    figures = dict(line.split(" ", 1) for line in out.stdout.splitlines() if not line.startswith("refused"))
-    assert message in out.stdout, out.stdout + out.stderr
+    text, figures = measured(bad, "from SyntheticContrastLib.errors import InputError\nfrom SyntheticContrastLib.io.reading import read_volume",
+                             "read_volume", "InputError")
+    assert message in text, text
     assert float(figures["seconds"]) < 1.0
     assert float(figures["peak_mib"]) < 200, figures
     # What the read adds: lazy imports (pydicom, about 20 MiB) and GDCM's scan, never the 1.1 GiB (DICOM) or 7.6 GiB
@@ -412,33 +420,15 @@ def test_wrongly_shaped_json_and_csv_are_one_line_naming_the_file(tmp_path, labe
     assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], res.stderr
 
 
-MEASURE_LOAD = """
-import re, sys, time
-import torch
-from SyntheticContrastLib.errors import ModelError
-from SyntheticContrastLib.engine.models import load_model
-def peak_mib():
-    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
-before = peak_mib()
-start = time.perf_counter()
-try:
-    load_model(sys.argv[1])
-except ModelError as exc:
-    print("refused:", exc)
-print("seconds", time.perf_counter() - start)
-print("grew_mib", peak_mib() - before)
-"""
-
-
 def test_a_card_claiming_a_huge_network_beside_small_weights_is_refused_before_any_allocation(tmp_path, tiny_model_card):
     """A card whose architecture says ngf 1024 beside a tiny, correctly signed weights file allocated gigabytes (5.6 GB
     measured for the issue) before load_state_dict saw the mismatch."""
     card = json.loads(tiny_model_card.read_text())
     card["architecture"]["parameters"]["ngf"] = 1024
     tiny_model_card.write_text(json.dumps(card))
-    out = subprocess.run([sys.executable, "-c", MEASURE_LOAD, str(tiny_model_card)], capture_output=True, text=True, timeout=120)
-    figures = dict(line.split(" ", 1) for line in out.stdout.splitlines() if not line.startswith("refused"))
-    assert "weights do not fit the architecture in the card" in out.stdout and "parameters, the file" in out.stdout, out.stdout + out.stderr
+    text, figures = measured(tiny_model_card, "import torch\nfrom SyntheticContrastLib.errors import ModelError\n"
+                             "from SyntheticContrastLib.engine.models import load_model", "load_model", "ModelError")
+    assert "weights do not fit the architecture in the card" in text and "parameters, the file" in text, text
     # About 1.2 s and 75 MiB here, nearly all of it torch's first use of the meta device (it imports torch.distributed
     # and sympy), not the card: the network it describes would take 3.5 GB as float32.
     assert float(figures["seconds"]) < 3.0 and float(figures["grew_mib"]) < 150, figures
