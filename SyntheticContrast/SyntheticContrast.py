@@ -64,7 +64,7 @@ class SyntheticContrastParameterNode:
     device: Annotated[str, Choice(["auto", "cuda", "cpu", "mps"])] = "auto"
     stride: Annotated[int, WithinRange(0, 64)] = 0
     blend: Annotated[str, Choice(["gaussian", "mean"])] = "gaussian"
-    batchSize: Annotated[int, WithinRange(1, 64)] = 1
+    batchSize: Annotated[int, WithinRange(0, 64)] = 0  # 0: auto, the planner's choice
     precision: Annotated[str, Choice(["fp32", "auto", "fp16", "bf16"])] = "fp32"
     samples: Annotated[int, WithinRange(1, 64)] = 1
     coronalRow: bool = False
@@ -189,6 +189,8 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cancelButton.enabled = state["running"]
         self._showChosenModel()
         self._showOutOfDistribution(state["outOfDistribution"])
+        if not state["running"]:  # while a run goes, its own plan stands
+            self.ui.planLabel.text = state.get("plan", "")
         self.logic.updateOverlay(self._parameterNode)
 
     def _populateModels(self):
@@ -253,6 +255,8 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._showOutOfDistribution(self.logic.outOfDistributionText(self._findings.get("ood"), self._findings.get("plausibility")))
         if event.get("event") == "progress":
             self.ui.progressBar.value = int(round(100 * event.get("fraction", 0)))
+        if event.get("event") == "plan":
+            self.ui.planLabel.text = _("Plan: {line}").format(line=event.get("line", ""))
         if text:
             self.ui.statusLabel.text = text
 
@@ -365,8 +369,20 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         if _is_synthetic(p.inputVolume):
             return {"canApply": False, "running": False, "outOfDistribution": ood, "applyHint": _(
                 "{name} is a synthetic image: choose the acquired non-contrast CT").format(name=p.inputVolume.GetName())}
-        return {"canApply": True, "running": False, "outOfDistribution": ood,
+        return {"canApply": True, "running": False, "outOfDistribution": ood, "plan": self.planText(p),
                 "applyHint": _("Synthesise contrast for {name}").format(name=p.inputVolume.GetName())}
+
+    def planText(self, p) -> str:
+        """The planner's line for this input and model before Apply; a card it cannot read or plan says why."""
+        from SyntheticContrastLib.errors import SyntheticContrastError
+        from SyntheticContrastSlicer.synthesis import plan_text
+
+        if p.inputVolume.GetImageData() is None:
+            return ""
+        try:
+            return plan_text(p, self.models.card(p.model))
+        except (SyntheticContrastError, ValueError, OSError) as exc:
+            return _("No plan: {problem}").format(problem=exc)
 
     @staticmethod
     def outOfDistributionText(messages, implausible=None) -> str:

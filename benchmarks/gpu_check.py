@@ -10,7 +10,9 @@ Steps, each in its own process with its own time limit; a failed step is recorde
    torch.compile and MONAI on the same windows (s per volume, TFLOP/s against the data-sheet peak, engine overhead,
    peak device memory, where the accumulator lived);
 3. the trained check: bf16 against fp32 (and strides against stride 1) with the demo model on held-out phantoms;
-4. a 1-GPU torchrun (NCCL) smoke run of ``train``, then ``--resume``.
+4. the planner's estimates against the measured peaks: host RSS and the device's max_memory_allocated, at 48 and 300
+   slices with the demo model (benchmarks/planner.py);
+5. a 1-GPU torchrun (NCCL) smoke run of ``train``, then ``--resume``.
 It writes OUT/gpu_check.json and OUT/gpu_check.md: device, driver, torch and CUDA versions, and every step's
 figures, status and seconds.
 """
@@ -51,6 +53,11 @@ def steps(out: Path, dry_run: bool) -> list[dict]:
                                                                "--trained-model", str(CARD), "--trained-backend", "torch", *trained,
                                                                "--device", device, "--json", str(out / "trained.json")],
          "limit_s": 120, "json": out / "trained.json"},
+        {"name": "planner against the measured peaks", "command": [py, str(ROOT / "benchmarks" / "planner.py"),
+                                                                    *(["--slices", "16", "--size", "128"] if dry_run else
+                                                                      ["--slices", "48,300"]), "--device", device,
+                                                                    "--json", str(out / "planner.json")],
+         "limit_s": 150, "json": out / "planner.json"},
         {"name": "torchrun train", "command": [*torchrun, *train, "--epochs", "1"], "limit_s": 60},
         {"name": "torchrun train --resume", "command": [*torchrun, *train, "--epochs", "2", "--resume"], "limit_s": 60},
     ]

@@ -118,6 +118,10 @@ def test_progress_json_prints_one_event_per_line_for_a_calling_program(tmp_path,
     assert progress[-1]["fraction"] == 1.0 and progress[-1]["device"] == "cpu" and progress[-1]["eta_s"] == 0.0
     assert events[-1]["output"] == str(out) and events[-1]["windows"] == progress[-1]["windows_total"]
     assert read_volume(out, check_hu=False).metadata["SyntheticContrast.model_id"] == "tiny-test"  # provenance read back
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert kinds.index("plan") < kinds.index("progress")  # said before the first window
+    assert plan["windows"] == progress[-1]["windows_total"] and plan["batch_size"] == 1 and plan["device"] == "cpu"
+    assert plan["seconds"] > 0 and plan["host_peak_bytes"] > plan["accumulator_bytes"] > 0 and plan["fits"] is True
 
 
 def test_progress_json_reports_errors_as_an_event_too(tmp_path, tiny_model_card, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import chest_like, tiny_generator
-from SyntheticContrastLib.engine import placement
+from SyntheticContrastLib.engine import placement, planner
 from SyntheticContrastLib.engine.encoding import WindowEncoding
 from SyntheticContrastLib.engine.inference import SynthesisOptions, synthesize_array, synthesize_array_with_uncertainty
 from SyntheticContrastLib.engine.networks import GeneratorConfig
@@ -32,7 +32,7 @@ def _run(hu, *, samples=1, tile=None, batch=1, precision="fp32", generator=None,
 def test_the_device_accumulator_equals_the_host_one_within_0_01_hu(monkeypatch, tile):
     hu = chest_like((40, 64, 64))
     mean_dev, sd_dev, report_dev = _run(hu, samples=3, tile=tile)
-    monkeypatch.setattr(placement, "ACCUMULATOR_SHARE", 0.0)  # nothing fits: the accumulator stays on the host
+    monkeypatch.setattr(planner, "USABLE_SHARE", 0.0)  # nothing fits: the accumulator stays on the host
     mean_host, sd_host, report_host = _run(hu, samples=3, tile=tile)
     assert "on cuda" in report_dev.memory and "on cpu" in report_host.memory
     np.testing.assert_allclose(mean_dev, mean_host, atol=0.01)

@@ -225,9 +225,9 @@ def test_a_worker_whose_queue_fails_stops_the_node_instead_of_listening_with_nob
     assert queue.workers()[0]["state"] == "dead" and "disk is full" in queue.workers()[0]["error"]
 
 
-def test_a_localizer_filed_in_a_routed_series_does_not_fail_it(tmp_path, tiny_model_card):
-    """The reader leaves a LOCALIZER image out of the volume on purpose; the node must count it as considered, not
-    as missing. Real synthesis through the Worker; only the send is replaced (no destination in this test)."""
+def _through_a_worker(tmp_path, card, with_localizer: bool = False, **settings):
+    """One 16-slice series spooled and acknowledged, then synthesised by a real Worker; only the send is replaced (no
+    destination in these tests). Returns the queue's row and the file counts sent."""
     import numpy as np
     import pydicom
     from pydicom.uid import generate_uid
@@ -235,7 +235,9 @@ def test_a_localizer_filed_in_a_routed_series_does_not_fail_it(tmp_path, tiny_mo
     from conftest import chest_like, write_dicom_series
     from SyntheticContrastLib.engine.models import load_model
     from SyntheticContrastLib.io.dicom_export import write_dicom_file
+    from SyntheticContrastLib.node.config import NodeConfig
     from SyntheticContrastLib.node.spool import series_folder
+    from SyntheticContrastLib.node.worker import Worker
 
     spool = tmp_path / "spool"
     files = write_dicom_series(tmp_path / "src", np.round(chest_like((16, 32, 32))), spacing=(0.8, 0.8, 2.5))
@@ -243,19 +245,19 @@ def test_a_localizer_filed_in_a_routed_series_does_not_fail_it(tmp_path, tiny_mo
     folder = series_folder(spool, str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
     folder.mkdir(parents=True)
     queue = SeriesQueue(spool / "queue.sqlite")
-    scout = pydicom.dcmread(files[0])
-    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
-    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
-    for ds in [pydicom.dcmread(f) for f in files] + [scout]:
+    instances = [pydicom.dcmread(f) for f in files]
+    if with_localizer:
+        scout = pydicom.dcmread(files[0])
+        scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        instances.append(scout)
+    for ds in instances:
         write_dicom_file(folder / f"{ds.SOPInstanceUID}.dcm", ds)
         queue.record_instance(str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), folder, "PACS", str(ds.SOPInstanceUID), now=1.0)
-    from SyntheticContrastLib.node.config import NodeConfig
-    from SyntheticContrastLib.node.worker import Worker
-
-    cfg = NodeConfig(spool=spool, allow=["PACS"], destination="X@127.0.0.1:1", quiet_seconds=0.01)
+    cfg = NodeConfig(spool=spool, allow=["PACS"], destination="X@127.0.0.1:1", quiet_seconds=0.01, **settings)
     stop = threading.Event()
-    worker = Worker(cfg, queue, "cpu", stop, model=load_model(tiny_model_card), poll_seconds=0.02)
+    worker = Worker(cfg, queue, "cpu", stop, model=load_model(card), poll_seconds=0.02)
     sent = []
     worker.send = lambda uid, result_dir, triage: sent.append(len(list((result_dir / "dicom").glob("*.dcm"))))
     worker.start()
@@ -264,9 +266,23 @@ def test_a_localizer_filed_in_a_routed_series_does_not_fail_it(tmp_path, tiny_mo
     finally:
         stop.set()
         worker.join(10)
-    row = queue.rows()[0]
-    assert (row["state"], row["error"]) == ("done", "") and sent == [16] and row["instances"] == 17
+    row = dict(queue.rows()[0])
     queue.close()
+    return row, sent
+
+
+def test_a_localizer_filed_in_a_routed_series_does_not_fail_it(tmp_path, tiny_model_card):
+    """The reader leaves a LOCALIZER image out of the volume on purpose; the node must count it as considered, not
+    as missing."""
+    row, sent = _through_a_worker(tmp_path, tiny_model_card, with_localizer=True)
+    assert (row["state"], row["error"]) == ("done", "") and sent == [16] and row["instances"] == 17
+
+
+def test_a_series_that_needs_more_memory_than_the_budget_is_failed_with_the_figures_before_synthesis(tmp_path, tiny_model_card):
+    row, sent = _through_a_worker(tmp_path, tiny_model_card, max_memory_mib=1)
+    assert row["state"] == "failed" and sent == []
+    assert "of host memory at its peak, more than the 1 MiB budget (max_memory_mib), with 1 window at batch 1" in row["error"]
+    assert not list((tmp_path / "spool" / "results").glob("*"))  # nothing was synthesised or written
 
 
 def test_a_result_that_lacks_an_acknowledged_instance_is_never_sent(tmp_path, queue):

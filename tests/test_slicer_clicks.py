@@ -392,6 +392,8 @@ def _pump(harness, until, limit_s=120.0):
 def test_synthesis_runs_out_of_process_and_names_the_output_from_the_input_at_start(harness, tiny_model_card):
     p = harness.logic.getParameterNode()
     p.inputVolume, p.model, p.device = _volume_node("Patient CT"), str(tiny_model_card), "cpu"
+    before = harness.logic.panelState(p)["plan"]  # the planner's line before Apply, made without torch
+    assert before.startswith("Plan: fits: ") and "available on cpu, batch 1" in before
     events, finished = [], []
     job = harness.logic.startSynthesis(p, events.append, lambda result, node: finished.append((result, node)))
     with pytest.raises(RuntimeError, match="already running"):
@@ -406,6 +408,11 @@ def test_synthesis_runs_out_of_process_and_names_the_output_from_the_input_at_st
     assert node.GetAttribute("SyntheticContrast.model_id") == "tiny-test"
     assert len(node.GetAttribute("SyntheticContrast.model_sha256")) == 64
     assert any(e["event"] == "progress" for e in events) and events[-1]["event"] == "done"
+    kinds = [e["event"] for e in events]
+    (plan,) = [e for e in events if e["event"] == "plan"]  # the child's own plan, which the panel then shows
+    total = [e for e in events if e["event"] == "progress"][-1]["windows_total"]
+    assert kinds.index("plan") < kinds.index("progress") and plan["line"].startswith("fits: ") and plan["seconds"] > 0
+    assert f"batch 1, {total} windows" in plan["line"] and f"batch 1, {total} windows" in before
     assert not job.workdir.exists()
     assert harness.app.process_events_calls == 0
 

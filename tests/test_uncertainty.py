@@ -16,8 +16,9 @@ from SyntheticContrastLib.trust import ood
 from SyntheticContrastLib.engine.case import uncertainty_path
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.engine.encoding import WindowEncoding
+from SyntheticContrastLib.engine.geometry import shifted_starts
 from SyntheticContrastLib.engine.inference import (
-    SynthesisOptions, iter_samples, shifted_starts, synthesize_array, synthesize_array_with_uncertainty,
+    SynthesisOptions, iter_samples, synthesize_array, synthesize_array_with_uncertainty,
 )
 from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD, read_card
 from SyntheticContrastLib.engine.networks import GeneratorConfig

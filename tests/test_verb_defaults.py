@@ -43,7 +43,10 @@ def test_synthesize_with_only_input_and_output(small_ncct, tmp_path, capsys):
     sidecar = json.loads((tmp_path / "ct_synthetic.json").read_text())
     assert sidecar["model_sha256"] == provenance["sha256"] and len(sidecar["model_sha256"]) == 64 and sidecar["ood"]
     assert sidecar["label"].startswith("SYNTHETIC") and "versions" in sidecar
-    assert "wrote" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out
+    plan = [line for line in captured.err.splitlines() if line.startswith("plan: ")]
+    assert len(plan) == 1 and plan[0].startswith("plan: fits: ") and "batch 1" in plan[0]  # the default: auto, on the CPU
 
 
 def test_batch_with_only_input_and_output(small_ncct, tmp_path):
@@ -52,6 +55,7 @@ def test_batch_with_only_input_and_output(small_ncct, tmp_path):
     with open(tmp_path / "out" / "manifest.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["status"] == "done" and row["model_id"] == "demo_phantom_small"
+    assert row["plan"].startswith("fits: ") and " windows" in row["plan"]
 
 
 def test_export_dicom_with_only_its_three_paths(small_ncct, tmp_path):

@@ -9,13 +9,17 @@ class SyntheticContrastError(Exception):
     """Base class of every error the engine raises on purpose."""
 
 
-class InputError(SyntheticContrastError):
-    """An input file or folder cannot be used; the message names the path and the problem."""
+class PathProblem(SyntheticContrastError):
+    """An error about one file or folder (or none): the message starts with the path, then says what is wrong."""
 
     def __init__(self, path: str | Path | None, problem: str):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class InputError(PathProblem):
+    """An input file or folder cannot be used; the message names the path and the problem."""
 
 
 class SeriesSelectionError(InputError):
@@ -30,20 +34,16 @@ class SeriesSelectionError(InputError):
         super().__init__(path, f"holds {len(series)} DICOM series; choose one with --series UID:\n{listing}")
 
 
-class ModelError(SyntheticContrastError):
+class ModelError(PathProblem):
     """A model card or weights file is invalid, tampered with, or of an unknown architecture."""
 
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
-
-class OutputError(SyntheticContrastError):
+class OutputError(PathProblem):
     """An output cannot be written (read-only folder, disk full, name that hides it is synthetic)."""
 
-    def __init__(self, path: str | Path | None, problem: str):
-        self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+class MemoryBudgetError(PathProblem):
+    """The plan says the run would need more memory than it may use; nothing was synthesised."""
 
 
 class SynthesisCancelled(SyntheticContrastError):

@@ -20,6 +20,13 @@ class ModelChoices:
 
         return DEFAULT_MODEL_CARD.stem
 
+    def card(self, name: str):
+        """The card of a store name or card path ('' is the bundled model), read without torch."""
+        from SyntheticContrastLib.engine import store
+        from SyntheticContrastLib.engine.cards import read_card
+
+        return read_card(store.resolve(name or self.default_name()))
+
     def install(self, card_path: str) -> str:
         """Install a card (and its weights) into the user store; returns the name it is chosen by."""
         from SyntheticContrastLib.engine import store

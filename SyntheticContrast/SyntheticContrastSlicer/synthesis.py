@@ -40,9 +40,28 @@ class SynthesisJob:
         return self.workdir / "synthesis.log"
 
 
+def plan_text(p, card) -> str:
+    """What the panel says before Apply: the planner's estimate for this volume and model (engine/planner.py), made
+    here without torch. The CPU's line is exact to the plan the child will make; for a GPU the free memory is known
+    only in the child, whose own plan then replaces this text."""
+    from SyntheticContrastLib.engine import host_memory, planner
+
+    i, j, k = p.inputVolume.GetImageData().GetDimensions()
+    batch = p.batchSize or None
+    host = planner.DeviceFacts(free_bytes=host_memory.available_bytes())
+    if p.device == "cpu":
+        return "Plan: {line}".format(line=planner.plan_card(card, (k, j, i), host, batch, p.stride or None,
+                                                                samples=p.samples, precision=p.precision).line())
+    gpu = planner.plan_card(card, (k, j, i), planner.DeviceFacts(device="cuda", name="a GPU"), batch or 1, p.stride or None,
+                            samples=p.samples, precision="bf16" if p.precision == "auto" else p.precision)
+    on_cpu = planner.plan_card(card, (k, j, i), host, 1, p.stride or None, samples=p.samples)
+    return "Plan: on a GPU, about {gpu} of GPU memory at batch {batch}; on the CPU, {cpu}".format(
+        gpu=planner.human_bytes(gpu.peak_bytes), batch=gpu.batch_size, cpu=on_cpu.line())
+
+
 def synthesis_arguments(p) -> list[str]:
     """The CLI options for the panel's settings; no model chosen means the CLI's default (the demo model)."""
-    args = ["--blend", p.blend, "--batch", str(p.batchSize), "--precision", p.precision, "--device", p.device,
+    args = ["--blend", p.blend, "--batch", str(p.batchSize) if p.batchSize else "auto", "--precision", p.precision, "--device", p.device,
             "--samples", str(p.samples)]
     if p.stride:
         args += ["--stride", str(p.stride)]

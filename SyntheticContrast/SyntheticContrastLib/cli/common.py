@@ -31,6 +31,18 @@ def synthetic_output_path(input_path: Path, output: Path) -> Path:
     return output
 
 
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a batch size: give a whole number >= 1 or auto") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be >= 1 or auto, got {value}")
+    return value
+
+
 def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     from ..engine.devices import DEVICE_HELP
     from ..engine.bundled import DEFAULT_MODEL_CARD
@@ -39,7 +51,8 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
                    help="model store name ('models list') or model card JSON (default: the bundled phantom demo model)")
     p.add_argument("--stride", type=int, default=None, help="slices between window starts (default: the model card's; 1 = paper)")
     p.add_argument("--blend", choices=["mean", "gaussian"], default="gaussian", help="how overlapping windows are combined (default gaussian)")
-    p.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--batch", type=_batch_size, default=None, metavar="N|auto",
+                   help="windows per forward pass (default auto: the largest that the plan says fits on a GPU, 1 on the CPU)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="fp32",
                    help="autocast precision; accumulation stays fp32. auto: bf16 on GPUs that support it, fp32 elsewhere (default fp32)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default auto)")
@@ -75,7 +88,8 @@ def synthesize_reporting(volume, model, args, findings, progress=None):
 
     case = refused = None
     try:
-        case = synthesize_case(volume, model, synthesis_options(args), findings, progress, strict=args.strict)
+        case = synthesize_case(volume, model, synthesis_options(args), findings, progress, strict=args.strict,
+                               on_plan=plan_reporter(args))
         implausible, summary = case.plausibility, case.plausibility_summary
     except ImplausibleOutputError as exc:
         refused, implausible, summary = exc, exc.findings, "refused (--strict)"
@@ -88,6 +102,20 @@ def synthesize_reporting(volume, model, args, findings, progress=None):
     if refused is not None:
         raise refused
     return case
+
+
+def plan_reporter(args):
+    """The engine's plan, said before the first window: one stderr line (and its notes), and a 'plan' JSON event with
+    every figure for a calling program."""
+
+    def report(plan) -> None:
+        print(f"plan: {plan.line()}", file=sys.stderr, flush=True)
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if getattr(args, "progress_json", False):
+            emit_event("plan", **plan.as_dict())
+
+    return report
 
 
 def emit_event(event: str, **fields) -> None:
@@ -124,7 +152,8 @@ def synthesize_with_progress(volume, model, args):
     """Synthesis with a tqdm bar counting windows (hidden by --no-progress), or JSON progress lines."""
     from ..engine.inference import synthesize_volume
 
-    return synthesize_volume(volume, model, synthesis_options(args), progress=progress_callback(args))
+    return synthesize_volume(volume, model, synthesis_options(args), progress=progress_callback(args),
+                             on_plan=plan_reporter(args))
 
 
 def report_findings(volume, model, args) -> list:

@@ -87,7 +87,8 @@ def cmd_synthesize(args) -> int:
                          plausibility_map=args.plausibility_map)
     if args.progress_json:
         emit_event("done", windows=case.report.windows, stride=case.report.stride, device=case.report.device,
-                   precision=case.report.precision, memory=case.report.memory, notes=case.report.notes, ood=case.ood_summary,
+                   precision=case.report.precision, memory=case.report.memory, peak_device_mib=case.report.peak_device_mib,
+                   notes=case.report.notes, ood=case.ood_summary,
                    plausibility=case.plausibility_summary, **{k: str(v) for k, v in written.items()})
     # With --progress-json, stdout is for the calling program: JSON lines only; the human summary goes to stderr.
     say = (lambda text: print(text, file=sys.stderr)) if args.progress_json else print

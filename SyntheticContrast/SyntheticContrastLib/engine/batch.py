@@ -22,7 +22,7 @@ from ..fileio import NAME_BYTES, atomic_write_csv, atomic_write_text, safe_file_
 from ..io.dicom_series import dicom_series_in
 from ..io.volume import READ_SUFFIXES, READER_NOTES, strip_volume_suffix
 
-MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "plausibility", "notes", "model_id", "model_sha256", "seconds", "rank",
+MANIFEST_FIELDS = ("case", "input", "status", "output", "sd_output", "dicom_output", "ood", "plausibility", "plan", "notes", "model_id", "model_sha256", "seconds", "rank",
                    "error", "finished")
 
 
@@ -216,7 +216,13 @@ class BatchRunner:
             stale.unlink()  # a temporary file left by a killed earlier attempt; never a finished output
         status = {"case": case.name, "input": case.input, "model_id": self.model.card.model_id,
                   "model_sha256": self.model.card.sha256, "rank": self.rank, "output": "", "sd_output": "", "dicom_output": "",
-                  "ood": "", "plausibility": "", "notes": "", "error": ""}
+                  "ood": "", "plausibility": "", "plan": "", "notes": "", "error": ""}
+
+        def planned(plan) -> None:  # before the first window: a case that never finishes still shows what it needed
+            status["plan"] = plan.line()
+            log.info("plan: %s", plan.line())
+            self.say(f"{case.name}: plan: {plan.line()}")
+
         try:
             log.info("reading %s", case.input)
             volume = read_volume(case.input, series_uid=case.series_uid)
@@ -228,7 +234,7 @@ class BatchRunner:
             for finding in findings:
                 log.warning("%s", finding.line())
             refuse_if_strict(volume, findings, self.strict)
-            result = synthesize_case(volume, self.model, self.options, findings, strict=self.strict)
+            result = synthesize_case(volume, self.model, self.options, findings, strict=self.strict, on_plan=planned)
             status["plausibility"] = result.plausibility_summary
             for finding in result.plausibility:
                 log.warning("%s", finding.line())

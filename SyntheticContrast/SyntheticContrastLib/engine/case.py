@@ -76,10 +76,10 @@ def refuse_if_strict(volume: Volume, findings: list, strict: bool) -> None:
 
 
 def synthesize_case(volume: Volume, model, options: SynthesisOptions, findings: list, progress=None, cancel=None,
-                    strict: bool = False) -> CaseResult:
+                    strict: bool = False, on_plan=None) -> CaseResult:
     """Synthesis whose outputs carry the input's and the output's findings (or 'none') in their metadata, beside the
     provenance. With ``strict``, an output that breaks a plausibility bound is refused before anything is written."""
-    result, sd, report = synthesize_volume_with_uncertainty(volume, model, options, progress, cancel)
+    result, sd, report = synthesize_volume_with_uncertainty(volume, model, options, progress, cancel, on_plan)
     statistics = model.card.enhancement_statistics
     measurement = plausibility.measure(volume, result, model.card.encoding.output_range_hu, statistics)
     implausible = plausibility.check(measurement, statistics)

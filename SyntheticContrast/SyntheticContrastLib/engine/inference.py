@@ -21,7 +21,9 @@ import torch
 from .. import SYNTHETIC_LABEL
 from .devices import resolve_device
 from .encoding import WindowEncoding
-from .placement import AccumulatorPlan, SlabFeeder
+from .geometry import Grid, WindowGeometry, blend_weights
+from . import planner
+from .placement import AccumulatorPlan, SlabFeeder, device_facts
 from ..errors import SynthesisCancelled
 from ..io.orientation import AxialLayout
 from ..io.volume import Volume
@@ -42,7 +44,7 @@ class SynthesisOptions:
 
     stride: int | None = None
     blend: str | Sequence[float] = "gaussian"
-    batch_size: int = 1
+    batch_size: int | None = None  # None: "auto", the planner's choice (engine/planner.py)
     precision: str = "fp32"
     device: str = "auto"
     sigma_scale: float = 0.125
@@ -72,6 +74,7 @@ class SynthesisReport:
     memory: str = ""  # where the blend accumulator lived and how large it was, decided before the run
     peak_device_mib: float | None = None  # CUDA only: the most device memory the run held
     z_positions: int = 0  # where windows start along z; windows / z_positions tiles each
+    plan: object = None  # engine/planner.Plan: what the run was estimated to need, before it started
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -95,79 +98,10 @@ def autocast_dtype(precision: str, device: torch.device):
     return dtype
 
 
-def window_starts(n_slices: int, window: int, stride: int) -> list[int]:
-    """First slice of each window; the last window is moved back to end exactly at the last slice."""
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if stride > window:
-        raise ValueError(f"stride {stride} is larger than the window ({window} slices) and would skip slices")
-    last = n_slices - window
-    starts = list(range(0, last + 1, stride))
-    if starts[-1] != last:
-        starts.append(last)
-    return starts
-
-
-def blend_weights(blend: str | Sequence[float], window: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """Per-slice weights inside one window: flat for 'mean', a centred Gaussian, or given explicitly."""
-    if isinstance(blend, str):
-        if blend == "mean":
-            return np.ones(window, np.float32)
-        if blend == "gaussian":
-            centre, sigma = (window - 1) / 2.0, sigma_scale * window
-            w = np.exp(-0.5 * ((np.arange(window) - centre) / sigma) ** 2)
-            return (w / w.max()).astype(np.float32)
-        raise ValueError(f"blend must be 'mean' or 'gaussian', got {blend!r}")
-    w = np.asarray(blend, np.float32)
-    if w.shape != (window,) or not np.all(w > 0):
-        raise ValueError(f"explicit blend weights must be {window} positive numbers")
-    return w
-
-
-def _pad_amounts(size: int, target: int) -> tuple[int, int]:
-    extra = max(0, target - size)
-    return extra // 2, extra - extra // 2
-
-
-def _inplane_plan(size: int, tile: int | None, multiple: int, overlap: float) -> tuple[int, list[int], int]:
-    """(padded size, tile starts, tile size) along one in-plane axis.
-
-    Without a tile size the whole (padded) slice is one tile. A model trained on smaller in-plane windows
-    is tiled at its own size, because InstanceNorm statistics change with the field of view.
-    """
-    if tile is None or size <= tile:
-        target = tile if tile is not None else size + (-size) % multiple
-        return max(size, target), [0], max(size, target)
-    # Only the tile size must suit the network; tiles may start anywhere, so the step needs no rounding.
-    step = min(tile, max(1, int(round(tile * (1 - overlap)))))
-    return size, window_starts(size, tile, step), tile
-
-
-@dataclass
-class _Grid:
-    """Where the windows of one pass start along z, y and x (shifted passes start elsewhere)."""
-
-    z: list[int]
-    y: list[int]
-    x: list[int]
-
-    @property
-    def windows(self) -> int:
-        return len(self.z) * len(self.y) * len(self.x)
-
-
-def shifted_starts(size: int, window: int, step: int, offset: int) -> list[int]:
-    """Window starts on a grid moved by ``offset`` (0 <= offset < step), still covering every position."""
-    if offset == 0:
-        return window_starts(size, window, step)
-    last = size - window
-    return sorted({0, last, *range(offset, last + 1, step)})
-
-
 class _SlidingWindow:
     """The geometry of one volume's sliding window and the device state that OOM fallbacks change."""
 
-    def __init__(self, hu, generator, encoding, window, options, default_stride, inplane_multiple, tile):
+    def __init__(self, hu, generator, encoding, window, options, default_stride, inplane_multiple, tile, on_plan=None):
         if hu.ndim != 3:
             raise ValueError(f"expected a (z, y, x) array, got shape {hu.shape}")
         self.encoding, self.window = encoding, window
@@ -178,58 +112,79 @@ class _SlidingWindow:
         if self.channels_last:
             generator.to(memory_format=torch.channels_last_3d)  # the same weights, stored channels innermost
         self.generator = torch.compile(generator) if options.compile else generator
+        config = getattr(generator, "config", None)
+        self.config = config.to_dict() if hasattr(config, "to_dict") else None  # what the planner can size
         self.stride = options.stride or default_stride
+        self.geometry = g = WindowGeometry(hu.shape, window, self.stride, tile, inplane_multiple, options.tile_overlap)
         self.weights = blend_weights(options.blend, window, options.sigma_scale)
-        self.batch_size = max(1, int(options.batch_size))
-        self.notes: list[str] = []
-        self.n_slices, self.height, self.width = hu.shape
-        self.pad_z = max(0, window - self.n_slices)
+        self.notes: list[str] = g.notes
+        self.n_slices, self.height, self.width = g.n_slices, g.height, g.width
+        self.pad_z, self.z_before = g.pad_z, g.z_before
         if self.pad_z:
             # Replicating the edge slices keeps anatomy plausible for the network; the padding is cropped away again.
-            self.z_before = self.pad_z // 2
             hu = np.pad(hu, ((self.z_before, self.pad_z - self.z_before), (0, 0), (0, 0)), mode="edge")
-            self.notes.append(f"volume has {self.n_slices} slices, fewer than the {window}-slice window: padded by repeating edge slices")
-        else:
-            self.z_before = 0
         self.hu = hu
-        if not 0 <= options.tile_overlap < 1:
-            raise ValueError(f"tile overlap must be in [0, 1), got {options.tile_overlap}")
-        self.padded_y, tiles_y, self.tile_y = _inplane_plan(self.height, tile, inplane_multiple, options.tile_overlap)
-        self.padded_x, tiles_x, self.tile_x = _inplane_plan(self.width, tile, inplane_multiple, options.tile_overlap)
-        self.pad_y, self.pad_x = _pad_amounts(self.height, self.padded_y), _pad_amounts(self.width, self.padded_x)
-        if self.padded_y != self.height or self.padded_x != self.width:
-            self.notes.append(f"in-plane size {self.height}x{self.width} padded with air to {self.padded_y}x{self.padded_x}")
-        self.tiled = len(tiles_y) * len(tiles_x) > 1
-        if self.tiled:
-            self.notes.append(f"in-plane tiled {len(tiles_y)}x{len(tiles_x)} at the model's {tile}-px window")
-        self.step_y = tiles_y[1] - tiles_y[0] if len(tiles_y) > 1 else 1
-        self.step_x = tiles_x[1] - tiles_x[0] if len(tiles_x) > 1 else 1
-        self.w_y = blend_weights("gaussian", self.tile_y) if len(tiles_y) > 1 else np.ones(self.tile_y, np.float32)
-        self.w_x = blend_weights("gaussian", self.tile_x) if len(tiles_x) > 1 else np.ones(self.tile_x, np.float32)
+        self.padded_y, self.padded_x, self.tile_y, self.tile_x = g.padded_y, g.padded_x, g.tile_y, g.tile_x
+        self.pad_y, self.pad_x, self.tiled = g.pad_y, g.pad_x, g.tiled
+        tiled_y, tiled_x = g.padded_y > g.tile_y, g.padded_x > g.tile_x
+        self.w_y = blend_weights("gaussian", self.tile_y) if tiled_y else np.ones(self.tile_y, np.float32)
+        self.w_x = blend_weights("gaussian", self.tile_x) if tiled_x else np.ones(self.tile_x, np.float32)
         if self.tiled:
             self.weight_3d = torch.from_numpy(self.weights[:, None, None] * self.w_y[None, :, None] * self.w_x[None, None, :])
         else:  # one tile: in-plane weights are all ones, so only z needs weighting (no full-size weight array)
             self.weight_3d = torch.from_numpy(self.weights[:, None, None].copy())
-        self.memory = AccumulatorPlan.choose(self.accum_shape, self.device)
+        self._device_accum: torch.Tensor | None = None  # kept across passes, so N samples allocate it once
+        self._schedule(options, on_plan)
+
+    def _schedule(self, options, on_plan) -> None:
+        """Plan the batch and the accumulator's place from the estimate (engine/planner.py); for a caller that shows
+        the plan, time one window first, so the line can say how long the run will take."""
+        seconds = self._probe() if on_plan is not None and not options.compile else None
+        facts = device_facts(self.device)
+        batch = None if options.batch_size in (None, "auto") else int(options.batch_size)
+        self.plan = planner.plan_run(self.config, self.geometry, self.encoding.channels, facts, batch,
+                                     max(1, int(options.samples)), self.precision)
+        if seconds is not None:
+            self.plan.seconds = seconds * self.plan.windows
+        self.batch_size = self.plan.batch_size
+        here = self.device if self.plan.accumulator == "device" else torch.device("cpu")
+        self.memory = AccumulatorPlan(here, self.plan.accumulator_bytes, None if self.device.type == "cpu" else facts.free_bytes)
         if self.memory.device != self.device:
             self.notes.append(self.memory.describe(self.device))
-        self._device_accum: torch.Tensor | None = None  # kept across passes, so N samples allocate it once
+        if on_plan is not None:
+            on_plan(self.plan)
 
-    def grid(self, dz: int = 0, dy: int = 0, dx: int = 0) -> _Grid:
-        return _Grid(shifted_starts(self.hu.shape[0], self.window, self.stride, dz),
-                     shifted_starts(self.padded_y, self.tile_y, self.step_y, dy) if self.padded_y > self.tile_y else [0],
-                     shifted_starts(self.padded_x, self.tile_x, self.step_x, dx) if self.padded_x > self.tile_x else [0])
+    def _probe(self) -> float | None:
+        """Seconds for one window on the compute device, its output discarded; None when even one does not fit."""
+        import time
+
+        grid = self.grid()
+        first = [(grid.z[0], grid.y[0], grid.x[0])]
+        self.generator.eval()
+        self.generator.to(self.device)
+        try:
+            slab = self._feeder().encoded(*self._slab_range(first))
+            _synchronize(self.device)
+            start = time.perf_counter()
+            _predict_batch(slab, first, (self.window, self.tile_y, self.tile_x), self.generator,
+                           self.encoding.output_channel, self.amp, self.channels_last)
+            _synchronize(self.device)
+            return time.perf_counter() - start
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None
+
+    def grid(self, dz: int = 0, dy: int = 0, dx: int = 0) -> Grid:
+        return self.geometry.grid(dz, dy, dx)
 
     def shift_range(self) -> tuple[int, int, int]:
-        """How far a test-time shift can move the grid along z, y and x (1 = not at all)."""
-        return (self.stride, self.step_y if self.tiled and self.padded_y > self.tile_y else 1,
-                self.step_x if self.tiled and self.padded_x > self.tile_x else 1)
+        return self.geometry.shift_range()
 
     @property
     def accum_shape(self) -> tuple[int, int, int]:
-        return self.hu.shape[0], self.padded_y, self.padded_x
+        return self.geometry.accum_shape
 
-    def run(self, grid: _Grid, progress, cancel, done: int, total: int, out: np.ndarray | None = None) -> np.ndarray:
+    def run(self, grid: Grid, progress, cancel, done: int, total: int, out: np.ndarray | None = None) -> np.ndarray:
         """One blended pass over ``grid`` in HU, cropped to the input's shape: a view into ``out``, a host array of
         ``accum_shape`` that is reused when given. Blending and decoding run where the accumulator is."""
         starts = [(z, y, x) for z in grid.z for y in grid.y for x in grid.x]
@@ -295,7 +250,7 @@ class _SlidingWindow:
                 accum = torch.from_numpy(out)
         return accum.zero_()
 
-    def _normalise(self, accum: torch.Tensor, grid: _Grid) -> None:
+    def _normalise(self, accum: torch.Tensor, grid: Grid) -> None:
         """Divide by the summed weights. The window grid is a product of per-axis grids, so that sum is separable:
         three 1D sums instead of a volume-sized weight array."""
         sums = []
@@ -328,6 +283,11 @@ class _SlidingWindow:
         return accum
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _use_channels_last(choice: str, device: torch.device, generator) -> bool:
     """channels_last_3d: 'auto' turns it on for a PyTorch network on the CPU, where the paper's U-Net at ngf 16 ran
     with 10 % less peak memory and its time within noise (benchmarks/sliding_window.py); GPUs keep PyTorch's
@@ -350,66 +310,66 @@ def dropout_layers(generator: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in generator.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
-def sample_grids(plan: _SlidingWindow, samples: int, seed: int) -> list[_Grid]:
+def sample_grids(sliding: _SlidingWindow, samples: int, seed: int) -> list[Grid]:
     """Sample 0 uses the ordinary grid; each further sample a grid shifted by a seeded random offset."""
     rng = np.random.default_rng(seed)
-    ranges = plan.shift_range()
-    grids = [plan.grid()]
+    ranges = sliding.shift_range()
+    grids = [sliding.grid()]
     for _ in range(1, samples):
-        grids.append(plan.grid(*(int(rng.integers(0, r)) if r > 1 else 0 for r in ranges)))
+        grids.append(sliding.grid(*(int(rng.integers(0, r)) if r > 1 else 0 for r in ranges)))
     return grids
 
 
 def iter_samples(hu, generator, encoding, window, options, default_stride=1, inplane_multiple=1, progress=None,
-                 cancel=None, tile=None, plan: _SlidingWindow | None = None):
+                 cancel=None, tile=None, sliding: _SlidingWindow | None = None):
     """Yield each of ``options.samples`` stochastic passes as HU: MC dropout (where the generator has dropout)
     plus a test-time shift of the window grid along z and in-plane. No flips: anatomy is not symmetric.
 
     Pass k draws its dropout masks from ``options.seed + k``, so the same options give the same samples.
     """
-    plan = plan or _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
-    grids = sample_grids(plan, options.samples, options.seed)
+    sliding = sliding or _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
+    grids = sample_grids(sliding, options.samples, options.seed)
     total, done = sum(g.windows for g in grids), 0
     dropout = dropout_layers(generator)
     generator.eval()
     # One accumulator for all passes: allocating and freeing a volume-sized array per pass fragments the heap
     # (glibc raises its mmap threshold after the first free), and the process's memory then grows with N.
-    buffer = np.empty(plan.accum_shape, np.float32)
+    buffer = np.empty(sliding.accum_shape, np.float32)
     try:
         for k, grid in enumerate(grids):
             for layer in dropout:
                 layer.train(True)  # MC dropout: only the dropout layers sample; InstanceNorm stays as it is
-            cuda = [plan.device.index or 0] if plan.device.type == "cuda" else []
+            cuda = [sliding.device.index or 0] if sliding.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):  # the caller's random state is left as it was
                 torch.manual_seed(options.seed + k)
-                sample = plan.run(grid, progress, cancel, done, total, buffer)
+                sample = sliding.run(grid, progress, cancel, done, total, buffer)
             done += grid.windows
             yield sample  # a view into the shared buffer: valid until the next pass starts
     finally:
         generator.eval()
 
 
-def _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile):
+def _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile, on_plan=None):
     """(mean HU, SD HU or None, report). One sample is today's deterministic pass; more are combined by Welford."""
-    plan = _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile)
-    if plan.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(plan.device)  # the report's peak is this run's, not the process's
+    sliding = _SlidingWindow(hu, generator, encoding, window, options, default_stride, inplane_multiple, tile, on_plan)
+    if sliding.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(sliding.device)  # the report's peak is this run's, not the process's
     samples = int(options.samples)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     blend_name = options.blend if isinstance(options.blend, str) else "explicit"
     if samples == 1:
         generator.eval()
-        grid = plan.grid()
-        result = np.ascontiguousarray(plan.run(grid, progress, cancel, 0, grid.windows))  # a copy only when cropped
+        grid = sliding.grid()
+        result = np.ascontiguousarray(sliding.run(grid, progress, cancel, 0, grid.windows))  # a copy only when cropped
         sd = None
     else:
         if not dropout_layers(generator):
-            plan.notes.append(NO_DROPOUT_NOTE)
-        if plan.shift_range() == (1, 1, 1):
-            plan.notes.append("stride 1 and no in-plane tiling leave no room for test-time shifts")
+            sliding.notes.append(NO_DROPOUT_NOTE)
+        if sliding.shift_range() == (1, 1, 1):
+            sliding.notes.append("stride 1 and no in-plane tiling leave no room for test-time shifts")
         mean = m2 = None
-        for k, sample in enumerate(iter_samples(hu, generator, encoding, window, options, progress=progress, cancel=cancel, plan=plan), 1):
+        for k, sample in enumerate(iter_samples(hu, generator, encoding, window, options, progress=progress, cancel=cancel, sliding=sliding), 1):
             if mean is None:
                 mean, m2 = np.array(sample, dtype=np.float32), np.zeros(sample.shape, np.float32)  # a copy: the buffer is reused
                 continue
@@ -421,11 +381,12 @@ def _synthesize(hu, generator, encoding, window, options, default_stride, inplan
         m2 /= samples - 1
         sd = np.sqrt(m2, out=m2)
         result = mean
-    peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if plan.device.type == "cuda" else None
-    precision = plan.precision if options.precision != "auto" else f"{plan.precision} (auto)"
-    grid = plan.grid()
-    report = SynthesisReport(grid.windows, plan.stride, blend_name, str(plan.device), plan.batch_size, precision,
-                             plan.pad_z, plan.notes, samples, plan.memory.describe(plan.device), peak, z_positions=len(grid.z))
+    peak = torch.cuda.max_memory_allocated(sliding.device) / 2**20 if sliding.device.type == "cuda" else None
+    precision = sliding.precision if options.precision != "auto" else f"{sliding.precision} (auto)"
+    grid = sliding.grid()
+    report = SynthesisReport(grid.windows, sliding.stride, blend_name, str(sliding.device), sliding.batch_size, precision,
+                             sliding.pad_z, sliding.notes, samples, sliding.memory.describe(sliding.device), peak, z_positions=len(grid.z),
+                             plan=sliding.plan)
     log.info("%s", report.memory)
     return result, sd, report
 
@@ -453,9 +414,10 @@ def synthesize_array(
 
 
 def synthesize_array_with_uncertainty(hu, generator, encoding, window, options=SynthesisOptions(), default_stride=1,
-                                      inplane_multiple=1, progress=None, cancel=None, tile=None):
+                                      inplane_multiple=1, progress=None, cancel=None, tile=None, on_plan=None):
     """As ``synthesize_array``, plus the per-voxel SD in HU of ``options.samples`` passes (None for one pass)."""
-    return _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile)
+    return _synthesize(hu, generator, encoding, window, options, default_stride, inplane_multiple, progress, cancel, tile,
+                       on_plan)
 
 
 @torch.inference_mode()
@@ -474,7 +436,7 @@ def _predict_batch(encoded, starts, size, generator, output_channel, amp, channe
 
 
 def synthesize_volume_with_uncertainty(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None,
-                                      cancel=None):
+                                      cancel=None, on_plan=None):
     """(sCECT Volume, SD Volume or None, report). Both volumes carry provenance saying they are synthetic; the SD
     map also says it is an uncertainty map, in HU, and from how many samples."""
     card = model.card
@@ -503,6 +465,7 @@ def synthesize_volume_with_uncertainty(volume: Volume, model, options: Synthesis
         progress=progress,
         cancel=cancel,
         tile=tile,
+        on_plan=on_plan,
     )
     array, sd = layout.back(array), None if sd is None else layout.back(sd)
     if options.backend != "torch":
@@ -515,9 +478,10 @@ def synthesize_volume_with_uncertainty(volume: Volume, model, options: Synthesis
     return volume.with_array(array, **metadata), sd_volume, report
 
 
-def synthesize_volume(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None, cancel=None):
+def synthesize_volume(volume: Volume, model, options: SynthesisOptions = SynthesisOptions(), progress=None, cancel=None,
+                      on_plan=None):
     """Synthesise an engine Volume with a loaded model; the result carries provenance saying it is synthetic."""
-    result, _, report = synthesize_volume_with_uncertainty(volume, model, options, progress, cancel)
+    result, _, report = synthesize_volume_with_uncertainty(volume, model, options, progress, cancel, on_plan)
     return result, report
 
 

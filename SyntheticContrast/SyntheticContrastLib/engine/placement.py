@@ -3,7 +3,6 @@ the host), and each input slab copied to the device once, from pinned memory, on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +10,6 @@ import torch
 import torch.nn.functional as F
 
 MIB = 1024 ** 2
-#: The accumulator may take at most this share of the device's free memory; the rest is the network's.
-ACCUMULATOR_SHARE = 0.25
 
 
 def device_free_bytes(device: torch.device) -> int | None:
@@ -22,34 +19,35 @@ def device_free_bytes(device: torch.device) -> int | None:
     return None
 
 
+def device_facts(device: torch.device):
+    """What the planner needs of ``device``: its name, its free memory (the host's available memory for the CPU) and
+    this process's resident and peak bytes."""
+    from . import host_memory
+    from .devices import describe_device
+    from .planner import DeviceFacts
+
+    free = host_memory.available_bytes() if device.type == "cpu" else device_free_bytes(device)
+    index = f":{device.index if device.index is not None else torch.cuda.current_device()}" if device.type == "cuda" else ""
+    return DeviceFacts(f"{device.type}{index}", describe_device(device), free, host_memory.resident_bytes(),
+                       host_memory.peak_resident_bytes())
+
+
 @dataclass(frozen=True)
 class AccumulatorPlan:
-    """Where the blend accumulator lives, how large it is, and why."""
+    """Where the blend accumulator lives (the planner chose it), how large it is, and the free memory it was chosen
+    against."""
 
     device: torch.device
     nbytes: int
     free_bytes: int | None = None
-
-    @classmethod
-    def choose(cls, shape: tuple[int, ...], compute: torch.device, free_bytes: int | None = None) -> "AccumulatorPlan":
-        """On the compute device when it takes at most ACCUMULATOR_SHARE of the free memory, else on the host.
-        ``free_bytes`` defaults to what the device reports now (CPU and MPS report nothing: the accumulator then
-        stays with the compute device, since both share the host's memory)."""
-        nbytes = 4 * math.prod(shape)
-        if compute.type == "cpu":
-            return cls(compute, nbytes)
-        free = device_free_bytes(compute) if free_bytes is None else free_bytes
-        if free is not None and nbytes > ACCUMULATOR_SHARE * free:
-            return cls(torch.device("cpu"), nbytes, free)
-        return cls(compute, nbytes, free)
 
     def describe(self, compute: torch.device) -> str:
         where = f"{self.nbytes / MIB:.0f} MiB fp32 blend accumulator on {self.device}"
         if self.free_bytes is None:
             return where
         if self.device.type != compute.type:
-            return (f"{where}: it would take more than {ACCUMULATOR_SHARE:.0%} of the {self.free_bytes / MIB:.0f} MiB "
-                    f"free on {compute}, so each batch is copied to the host")
+            return (f"{where}: it would not fit beside the network in the {self.free_bytes / MIB:.0f} MiB free on {compute}, "
+                    "so each batch is copied to the host")
         return f"{where} ({self.free_bytes / MIB:.0f} MiB were free)"
 
 

@@ -55,6 +55,9 @@ class NodeConfig:
     retention_hours: float = 72.0
     #: Below this much free disk in the spool, instances are refused with 0xA700 (out of resources), never half kept.
     min_free_mib: float = 512.0
+    #: The most host memory one series may take at its peak, as the planner estimates it; a series that would need
+    #: more is failed with the figures, before synthesis. 0: what the host has available when the series starts.
+    max_memory_mib: float = 0.0
 
     def bind_address(self) -> str:
         if self.bind:
@@ -86,8 +89,8 @@ class NodeConfig:
             problems.append("TLS needs both tls_cert and tls_key")
         if self.quiet_seconds <= 0 or self.max_attempts < 1 or self.samples < 1 or self.max_associations < 1:
             problems.append("quiet_seconds must be > 0, max_attempts, samples and max_associations >= 1")
-        if self.retention_hours < 0 or self.min_free_mib < 0 or self.shutdown_grace_seconds < 0:
-            problems.append("retention_hours, min_free_mib and shutdown_grace_seconds must be >= 0")
+        if min(self.retention_hours, self.min_free_mib, self.shutdown_grace_seconds, self.max_memory_mib) < 0:
+            problems.append("retention_hours, min_free_mib, shutdown_grace_seconds and max_memory_mib must be >= 0")
         if problems:
             raise InputError(where, "; ".join(problems))
         return self
@@ -99,7 +102,8 @@ PATH_FIELDS = {"spool", "model", "tls_cert", "tls_key", "tls_ca"}
 LIST_FIELDS = {"allow", "allow_hosts", "devices"}
 BOOL_FIELDS = {"strict", "complete_on_release"}
 INT_FIELDS = {"port", "samples", "max_attempts", "max_associations"}
-FLOAT_FIELDS = {"quiet_seconds", "retry_backoff_seconds", "shutdown_grace_seconds", "retention_hours", "min_free_mib"}
+FLOAT_FIELDS = {"quiet_seconds", "retry_backoff_seconds", "shutdown_grace_seconds", "retention_hours", "min_free_mib",
+                "max_memory_mib"}
 
 
 def _type_problem(key: str, value) -> str | None:

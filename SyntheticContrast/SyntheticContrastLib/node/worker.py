@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import InputError, ModelError, OutOfDistributionError, SynthesisCancelled
+from ..errors import InputError, MemoryBudgetError, ModelError, OutOfDistributionError, SynthesisCancelled
 from .config import NodeConfig
 from .queue import QueueError, SeriesQueue
 from .receiver import event_fields
@@ -105,7 +105,7 @@ class Worker(threading.Thread):
             log.info("interrupted by shutdown", **event_fields("interrupted", **triage))
         except SendError as exc:
             self._failed(triage, str(exc), retry=True)
-        except (InputError, OutOfDistributionError, ModelError) as exc:  # the series itself is the problem: retrying cannot help
+        except (InputError, OutOfDistributionError, ModelError, MemoryBudgetError) as exc:  # the series itself is the problem: retrying cannot help
             self._failed(triage, str(exc), retry=False)
         except (sqlite3.Error, QueueError):
             raise  # not this series' fault: the worker stops and the node with it
@@ -152,7 +152,8 @@ class Worker(threading.Thread):
         refuse_if_strict(volume, findings, self.config.strict)
         options = SynthesisOptions(device=self.device, samples=self.config.samples)
         case = synthesize_case(volume, model, options, findings, cancel=self.stop_event.is_set,
-                               progress=lambda done, total: self.beat("working", uid), strict=self.config.strict)
+                               progress=lambda done, total: self.beat("working", uid), strict=self.config.strict,
+                               on_plan=lambda plan: self.check_plan(plan, triage))
         staging = result_dir.with_name(uid + ".partial")
         if staging.exists():
             shutil.rmtree(staging)
@@ -166,6 +167,27 @@ class Worker(threading.Thread):
                                                ood=case.ood_summary, plausibility=case.plausibility_summary,
                                                notes=case.report.notes, **triage))
         return result_dir
+
+    def check_plan(self, plan, triage: dict) -> None:
+        """Log the plan; refuse a series whose estimated peak exceeds the node's memory budget, before its synthesis
+        can take the node (and every other series) down with it."""
+        from ..engine import host_memory
+        from ..engine.planner import MIB, windows
+
+        log.info("plan", **event_fields("plan", line=plan.line(), host_peak_mib=round(plan.host_peak_bytes / MIB),
+                                        batch=plan.batch_size, accumulator=plan.accumulator, **triage))
+        if self.config.max_memory_mib:
+            budget, source = int(self.config.max_memory_mib * MIB), "max_memory_mib"
+        else:
+            available, resident = host_memory.available_bytes(), host_memory.resident_bytes()
+            if available is None or resident is None:
+                return  # the system does not say: nothing to judge by
+            budget, source = available + resident, "this process's memory plus what the host has available"
+        if plan.host_peak_bytes > budget:
+            raise MemoryBudgetError(None, f"series {triage['series_uid']} would need about {plan.host_peak_bytes / MIB:.0f} MiB "
+                                          f"of host memory at its peak, more than the {budget / MIB:.0f} MiB budget "
+                                          f"({source}), with {windows(plan.windows)} at batch {plan.batch_size} on "
+                                          f"{plan.device_name}")
 
     def send(self, uid: str, result_dir: Path, triage: dict) -> None:
         from ..engine.case import uncertainty_dicom_dir
