@@ -429,6 +429,37 @@ def test_a_card_claiming_a_huge_network_beside_small_weights_is_refused_before_a
     text, figures = measured(tiny_model_card, "import torch\nfrom SyntheticContrastLib.errors import ModelError\n"
                              "from SyntheticContrastLib.engine.models import load_model", "load_model", "ModelError")
     assert "weights do not fit the architecture in the card" in text and "parameters, the file" in text, text
-    # About 1.2 s and 75 MiB here, nearly all of it torch's first use of the meta device (it imports torch.distributed
-    # and sympy), not the card: the network it describes would take 3.5 GB as float32.
-    assert float(figures["seconds"]) < 3.0 and float(figures["grew_mib"]) < 150, figures
+    # Refused on the parameter counts, before the meta device (whose first use alone took 1.2 s and 75 MiB, importing
+    # torch.distributed and sympy): the network the card describes would take 3.5 GB as float32.
+    assert float(figures["seconds"]) < 1.0 and float(figures["grew_mib"]) < 50, figures
+
+
+def test_a_card_claiming_billions_of_parameters_is_refused_by_the_ceiling(tmp_path, tiny_model_card):
+    from SyntheticContrastLib.engine.models import load_model
+    from SyntheticContrastLib.errors import ModelError
+
+    card = json.loads(tiny_model_card.read_text())
+    card["architecture"]["parameters"].update(ngf=65536, levels=9)
+    tiny_model_card.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"would have \d+ parameters, more than the 2000000000 any model card may describe"):
+        load_model(tiny_model_card)
+
+
+def test_same_parameter_count_in_other_tensors_is_still_refused_tensor_by_tensor(tmp_path, tiny_model_card):
+    """The counts agree, the layout does not: a weights file whose tensors were renamed."""
+    from safetensors.torch import load_file, save_file
+
+    from SyntheticContrastLib.engine.models import load_model
+    from SyntheticContrastLib.errors import ModelError
+    from SyntheticContrastLib.fileio import sha256_of
+
+    card = json.loads(tiny_model_card.read_text())
+    weights = tiny_model_card.parent / card["weights_file"]
+    state = load_file(str(weights))
+    name = sorted(state)[0]
+    state["renamed." + name] = state.pop(name)
+    save_file(state, str(weights))
+    card["sha256"] = sha256_of(weights)
+    tiny_model_card.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"Missing key\(s\): .*unexpected key\(s\): renamed\."):
+        load_model(tiny_model_card)

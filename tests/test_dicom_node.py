@@ -109,6 +109,9 @@ def test_orthanc_sends_a_series_and_the_synthetic_series_comes_back_into_the_sam
         assert tags["ImageType"].startswith("DERIVED\\SECONDARY") and "SYNTHETIC IMAGE" in comments
         assert "contrast was not administered" in tags["DerivationDescription"]
         assert tags["FrameOfReferenceUID"] == next(iter(positions.values()))["FrameOfReferenceUID"]
+        sent = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{iid}/file")))
+        texts = [str(e.value) for e in sent.iterall() if e.VR not in ("OB", "OW", "OF", "SQ", "UN")]
+        assert not [t for t in texts if str(tmp_path) in t or "/tmp/" in t or "spool" in t]  # no local path reaches a peer
     events = [e["event"] for e in node.events()]
     assert events.index("series_complete") < events.index("synthesized") < events.index("sent") < events.index("done")
     assert events[-1] == "stopped"
@@ -266,6 +269,21 @@ def test_an_aborted_transfer_is_not_sent_short_and_a_resend_is_sent_whole(tmp_pa
     assert _synthetic_series_sources(orthanc) == [set(acknowledged)]
 
 
+def test_with_send_incomplete_an_aborted_transfer_comes_back_marked_incomplete_in_every_instance(tmp_path, orthanc, series,
+                                                                                                tiny_model_card):
+    node = _node_with_settings(tmp_path, orthanc, tiny_model_card, "send_incomplete = true\n").start()
+    try:
+        acknowledged = _send(node.port, series[:9], release=False)
+        result = orthanc.wait_for_series("SYNTHETIC CONTRAST", 9, timeout=120)
+    finally:
+        assert node.stop() == 0
+    assert _synthetic_series_sources(orthanc) == [set(acknowledged)]
+    for iid in result["Instances"]:
+        comments = orthanc.get_bytes(f"/instances/{iid}/content/0020-4000").decode("latin-1")
+        assert "INCOMPLETE INPUT SERIES WARNING: the association from TESTSCU was aborted" in comments
+    assert [e["event"] for e in node.events()].count("incomplete_sent") == 1
+
+
 def test_the_result_can_go_by_stow_rs_to_a_dicomweb_server(tmp_path, series, tiny_model_card):
     debian_tool("Orthanc", "orthanc")
     debian_file(DICOMWEB_PLUGIN, "orthanc-dicomweb")
@@ -378,3 +396,49 @@ def test_with_tls_the_node_speaks_only_tls(tmp_path, orthanc, series, tiny_model
     finally:
         assert node.stop() == 0
     assert any(e["event"] == "listening" and e["tls"] is True for e in node.events())
+
+
+def _node_with_settings(tmp_path, orthanc, model, settings: str, *extra) -> Node:
+    """A node with TOML settings that have no flag."""
+    config = tmp_path / "node.toml"
+    config.write_text(settings)
+    return Node(tmp_path, orthanc, model, "--config", str(config), *extra)
+
+
+def test_the_association_limit_is_logged_as_such_and_sigterm_lets_an_open_association_finish(tmp_path, orthanc, series,
+                                                                                              tiny_model_card):
+    node = _node_with_settings(tmp_path, orthanc, tiny_model_card, "max_associations = 1\nshutdown_grace_seconds = 30\n",
+                                "--quiet-seconds", "600").start()
+    first = _associate(node.port)
+    assert first.is_established
+    over = _associate(node.port)
+    assert not over.is_established  # one more than the limit
+    for path in series[:3]:
+        assert first.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+    node.process.send_signal(signal.SIGTERM)
+    time.sleep(2.0)  # the node has begun to stop: it refuses new associations and lets the open one finish
+    assert node.process.poll() is None
+    late = _associate(node.port)
+    assert not late.is_established
+    for path in series[3:6]:
+        assert first.send_c_store(pydicom.dcmread(path)).Status == 0x0000  # acknowledged during the grace time
+    first.release()
+    assert node.process.wait(timeout=30) == 0
+    reasons = [e["reason"] for e in node.events() if e["event"] == "refused"]
+    assert reasons == ["association limit reached (max_associations = 1)", "the node is shutting down"]
+    spooled = {pydicom.dcmread(p).SOPInstanceUID for p in (node.spool / "incoming").glob("*/*/*.dcm")}
+    assert spooled == {pydicom.dcmread(p).SOPInstanceUID for p in series[:6]}
+    assert not [e for e in node.events() if e["event"] == "associations_closed"]  # none had to be cut off
+
+
+def test_a_node_whose_queue_breaks_while_it_runs_exits_non_zero_instead_of_listening_with_no_worker(tmp_path, orthanc,
+                                                                                                     tiny_model_card):
+    node = Node(tmp_path, orthanc, tiny_model_card).start()
+    for part in ("queue.sqlite", "queue.sqlite-wal", "queue.sqlite-shm"):  # a disk fault under the running node
+        path = node.spool / part
+        if path.exists():
+            with open(path, "r+b") as fh:
+                fh.write(b"\0" * min(path.stat().st_size, 32768))
+    assert node.process.wait(timeout=60) == 1
+    (dead,) = [e for e in node.events() if e["event"] == "worker_dead"]
+    assert "DatabaseError" in dead["error"] or "not a database" in dead["error"]

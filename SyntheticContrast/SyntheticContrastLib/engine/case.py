@@ -106,9 +106,9 @@ def synthesize_case(volume: Volume, model, options: SynthesisOptions, findings: 
 
 
 def write_case(case: CaseResult, output: Path, dicom_dir: Path | None = None, source_files=None, model=None,
-               plausibility_map: bool = False) -> dict:
+               plausibility_map: bool = False, incomplete: str = "") -> dict:
     """Write the sCECT (and its SD map, and its violation map when asked), and the DICOM series when asked; returns
-    what was written, by role."""
+    what was written, by role. ``incomplete``: why the input series may lack instances, said in every DICOM slice."""
     written = {"output": write_volume(case.result, output)}
     if case.sd is not None:
         written["sd_output"] = write_volume(case.sd, uncertainty_path(output))
@@ -119,12 +119,13 @@ def write_case(case: CaseResult, output: Path, dicom_dir: Path | None = None, so
 
         card = model.card
         export_dicom_series(case.result, dicom_dir, source_files, card.model_id, card.sha256, findings=case.ood_summary,
-                            plausibility=case.plausibility_summary)
+                            plausibility=case.plausibility_summary, incomplete=incomplete)
         written["dicom_output"] = Path(dicom_dir)
         if case.sd is not None:
             sd_dir = uncertainty_dicom_dir(dicom_dir)
             export_dicom_series(case.sd, sd_dir, source_files, card.model_id, card.sha256, series_number_offset=2000,
-                                uncertainty=True, findings=case.ood_summary, plausibility=case.plausibility_summary)
+                                uncertainty=True, findings=case.ood_summary, plausibility=case.plausibility_summary,
+                            incomplete=incomplete)
             written["dicom_sd_output"] = sd_dir
     return written
 

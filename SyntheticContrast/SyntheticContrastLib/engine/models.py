@@ -64,23 +64,38 @@ def load_model(card_path: str | Path = DEFAULT_MODEL_CARD, device: str | torch.d
     return LoadedModel(card=card, generator=generator, card_path=card_path)
 
 
+#: No card may describe a larger generator: the paper's has 147 million parameters, and a few billion would be a
+#: card written to exhaust memory rather than a model.
+MAX_GENERATOR_PARAMETERS = 2_000_000_000
+
+
 def _check_size_before_building(config, weights: Path, card_path: Path) -> None:
     """The card's architecture must name the same tensors, of the same shapes, as its weights file holds, compared
-    without allocating either (the network on the meta device, the file by its header): a card that claims a huge
-    network beside small weights would otherwise allocate gigabytes before the mismatch shows."""
+    without allocating either: first the parameter counts, from the card's numbers alone (engine/planner.py) and the
+    file's header, then each tensor, with the network built on the meta device. A card that claims a huge network
+    beside small weights would otherwise allocate gigabytes before the mismatch shows."""
     from safetensors import safe_open
 
-    with torch.device("meta"):
-        wanted = {k: tuple(v.shape) for k, v in UNetGenerator3D(config).state_dict().items()}
+    from .planner import generator_parameters
+
     try:
         with safe_open(str(weights), framework="pt") as fh:
             held = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # a corrupt header
         raise ModelError(weights, f"weights header is not readable safetensors: {exc}") from exc
+    count = lambda shapes: sum(int(np.prod(s)) for s in shapes.values())
+    claimed = generator_parameters(config.to_dict())
+    if claimed > MAX_GENERATOR_PARAMETERS:
+        raise ModelError(card_path, f"the card's network would have {claimed} parameters, more than the "
+                                    f"{MAX_GENERATOR_PARAMETERS} any model card may describe")
+    if claimed != count(held):
+        raise ModelError(weights, f"weights do not fit the architecture in the card {card_path.name}: the card's network has "
+                                  f"{claimed} parameters, the file {count(held)}")
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in UNetGenerator3D(config).state_dict().items()}
     missing, unexpected = sorted(set(wanted) - set(held)), sorted(set(held) - set(wanted))
     reshaped = sorted(k for k in set(wanted) & set(held) if wanted[k] != held[k])
     if missing or unexpected or reshaped:
-        count = lambda shapes: sum(int(np.prod(s)) for s in shapes.values())
         parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
                  (("Missing key(s)", missing), ("unexpected key(s)", unexpected), ("other shape", reshaped)) if keys]
         raise ModelError(weights, f"weights do not fit the architecture in the card {card_path.name} ({'; '.join(parts)}): the "

@@ -40,12 +40,12 @@ TYPE2_TAGS = (
 
 def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[str] | None, model_id: str,
                         model_sha256: str, series_number_offset: int = 1000, uncertainty: bool = False,
-                        findings: str = "", plausibility: str = "") -> list[Path]:
+                        findings: str = "", plausibility: str = "", incomplete: str = "") -> list[Path]:
     """Write ``volume`` (HU) as int16 CT slices with rescale slope 1, intercept 0; returns the files.
 
     ``uncertainty`` writes an SD map instead (its own description and comment, slope 0.1 HU); ``findings`` (the
-    out-of-distribution summary) and ``plausibility`` (the output's) are added to ImageComments so a PACS viewer
-    shows them beside the image.
+    out-of-distribution summary), ``plausibility`` (the output's) and ``incomplete`` (why the input series may lack
+    instances) are added to ImageComments so a PACS viewer shows them beside the image.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -67,6 +67,8 @@ def export_dicom_series(volume: Volume, out_dir: str | Path, source_files: list[
         comment += f". OUT-OF-DISTRIBUTION WARNING: {findings}"
     if plausibility and not plausibility.startswith("none"):
         comment += f". IMPLAUSIBLE ENHANCEMENT WARNING: {plausibility}"
+    if incomplete:
+        comment += f". INCOMPLETE INPUT SERIES WARNING: {incomplete}; made from the instances that arrived"
     pixels = hu.astype(np.int16)
     series_uid = generate_uid()
     direction = np.asarray(volume.direction, float).reshape(3, 3)

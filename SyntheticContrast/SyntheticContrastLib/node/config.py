@@ -42,6 +42,9 @@ class NodeConfig:
     #: A series is complete this long after its last instance, or when its association is released.
     quiet_seconds: float = 30.0
     complete_on_release: bool = True
+    #: An incomplete series (its association was aborted) is failed at its quiet time; with this, it is synthesised
+    #: from what arrived and sent with an INCOMPLETE INPUT SERIES warning in every instance's ImageComments.
+    send_incomplete: bool = False
     max_attempts: int = 5
     retry_backoff_seconds: float = 10.0
     tls_cert: Path | None = None
@@ -100,7 +103,7 @@ PATH_FIELDS = {"spool", "model", "tls_cert", "tls_key", "tls_ca"}
 #: The type each setting must have in the TOML file: a value of another type is refused by name, never coerced
 #: (``allow = "PACS"`` would otherwise be the AE titles P, A, C and S).
 LIST_FIELDS = {"allow", "allow_hosts", "devices"}
-BOOL_FIELDS = {"strict", "complete_on_release"}
+BOOL_FIELDS = {"strict", "complete_on_release", "send_incomplete"}
 INT_FIELDS = {"port", "samples", "max_attempts", "max_associations"}
 FLOAT_FIELDS = {"quiet_seconds", "retry_backoff_seconds", "shutdown_grace_seconds", "retention_hours", "min_free_mib",
                 "max_memory_mib"}

@@ -156,9 +156,11 @@ class SeriesQueue:
             self._write("UPDATE series SET incomplete=? WHERE series_uid=?", (reason, uid))
             self._write("UPDATE series SET reopen='receiving' WHERE series_uid=? AND reopen='ready'", (uid,))
 
-    def promote_quiet(self, quiet_seconds: float, now: float | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    def promote_quiet(self, quiet_seconds: float, now: float | None = None,
+                      send_incomplete: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
         """Series that received nothing for ``quiet_seconds`` are complete, or, if an association of theirs was
-        aborted and nothing released them since, failed with that reason. Returns (ready uids, [(uid, reason)])."""
+        aborted and nothing released them since, failed with that reason; with ``send_incomplete`` they are ready
+        instead, keeping the reason, so their result is sent marked incomplete. Returns (ready uids, [(uid, reason)])."""
         now = time.time() if now is None else now
 
         def body(db):
@@ -166,7 +168,7 @@ class SeriesQueue:
                               (now - quiet_seconds,)).fetchall()
             ready, failed = [], []
             for row in rows:
-                if row["incomplete"]:
+                if row["incomplete"] and not send_incomplete:
                     db.execute("UPDATE series SET state='failed', error=?, next_try=0 WHERE series_uid=?",
                                (f"incomplete: {row['incomplete']}; send the whole series again", row["series_uid"]))
                     failed.append((row["series_uid"], row["incomplete"]))

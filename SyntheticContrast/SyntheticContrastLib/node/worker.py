@@ -58,7 +58,7 @@ class Worker(threading.Thread):
         try:
             self.beat("idle", force=True)
             while not self.stop_event.is_set():
-                ready, failed = self.queue.promote_quiet(self.config.quiet_seconds)
+                ready, failed = self.queue.promote_quiet(self.config.quiet_seconds, send_incomplete=self.config.send_incomplete)
                 for uid in ready:
                     log.info("series complete", **event_fields("series_complete", series_uid=uid, reason="quiet time"))
                 for uid, reason in failed:
@@ -157,7 +157,10 @@ class Worker(threading.Thread):
         staging = result_dir.with_name(uid + ".partial")
         if staging.exists():
             shutil.rmtree(staging)
-        write_case(case, staging / f"{uid}_sCECT_synthetic.nii.gz", staging / "dicom", sources, model)
+        if row["incomplete"]:
+            log.warning("incomplete series synthesised", **event_fields("incomplete_sent", reason=row["incomplete"], **triage))
+        write_case(case, staging / f"{uid}_sCECT_synthetic.nii.gz", staging / "dicom", sources, model,
+                   incomplete=row["incomplete"])
         (staging / MADE_FROM).write_text(json.dumps(considered), encoding="utf-8")
         staging.replace(result_dir)
         if not self.queue.synthesized(uid, result_dir):
