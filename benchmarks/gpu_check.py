@@ -109,6 +109,13 @@ def markdown(report: dict) -> str:
         if s.get("summary"):
             lines += ["", f"GPU tests: {s['summary']}"]
         figures = s.get("figures") or {}
+        if s["name"].startswith("planner"):
+            summary = figures.get("summary", {})
+            lines += ["", f"Planner: worst error {summary.get('worst_error')} (goal: {summary.get('goal')})"]
+            lines += [f"- {r['slices']} slices: {r['line']}; measured host peak {r['measured_peak_mib']} MiB"
+                      + (f", device peak {r['measured_device_peak_mib']} MiB against {r['estimate_device_mib']} estimated"
+                         if "measured_device_peak_mib" in r else "") for r in summary.get("runs", [])]
+            continue
         for row in (figures.get("summary") or {}).get("rows", []) if isinstance(figures.get("summary"), dict) else []:
             lines.append(f"- {row}")
         if "summary" in figures and not isinstance(figures["summary"], dict):
