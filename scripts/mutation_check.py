@@ -127,6 +127,8 @@ MUTATIONS = (
              ("tests/test_bad_input.py -k tensor_by_tensor",)),
     Mutation("parameter counts not compared before the meta device is used", f"{LIB}/engine/models.py",
              "    if claimed != count(held):\n", "    if False:\n", ("tests/test_bad_input.py -k huge_network",)),
+    Mutation("no parameter ceiling for a card's architecture", f"{LIB}/engine/models.py",
+             "    if claimed > MAX_GENERATOR_PARAMETERS:\n", "    if False:\n", ("tests/test_bad_input.py -k ceiling",)),
     Mutation("a half-finished install is listed as a model", f"{LIB}/engine/store.py", "if p.is_dir() and not p.name.startswith(\".\")",
              "if p.is_dir()", ("tests/test_model_store.py -k half_finished",)),
     Mutation("padding found without the rescale slope", f"{LIB}/io/dicom_series.py",
