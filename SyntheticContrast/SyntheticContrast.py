@@ -183,6 +183,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._onParameterChanged()
 
     def _onParameterChanged(self, caller=None, event=None):
+        self._followInputVoxels()
         state = self.logic.panelState(self._parameterNode)
         self.ui.applyButton.enabled = state["canApply"]
         self.ui.applyButton.toolTip = state["applyHint"]
@@ -192,6 +193,19 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not state["running"]:  # while a run goes, its own plan stands
             self.ui.planLabel.text = state.get("plan", "")
         self.logic.updateOverlay(self._parameterNode)
+
+    def _followInputVoxels(self):
+        """A volume's voxels may arrive after its node was chosen (a node combo picks a node as it is added): the
+        plan, which needs the voxels' size, is made again when they do."""
+        node = self._parameterNode.inputVolume if self._parameterNode else None
+        followed = getattr(self, "_followedInput", None)
+        if node is followed:
+            return
+        if followed is not None:
+            self.removeObserver(followed, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._onParameterChanged)
+        if node is not None:
+            self.addObserver(node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._onParameterChanged)
+        self._followedInput = node
 
     def _populateModels(self):
         from SyntheticContrastSlicer.models import INSTALL_ENTRY

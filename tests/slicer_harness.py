@@ -185,6 +185,8 @@ def parameterNodeWrapper(cls):
                     setattr(self, name, value)
 
         def __getattr__(self, name):
+            if name in ("AddObserver", "RemoveObserver", "HasObserver"):  # as Slicer's wrapper, the node's own
+                return getattr(self.parameterNode, name)
             if name not in fields:
                 raise AttributeError(name)
             kind, node = fields[name], self.parameterNode
@@ -209,10 +211,16 @@ def parameterNodeWrapper(cls):
                 node.SetParameter(name, "" if value is None else str(value))
 
         def connectGui(self, ui):
+            # On real Qt widgets (tests/qt_panel.py) the binding is real; the namespace stand-ins have nothing to bind.
+            if type(ui).__name__ == "UiVariables":
+                from qt_panel import GuiBinding
+
+                return GuiBinding(self, ui)
             return object()
 
         def disconnectGui(self, tag):
-            pass
+            if hasattr(tag, "disconnect"):
+                tag.disconnect()
 
         def __bool__(self):
             return True
@@ -247,7 +255,11 @@ class ScriptedLoadableModuleWidget:
         self.parent = parent
 
     def setup(self):
-        pass
+        # In Slicer the module panel's layout; here a real Qt parent's, when a test gives one (tests/qt_panel.py).
+        if self.parent is not None and hasattr(self.parent, "layout"):
+            from qt_panel import PythonQt
+
+            self.layout = PythonQt(self.parent.layout())
 
     def resourcePath(self, name):
         return str(MODULE_DIR / "Resources" / name)
@@ -450,13 +462,15 @@ def _save_node(node, filename, properties=None):
 
 
 @contextlib.contextmanager
-def installed():
-    """Install the harness as the ``slicer``/``qt`` environment of the module; yields the Harness."""
+def installed(real_qt: bool = False):
+    """Install the harness as the ``slicer``/``qt`` environment of the module; yields the Harness. ``real_qt``:
+    ``slicer.util.loadUI`` gives the .ui as real PySide6 widgets (tests/qt_panel.py)."""
     harness = Harness()
     QTimer.instances.clear()
     saved_modules = {name: sys.modules.get(name) for name in ("qt", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.i18n")}
     saved_util = {name: getattr(slicer.util, name, None) for name in (
-        "errorDisplay", "warningDisplay", "infoDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay", "loadVolume", "saveNode", "pip_install")}
+        "errorDisplay", "warningDisplay", "infoDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay", "loadVolume", "saveNode", "pip_install",
+        "loadUI", "childWidgetVariables", "mainWindow")}
     saved_attrs = {name: getattr(slicer, name, None) for name in ("app", "mrmlScene", "modules", "parameterNodeWrapper", "ScriptedLoadableModule", "i18n", "dicomDatabase")}
 
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
@@ -467,7 +481,15 @@ def installed():
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
     i18n.translate = lambda context, text: text
-    sys.modules.update({"qt": _qt_module(), "slicer.parameterNodeWrapper": pnw, "slicer.ScriptedLoadableModule": slm, "slicer.i18n": i18n})
+    qt = _qt_module()
+    if real_qt:
+        import qt_panel
+        from PySide6 import QtCore
+
+        qt.Qt = QtCore.Qt  # item roles and the like must be Qt's own for real combo boxes
+        slicer.util.loadUI, slicer.util.childWidgetVariables = qt_panel.load_ui, qt_panel.UiVariables
+        slicer.util.mainWindow = lambda: None
+    sys.modules.update({"qt": qt, "slicer.parameterNodeWrapper": pnw, "slicer.ScriptedLoadableModule": slm, "slicer.i18n": i18n})
     slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule, slicer.i18n = pnw, slm, i18n
     slicer.app, slicer.mrmlScene = harness.app, harness.scene
     slicer.modules = types.SimpleNamespace(
