@@ -286,7 +286,10 @@ class GuiBinding:
     """What connectGui does: each bound widget shows its parameter, and a user's change to the widget sets it.
     The parameter node's ModifiedEvent puts later changes back into the widgets."""
 
+    connected = 0  # bindings connected now, across the process: entering a module again must not pile them up
+
     def __init__(self, wrapper, ui: UiVariables):
+        GuiBinding.connected += 1
         self.wrapper, self.pairs = wrapper, list(_parameter_widgets(ui))
         self.slots = []
         for parameter, widget in self.pairs:
@@ -302,6 +305,7 @@ class GuiBinding:
             _show_value(widget, getattr(self.wrapper, parameter))
 
     def disconnect(self):
+        GuiBinding.connected -= 1
         for widget, slot in self.slots:
             try:
                 _change_signal(widget).disconnect(slot)

@@ -106,3 +106,17 @@ def test_clicking_apply_runs_the_synthesis_and_the_panel_reports_it(panel, tiny_
     assert ui.planLabel.text.startswith("Plan: fits: ")  # after the run: the plan of the next Apply
     assert p.outputVolume.GetName() == "Patient CT - sCECT (synthetic)" and ui.applyButton.enabled is True
     assert panel.app.process_events_calls == 0
+
+
+def test_leaving_and_entering_the_module_again_leaves_one_binding_and_the_widgets_still_work(panel):
+    """D13: Slicer 5.6 and 5.8 do not disconnect the GUI on exit; the module does, so bindings do not pile up."""
+    import qt_panel
+
+    ui, widget = panel.widget.ui, panel.widget
+    for _ in range(3):
+        widget.exit()
+        assert qt_panel.GuiBinding.connected == 0  # nothing of the panel stays attached while another module is shown
+        widget.enter()
+        assert qt_panel.GuiBinding.connected == 1
+    _type(ui.samplesSpinBox, "4")
+    assert widget._parameterNode.samples == 4
