@@ -549,6 +549,18 @@ def test_batch_script_ends_slicer_with_an_error_code_whatever_goes_wrong(harness
 
 # --- Slicer conventions -------------------------------------------------------------------------------------------
 
+def test_a_script_loads_the_phantom_case_without_views(harness, monkeypatch):
+    """Slicer --no-main-window has no layout manager: the script still gets the NCCT and CECT nodes and the ROIs."""
+    from SyntheticContrastSlicer.sampledata import load_phantom_case
+
+    monkeypatch.setattr(harness.app, "layoutManager", lambda: None)
+    ncct, cect = load_phantom_case()
+    assert ncct.GetName() == "Phantom9001 NCCT" and "not a patient" in cect.GetName()
+    assert ncct.GetImageData().GetDimensions() == (512, 512, 48)
+    assert slicer.util.getNodesByClass("vtkMRMLMarkupsLineNode", harness.scene)  # the lymph-node lines
+
+
+
 def test_module_registers_the_phantom_in_sample_data_without_any_download(harness, monkeypatch):
     import types
 

@@ -10,7 +10,10 @@ PHANTOM_SEED = 9001  # held out of the demo model's training seeds
 
 
 def load_phantom_case(source=None):
-    """Generate the held-out phantom and add its NCCT and CECT (and its ROI markups) to the scene."""
+    """Generate the held-out phantom and add its NCCT and CECT (and its ROI markups) to the scene; returns
+    [NCCT node, CECT node]. Sample Data's button calls it; scripts call it directly, since SampleData's
+    downloadSample() never calls a custom downloader (Slicer's SampleData.py: downloadSamples goes to
+    downloadFromSource, which reads only the source's URIs)."""
     from SyntheticContrastLib import mrml
     from SyntheticContrastLib.phantom import make_phantom
 
