@@ -110,6 +110,21 @@ def test_extension_cmake_declares_metadata_and_pytorch():
     assert "slicer_add_python_unittest" in (ROOT / "Testing" / "CMakeLists.txt").read_text()
 
 
+def test_the_extensions_index_entry_agrees_with_the_cmake_metadata():
+    """SyntheticContrast.json is the entry to submit to Slicer's ExtensionsIndex: PyTorch must be a build dependency
+    there too, or the index builds the extension without it; only the schema's own keys are allowed."""
+    import json
+
+    entry = json.loads((ROOT / "SyntheticContrast.json").read_text())
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    value = lambda key: re.search(rf'set\({key} "([^"]+)"\)', cmake).group(1)
+    assert entry["build_dependencies"] == value("EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert entry["category"] == value("EXTENSION_CATEGORY")
+    assert entry["scm_url"].removesuffix(".git") == value("EXTENSION_HOMEPAGE")
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
+                          "scm_url", "tier"} and entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/")
+
+
 def test_icon_is_128_px():
     from PIL import Image
 
