@@ -37,7 +37,7 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("Gaussian sigma halved", f"{LIB}/engine/inference.py", "(window - 1) / 2.0, sigma_scale * window", "(window - 1) / 2.0, 0.5 * sigma_scale * window",
+    Mutation("Gaussian sigma halved", f"{LIB}/engine/geometry.py", "(window - 1) / 2.0, sigma_scale * window", "(window - 1) / 2.0, 0.5 * sigma_scale * window",
              ("tests/test_inference.py",), quick=True),
     Mutation("blend weights dropped from the accumulation", f"{LIB}/engine/inference.py", ".addcmul_(window_pred, weight)",
              ".add_(window_pred)", ("tests/test_inference.py",)),
@@ -98,7 +98,7 @@ MUTATIONS = (
              "        except Exception as exc:  # MemoryError", "        except (OSError, RuntimeError, ValueError) as exc:  # MemoryError",
              ("tests/test_node_queue.py",)),
     Mutation("an aborted association is sent short at its quiet time", f"{LIB}/node/queue.py",
-             "                if row[\"incomplete\"]:", "                if False:", ("tests/test_node_queue.py",)),
+             "                if row[\"incomplete\"] and not send_incomplete:", "                if False:", ("tests/test_node_queue.py",)),
     Mutation("a result is sent without checking it holds every acknowledged instance", f"{LIB}/node/worker.py",
              "        missing = acknowledged - made_from", "        missing = set()", ("tests/test_node_queue.py",)),
     Mutation("a truncated NIfTI is read with zeros", f"{LIB}/io/nifti.py", "        if held < declared:", "        if False:",
