@@ -492,11 +492,12 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
             self.views.update_uncertainty(p.outputVolume, p.uncertaintyVolume, p.showUncertainty, p.overlayOpacity)
 
     # -- ROIs and CNR ------------------------------------------------------------------------------------
+    # ROIs belong to the case of the chosen NCCT: another patient's in the same scene are never measured here.
     def startLymphNodeLine(self):
-        return self.annotation.start_lymph_node_line()
+        return self.annotation.start_lymph_node_line(self.getParameterNode().inputVolume)
 
     def startReferencePoint(self, name, lesionId=None):
-        return self.annotation.start_reference_point(name, lesionId)
+        return self.annotation.start_reference_point(name, lesionId, self.getParameterNode().inputVolume)
 
     def computeCNR(self, p):
         """CNR on NCCT, sCECT and the reference CECT from the scene's ROIs, into this case's one table."""
@@ -510,10 +511,10 @@ class SyntheticContrastLogic(ScriptedLoadableModuleLogic):
         return self.annotation.compute_cnr(volumes, p.inputVolume, sd_maps)
 
     def importROIs(self, path):
-        return self.annotation.import_rois(path)
+        return self.annotation.import_rois(path, self.getParameterNode().inputVolume)
 
     def exportROIs(self, path):
-        self.annotation.export_rois(path)
+        self.annotation.export_rois(path, self.getParameterNode().inputVolume)
 
     # -- blinded reading ---------------------------------------------------------------------------------
     def startReading(self, p) -> str:
@@ -566,7 +567,7 @@ class SyntheticContrastTest(ScriptedLoadableModuleTest):
         self.assertEqual(out.GetImageData().GetDimensions(), ncct.GetImageData().GetDimensions())
 
         self.delayDisplay("Placing ROIs from the phantom annotations and computing CNR")
-        mrml.markups_from_rois(slicer.mrmlScene, case.annotations)
+        mrml.markups_from_rois(slicer.mrmlScene, case.annotations, p.inputVolume)
         table, message = logic.computeCNR(p)
         self.assertEqual(table.GetNumberOfRows(), 3 * len(case.annotations["lesions"]))
         cnr = {}

@@ -348,7 +348,7 @@ def test_cnr_table_is_numeric_and_updated_in_place(harness):
     annotations = json.loads(json.dumps(case.annotations))
     annotations["lesions"].append({"id": "OUT", "center": [900.0, 900.0, 900.0], "short_axis_mm": 8.0,  # off the image
                                    "references": {k: [900.0, 900.0, 900.0] for k in ("dta", "right_fat", "left_fat")}})
-    mrml.markups_from_rois(harness.scene, annotations)
+    mrml.markups_from_rois(harness.scene, annotations, p.inputVolume)
     table, message = harness.logic.computeCNR(p)
     assert "failed" in message
     cnr = table.GetTable().GetColumnByName("cnr")
@@ -359,6 +359,94 @@ def test_cnr_table_is_numeric_and_updated_in_place(harness):
     assert cnr.GetValue(rows[case.annotations["lesions"][0]["id"]]) > 0
     again, _ = harness.logic.computeCNR(p)
     assert again is table and len(slicer.util.getNodesByClass("vtkMRMLTableNode", harness.scene)) == 1
+
+
+# --- D7/D8: ROIs, tables and circles belong to one case, and keep to it through an import ---------------------
+
+def _two_patients(harness):
+    """Patients A and B in one scene, each with its phantom's lymph-node ROIs, placed while its NCCT was chosen."""
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+
+    cases = {}
+    for name, seed in (("A", 5), ("B", 6)):
+        case = make_phantom(seed, PhantomSpec(size=256, slices=20, pixel_mm=1.4, slice_mm=5.0))
+        ncct = mrml.node_from_volume(harness.scene, case.ncct, f"patient {name} NCCT")
+        annotations = json.loads(json.dumps(case.annotations))
+        for lesion in annotations["lesions"]:
+            lesion["id"] = f"{name}-{lesion['id']}"
+        mrml.markups_from_rois(harness.scene, annotations, ncct)
+        cases[name] = (ncct, [lesion["id"] for lesion in annotations["lesions"]])
+    return cases
+
+
+def _measured(table):
+    return {table.GetCellText(r, table.GetColumnIndex("lesion")) for r in range(table.GetNumberOfRows())}
+
+
+def test_cnr_measures_only_the_chosen_patients_lymph_nodes(harness, tmp_path):
+    cases = _two_patients(harness)
+    p = harness.logic.getParameterNode()
+    tables = {}
+    for name, (ncct, lesions) in cases.items():
+        p.inputVolume = ncct
+        tables[name], _ = harness.logic.computeCNR(p)
+        assert _measured(tables[name]) == set(lesions)  # never the other patient's nodes
+    assert tables["A"] is not tables["B"]
+    p.inputVolume = cases["A"][0]
+    harness.logic.exportROIs(str(tmp_path / "a.json"))
+    exported = json.loads((tmp_path / "a.json").read_text())
+    assert {lesion["id"] for lesion in exported["lesions"]} == set(cases["A"][1])
+
+
+def test_a_saved_case_imported_into_a_scene_with_other_patients_keeps_its_own_rois_and_table(harness, tmp_path):
+    """D8: node IDs change on import into a non-empty scene. References are remapped; an ID kept in an attribute
+    would then point at whichever node took that ID."""
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+
+    cases = _two_patients(harness)
+    p = harness.logic.getParameterNode()
+    p.inputVolume = cases["A"][0]
+    harness.logic.computeCNR(p)
+    cect = make_phantom(5, PhantomSpec(size=256, slices=20, pixel_mm=1.4, slice_mm=5.0)).cect
+    scect = mrml.node_from_volume(harness.scene, cect, "patient A NCCT - sCECT (synthetic)")
+    harness.logic.views.update_overlay(cases["A"][0], scect, True, 0.5)  # A's enhancement overlay, saved with it
+    for node in slicer.util.getNodesByClass("vtkMRMLStorableNode", harness.scene):  # as Save writes each file
+        storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
+        if storage is None:
+            continue
+        if storage.GetScene() is None:
+            harness.scene.AddNode(storage)
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        storage.SetFileName(str(tmp_path / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node), node.GetName()
+    harness.scene.SetURL(str(tmp_path / "saved.mrml"))
+    assert harness.scene.Commit()
+    saved_id = cases["A"][0].GetID()
+    harness.scene.Clear(0)
+    other = mrml.node_from_volume(harness.scene, _unrelated_volume(), "another patient")
+    harness.scene.SetURL(str(tmp_path / "saved.mrml"))
+    assert harness.scene.Import()
+    (imported,) = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", harness.scene) if n.GetName() == "patient A NCCT"]
+    assert other.GetID() == saved_id != imported.GetID()  # the other patient now holds the ID that A's NCCT had
+    p = harness.logic.getParameterNode()
+    p.inputVolume = imported
+    table, _ = harness.logic.computeCNR(p)
+    assert _measured(table) == set(cases["A"][1])
+    tables = [t for t in slicer.util.getNodesByClass("vtkMRMLTableNode", harness.scene) if mrml.in_case(t, imported)]
+    assert tables == [table]  # the saved table was found again, not a new one made beside it
+    p.inputVolume = other
+    with pytest.raises(ValueError, match="for another patient first"):
+        harness.logic.computeCNR(p)  # the other patient has no ROIs: none of A's is lent to it
+    overlays = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", harness.scene)
+                if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.OVERLAY_ROLE]
+    assert len(overlays) == 1 and mrml.in_case(overlays[0], imported) and not mrml.in_case(overlays[0], other)
+    assert harness.logic.views._overlay_node(other, None) is None  # A's overlay is never shown on the other patient
+
+
+def _unrelated_volume():
+    from SyntheticContrastLib.io.volume import Volume
+
+    return Volume(np.full((20, 64, 64), -1000.0, np.float32), (1.4, 1.4, 5.0), (0.0, 0.0, 0.0))
 
 
 # --- R14 -----------------------------------------------------------------------------------------------------
@@ -684,7 +772,7 @@ def test_cnr_table_gets_uncertainty_columns_from_the_sd_map(harness):
     p.inputVolume = mrml.node_from_volume(harness.scene, case.ncct, "ncct")
     p.outputVolume = mrml.node_from_volume(harness.scene, case.cect, "ncct - sCECT (synthetic)")
     p.uncertaintyVolume = mrml.node_from_volume(harness.scene, case.cect.with_array(np.full(case.cect.array.shape, 6.0, np.float32)), "sd")
-    mrml.markups_from_rois(harness.scene, case.annotations)
+    mrml.markups_from_rois(harness.scene, case.annotations, p.inputVolume)
     table, _ = harness.logic.computeCNR(p)
     column = table.GetTable().GetColumnByName("cnr_uncertainty")
     assert column is not None and column.GetClassName() == "vtkDoubleArray"

@@ -27,6 +27,32 @@ WINDOW_PRESETS = {
 }
 ROLE_ATTRIBUTE = "SyntheticContrast.role"
 REFERENCE_LABELS = {"dta": "DTA", "right_fat": "Right fat", "left_fat": "Left fat"}
+#: The node reference from a lesion line, a reference point list or a CNR table to the NCCT node of its case. A node
+#: reference, not an attribute holding an ID: MRML remaps references when a scene is saved and reloaded or imported
+#: into a scene that already holds other patients, and leaves attributes as they were.
+CASE_REFERENCE = "SyntheticContrastCase"
+OVERLAY_SOURCE_REFERENCE = "SyntheticContrastOverlaySource"  # from an enhancement overlay to the sCECT it shows
+
+
+def assign_case(node, case) -> None:
+    """Make ``node`` belong to the case whose NCCT is ``case`` (None: to no case)."""
+    node.SetNodeReferenceID(CASE_REFERENCE, case.GetID() if case is not None else None)
+
+
+def overlay_is_current(overlay, scect) -> bool:
+    """Whether an enhancement overlay was made from this sCECT's present voxels."""
+    source = overlay.GetNodeReference(OVERLAY_SOURCE_REFERENCE)
+    image = scect.GetImageData()
+    return (source is not None and source.GetID() == scect.GetID() and image is not None
+            and overlay.GetAttribute("SyntheticContrast.overlayTime") == str(image.GetMTime()))
+
+
+def in_case(node, case) -> bool:
+    """Whether ``node`` belongs to ``case``; with ``case`` None, whether it belongs to no case."""
+    own = node.GetNodeReference(CASE_REFERENCE)
+    if case is None or own is None:
+        return case is None and own is None
+    return own.GetID() == case.GetID()
 SYNTHETIC_NAME_SUFFIX = " - sCECT (synthetic)"
 UNCERTAINTY_NAME_SUFFIX = " - sCECT uncertainty SD (synthetic)"
 OVERLAY_ROLE = "enhancement-overlay"
@@ -111,7 +137,7 @@ def _add_marked_volume(scene, source_node, volume: Volume, metadata: dict, name:
         if key.startswith(PROVENANCE_PREFIX):
             node.SetAttribute(key, str(value))
     node.SetAttribute("SyntheticContrast.synthetic", "true")
-    node.SetAttribute("SyntheticContrast.source", source_node.GetID())
+    assign_case(node, source_node)  # a reference, so the sCECT keeps its NCCT through a save and an import
     place_beside(scene, node, source_node)
     return node
 
@@ -172,8 +198,11 @@ def enhancement_volume(scene, ncct_node, scect_node, node=None):
     node = node_from_volume(scene, diff, ncct_node.GetName() + " - enhancement (synthetic)", node)
     node.SetAttribute("SyntheticContrast.synthetic", "true")
     node.SetAttribute(ROLE_ATTRIBUTE, OVERLAY_ROLE)
-    # The overlay remembers what it was made from, so a stale one (new synthesis, other input) is recognised.
-    node.SetAttribute("SyntheticContrast.overlayOf", f"{ncct_node.GetID()} {scect_node.GetID()} {scect_node.GetImageData().GetMTime()}")
+    # The overlay remembers what it was made from, by references that survive an import, so a stale one (a new
+    # synthesis, another input) is recognised.
+    assign_case(node, ncct_node)
+    node.SetNodeReferenceID(OVERLAY_SOURCE_REFERENCE, scect_node.GetID())
+    node.SetAttribute("SyntheticContrast.overlayTime", str(scect_node.GetImageData().GetMTime()))
     display = node.GetDisplayNode()
     rainbow = scene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
     if rainbow is not None:
@@ -279,23 +308,32 @@ def _ras(point_lps) -> list[float]:
     return list(LPS_TO_RAS @ np.asarray(point_lps, float))
 
 
-def add_lesion_line(scene, p1_ras, p2_ras, lesion_id: str):
+def add_lesion_line(scene, p1_ras, p2_ras, lesion_id: str, case=None):
     """A markups line across a node's short axis; its midpoint is the ROI centre."""
     line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", lesion_id)
     line.SetAttribute(ROLE_ATTRIBUTE, "lesion")
+    assign_case(line, case)
     for p in (p1_ras, p2_ras):
         line.AddControlPoint(vtk.vtkVector3d(*p))
     return line
 
 
-def reference_points_node(scene):
-    """The one point list holding DTA and right/left subcutaneous fat, created on first use."""
+def reference_points_node(scene, case=None):
+    """The case's one point list holding DTA and right/left subcutaneous fat, created on first use."""
     for node in nodes_of_class(scene, "vtkMRMLMarkupsFiducialNode"):
-        if node.GetAttribute(ROLE_ATTRIBUTE) == "references":
+        if node.GetAttribute(ROLE_ATTRIBUTE) == "references" and in_case(node, case):
             return node
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "CNR reference points")
+    name = f"{case.GetName()} - CNR reference points" if case is not None else "CNR reference points"
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
     node.SetAttribute(ROLE_ATTRIBUTE, "references")
+    assign_case(node, case)
     return node
+
+
+def lesion_lines(scene, case=None) -> list:
+    """The case's lesion lines (with ``case`` None: those of no case)."""
+    return [line for line in nodes_of_class(scene, "vtkMRMLMarkupsLineNode")
+            if line.GetAttribute(ROLE_ATTRIBUTE) == "lesion" and in_case(line, case)]
 
 
 def reference_label(name: str, lesion_id: str | None = None) -> str:
@@ -303,11 +341,11 @@ def reference_label(name: str, lesion_id: str | None = None) -> str:
     return f"{lesion_id} {REFERENCE_LABELS[name]}" if lesion_id else REFERENCE_LABELS[name]
 
 
-def set_reference_point(scene, name: str, point_ras, lesion_id: str | None = None) -> None:
+def set_reference_point(scene, name: str, point_ras, lesion_id: str | None = None, case=None) -> None:
     """Place or move a DTA / right fat / left fat point, shared ("DTA") or for one lesion ("LN3 DTA")."""
     if name not in REFERENCE_LABELS:
         raise ValueError(f"reference must be one of {list(REFERENCE_LABELS)}")
-    node = reference_points_node(scene)
+    node = reference_points_node(scene, case)
     label = reference_label(name, lesion_id)
     for i in range(node.GetNumberOfControlPoints()):
         if node.GetNthControlPointLabel(i) == label:
@@ -325,13 +363,14 @@ def _control_points(node) -> list[tuple[str, list[float]]]:
     return out
 
 
-def rois_from_markups(scene, fraction: float = 0.9) -> dict:
-    """ROI JSON (LPS) from the scene's lesion lines and reference points (per-lesion points win)."""
-    points = dict(_control_points(reference_points_node(scene)))
+def rois_from_markups(scene, fraction: float = 0.9, case=None) -> dict:
+    """ROI JSON (LPS) from one case's lesion lines and reference points (per-lesion points win); another case's
+    markups in the same scene are never mixed in."""
+    points = dict(_control_points(reference_points_node(scene, case)))
     shared = {key: points[label] for key, label in REFERENCE_LABELS.items() if label in points}
     lesions = []
-    for line in nodes_of_class(scene, "vtkMRMLMarkupsLineNode"):
-        if line.GetAttribute(ROLE_ATTRIBUTE) != "lesion" or line.GetNumberOfControlPoints() != 2:
+    for line in lesion_lines(scene, case):
+        if line.GetNumberOfControlPoints() != 2:
             continue
         lesion = {"id": line.GetName(), "short_axis": [p for _, p in _control_points(line)]}
         own = {key: points[reference_label(key, line.GetName())] for key in REFERENCE_LABELS
@@ -343,8 +382,9 @@ def rois_from_markups(scene, fraction: float = 0.9) -> dict:
             "source": "3D Slicer markups", "lesions": lesions, "references": shared}
 
 
-def markups_from_rois(scene, data: dict) -> list:
-    """Load ROI JSON into markups: a line per lesion, shared and per-lesion reference points."""
+def markups_from_rois(scene, data: dict, case=None) -> list:
+    """Load ROI JSON into markups of the case whose NCCT is ``case``: a line per lesion, shared and per-lesion
+    reference points."""
     from .measurement.rois import parse_rois
 
     lesions = parse_rois(data)
@@ -357,11 +397,11 @@ def markups_from_rois(scene, data: dict) -> list:
         else:  # centre + diameter: draw the diameter left-right through the centre
             half = np.array([lesion.extra["short_axis_mm"] / 2, 0, 0])
             a, b = lesion.center - half, lesion.center + half
-        lines.append(add_lesion_line(scene, _ras(a), _ras(b), lesion.lesion_id))
+        lines.append(add_lesion_line(scene, _ras(a), _ras(b), lesion.lesion_id, case))
         for name, point in item.get("references", {}).items():
-            set_reference_point(scene, name, to_ras(point), lesion.lesion_id)
+            set_reference_point(scene, name, to_ras(point), lesion.lesion_id, case)
     for name, point in data.get("references", {}).items():
-        set_reference_point(scene, name, to_ras(point))
+        set_reference_point(scene, name, to_ras(point), case=case)
     return lines
 
 

@@ -55,28 +55,30 @@ class AnnotationController:
             self._pending.stop()
         self._pending = None
 
-    def start_lymph_node_line(self):
-        """A new line 'LN<n>' whose two clicks are the ends of the node's short axis on an axial slice."""
+    def start_lymph_node_line(self, case=None):
+        """A new line 'LN<n>' of the case whose NCCT is ``case``: its two clicks are the ends of the node's short axis
+        on an axial slice."""
         from SyntheticContrastLib import mrml
         self.cancel_pending()
-        lines = [n for n in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsLineNode") if n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "lesion"]
+        lines = mrml.lesion_lines(slicer.mrmlScene, case)
         names = {n.GetName() for n in lines}
         number = len(lines) + 1
         while f"LN{number}" in names:
             number += 1
         line = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"LN{number}")
         line.SetAttribute(mrml.ROLE_ATTRIBUTE, "lesion")
+        mrml.assign_case(line, case)
         line.CreateDefaultDisplayNodes()
         mrml.start_placement(slicer.mrmlScene, line)
         return line
 
-    def start_reference_point(self, name: str, lesion_id: str | None = None) -> ReferencePointPlacement:
+    def start_reference_point(self, name: str, lesion_id: str | None = None, case=None) -> ReferencePointPlacement:
         """One click places the DTA / right fat / left fat point (shared, or for one lesion)."""
         from SyntheticContrastLib import mrml
         if name not in mrml.REFERENCE_LABELS:
             raise ValueError(f"Unknown reference point {name!r}; choose one of {', '.join(mrml.REFERENCE_LABELS)}.")
         self.cancel_pending()
-        points = mrml.reference_points_node(slicer.mrmlScene)
+        points = mrml.reference_points_node(slicer.mrmlScene, case)
         if points.GetDisplayNode() is None:
             points.CreateDefaultDisplayNodes()
         self._pending = ReferencePointPlacement(points, mrml.reference_label(name, lesion_id),
@@ -88,10 +90,11 @@ class AnnotationController:
     def _case_table(input_node):
         from SyntheticContrastLib import mrml
         for table in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLTableNode"):
-            if table.GetAttribute(CNR_TABLE_ATTRIBUTE) == input_node.GetID():
+            if table.GetAttribute(CNR_TABLE_ATTRIBUTE) == "true" and mrml.in_case(table, input_node):
                 return table
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{input_node.GetName()} - lymph-node CNR")
-        table.SetAttribute(CNR_TABLE_ATTRIBUTE, input_node.GetID())
+        table.SetAttribute(CNR_TABLE_ATTRIBUTE, "true")
+        mrml.assign_case(table, input_node)
         return table
 
     def compute_cnr(self, volumes: dict, input_node, sd_maps: dict | None = None):
@@ -101,16 +104,21 @@ class AnnotationController:
         from SyntheticContrastLib.measurement.cnr import measure_cnr, summarize_cnr
         from SyntheticContrastLib.measurement.rois import parse_rois
 
-        lesions = parse_rois(mrml.rois_from_markups(slicer.mrmlScene), "scene markups")
+        lesions = parse_rois(mrml.rois_from_markups(slicer.mrmlScene, case=input_node), "scene markups")
         if not lesions:
-            raise ValueError("Add at least one lymph node line and the DTA, right fat and left fat points first.")
+            strays = len(mrml.lesion_lines(slicer.mrmlScene, None))
+            raise ValueError(f"Add at least one lymph node line and the DTA, right fat and left fat points for "
+                             f"{input_node.GetName()} first." + (
+                                 f" {strays} line(s) in the scene belong to no CT: they were drawn with no non-contrast "
+                                 "CT chosen, so they are not measured on this one." if strays else ""))
         sd = {name: mrml.volume_from_node(node) for name, node in (sd_maps or {}).items()}
         rows = measure_cnr({name: mrml.volume_from_node(node) for name, node in volumes.items()}, lesions, sd)
         for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLMarkupsClosedCurveNode"):
-            if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "measured-circle":
+            if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == "measured-circle" and mrml.in_case(node, input_node):
                 slicer.mrmlScene.RemoveNode(node)
         for lesion in lesions:
-            mrml.draw_measured_circles(slicer.mrmlScene, lesion)
+            for circle in mrml.draw_measured_circles(slicer.mrmlScene, lesion):
+                mrml.assign_case(circle, input_node)
         table = mrml.cnr_table(slicer.mrmlScene, rows, table=self._case_table(input_node))
         summary = summarize_cnr(rows)
         medians = ", ".join(f"{name} {s['cnr']['median']:.2f}" for name, s in summary["volumes"].items())
@@ -118,15 +126,15 @@ class AnnotationController:
         return table, f"CNR median: {medians}." + (f" {errors} ROI measurement(s) failed; see the table's error column." if errors else "")
 
     @staticmethod
-    def import_rois(path) -> list:
+    def import_rois(path, case=None) -> list:
         from SyntheticContrastLib import mrml
         with open(path, encoding="utf-8") as fh:
-            return mrml.markups_from_rois(slicer.mrmlScene, json.load(fh))
+            return mrml.markups_from_rois(slicer.mrmlScene, json.load(fh), case)
 
     @staticmethod
-    def export_rois(path) -> None:
+    def export_rois(path, case=None) -> None:
         from SyntheticContrastLib import mrml
         from SyntheticContrastLib.measurement.rois import write_rois
 
-        write_rois(mrml.rois_from_markups(slicer.mrmlScene), path)
+        write_rois(mrml.rois_from_markups(slicer.mrmlScene, case=case), path)
 

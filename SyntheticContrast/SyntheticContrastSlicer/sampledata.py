@@ -20,7 +20,7 @@ def load_phantom_case(source=None):
     case = make_phantom(PHANTOM_SEED)
     ncct = mrml.node_from_volume(slicer.mrmlScene, case.ncct, f"Phantom{PHANTOM_SEED} NCCT")
     cect = mrml.node_from_volume(slicer.mrmlScene, case.cect, f"Phantom{PHANTOM_SEED} CECT (phantom, not a patient)")
-    mrml.markups_from_rois(slicer.mrmlScene, case.annotations)
+    mrml.markups_from_rois(slicer.mrmlScene, case.annotations, ncct)
     slicer.util.setSliceViewerLayers(background=ncct, fit=True)
     return [ncct, cect]
 

@@ -46,7 +46,7 @@ class ViewsController:
     def _overlay_node(ncct, scect):
         from SyntheticContrastLib import mrml
         for node in mrml.nodes_of_class(slicer.mrmlScene, "vtkMRMLScalarVolumeNode"):
-            if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.OVERLAY_ROLE and (node.GetAttribute("SyntheticContrast.overlayOf") or "").split()[:1] == [ncct.GetID()]:
+            if node.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.OVERLAY_ROLE and mrml.in_case(node, ncct):
                 return node
         return None
 
@@ -62,10 +62,8 @@ class ViewsController:
             return
         self._overlay_state = state
         overlay = self._overlay_node(ncct, scect)
-        if show:
-            made_from = f"{ncct.GetID()} {scect.GetID()} {state[2]}"
-            if overlay is None or overlay.GetAttribute("SyntheticContrast.overlayOf") != made_from:
-                overlay = mrml.enhancement_volume(slicer.mrmlScene, ncct, scect, overlay)
+        if show and (overlay is None or not mrml.overlay_is_current(overlay, scect)):
+            overlay = mrml.enhancement_volume(slicer.mrmlScene, ncct, scect, overlay)
         self._show_over(ncct, overlay, show, opacity)
 
     def update_uncertainty(self, scect, sd, show: bool, opacity: float) -> None:
