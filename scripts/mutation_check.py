@@ -126,7 +126,7 @@ MUTATIONS = (
              "    if missing or unexpected or reshaped:\n", "    if False:\n",
              ("tests/test_bad_input.py -k tensor_by_tensor",)),
     Mutation("parameter counts not compared before the meta device is used", f"{LIB}/engine/models.py",
-             "    if claimed != count(held):\n", "    if False:\n", ("tests/test_bad_input.py -k huge_network",)),
+             "    if claimed > 2 * count(held) + 1_000_000:", "    if False:", ("tests/test_bad_input.py -k huge_network",)),
     Mutation("leaving the module keeps its GUI bound (Slicer 5.6/5.8 do not detach it)", "SyntheticContrast/SyntheticContrast.py",
              "    def exit(self):\n        self._releaseParameterNode()", "    def exit(self):\n        pass",
              ("tests/test_slicer_panel_qt.py -k leaving",)),
