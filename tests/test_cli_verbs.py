@@ -51,14 +51,6 @@ def test_train_then_synthesize_with_the_model_it_made(phantoms, tmp_path, monkey
     assert code == 0 and made.array.shape == (16, 128, 128) and made.metadata["SyntheticContrast.model_id"] == "cli-test"
 
 
-def test_demo_runs_the_main_job(tmp_path, capsys):
-    code = main(["demo", "--output", str(tmp_path / "demo"), "--no-progress"])
-    out = capsys.readouterr().out
-    assert code == 0 and "NOT FOR DIAGNOSIS" in out and "sCECT (synthetic)" in out
-    assert (tmp_path / "demo" / "phantom9001_sCECT_synthetic.nii.gz").exists()
-    assert (tmp_path / "demo" / "phantom9001_side_by_side.png").stat().st_size > 10_000
-
-
 def test_train_into_a_folder_that_holds_a_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
     """It used to start over silently and overwrite checkpoint.pt after epoch 1: days of GPU time lost."""
     from SyntheticContrastLib.cli import main

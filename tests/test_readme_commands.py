@@ -81,6 +81,7 @@ def test_the_main_job_runs_as_written(tmp_path):
         assert "sCECT (synthetic)" in result.stdout and "NOT FOR DIAGNOSIS" in result.stdout
         assert (output / "phantom9001_sCECT_synthetic.nii.gz").is_file()
         assert "\r" not in result.stderr  # not a terminal: plain progress lines, no redraws
+        assert "plan: fits: " in result.stderr  # the planner speaks before the run, on the defaults
         # Its picture says what it shows (tests/test_figures.py reads the marks by their colours).
         from matplotlib.image import imread
 
