@@ -179,6 +179,7 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._showRatingScale()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterChanged)
             self._onParameterChanged()
 
@@ -241,7 +242,12 @@ class SyntheticContrastWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onStartReading(self):
         self._setReadingText(self.logic.startReading(self._parameterNode))
-        lo, hi = self.logic.readingScale()  # the study's own scale, such as 0-100
+        self._showRatingScale()
+
+    def _showRatingScale(self):
+        """The rating box spans the study's own scale, such as 0-100. connectGui resets a float's box to -inf..+inf
+        (Slicer's number connector, for a parameter without a fixed range), so this runs after every connectGui too."""
+        lo, hi = self.logic.readingScale()
         self.ui.ratingSpinBox.minimum, self.ui.ratingSpinBox.maximum = lo, hi
         if not lo <= self._parameterNode.readingRating <= hi:
             self._parameterNode.readingRating = hi

@@ -282,6 +282,21 @@ def _change_signal(widget):
     return widget.textChanged
 
 
+def _connector_range(widget, kind, within) -> None:
+    """What Slicer's number connectors do to a bound spin box on every connectGui (guiConnectors.py, 5.6.2 to main):
+    the range becomes the parameter's WithinRange, or unbounded when it has none, whatever the .ui said."""
+    if not isinstance(widget, QtWidgets.QAbstractSpinBox) or kind not in (int, float):
+        return
+    if within is not None:
+        widget.setRange(within.lo, within.hi)
+    elif isinstance(widget, ctkSliderWidget):
+        raise RuntimeError("Slicer refuses to bind a ctkSliderWidget to a float without a range")
+    elif isinstance(widget, QtWidgets.QDoubleSpinBox):
+        widget.setRange(float("-inf"), float("inf"))
+    else:
+        widget.setRange(-(2**31), 2**31 - 1)
+
+
 class GuiBinding:
     """What connectGui does: each bound widget shows its parameter, and a user's change to the widget sets it.
     The parameter node's ModifiedEvent puts later changes back into the widgets."""
@@ -293,6 +308,7 @@ class GuiBinding:
         self.wrapper, self.pairs = wrapper, list(_parameter_widgets(ui))
         self.slots = []
         for parameter, widget in self.pairs:
+            _connector_range(widget, wrapper.allFields[parameter], wrapper.allRanges.get(parameter))
             def changed(*_args, parameter=parameter, widget=widget):
                 setattr(self.wrapper, parameter, _widget_value(widget))
             _change_signal(widget).connect(changed)

@@ -172,11 +172,15 @@ def _unwrap(annotation):
 def parameterNodeWrapper(cls):
     """Typed attributes stored in a vtkMRMLScriptedModuleNode, as Slicer's wrapper does: MRML nodes as node
     references, everything else as text. An unset Path reads as ``Path()`` (that is, '.'), as in Slicer."""
-    fields = {name: _unwrap(t) for name, t in typing.get_type_hints(cls, include_extras=True).items()}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {name: _unwrap(t) for name, t in hints.items()}
     defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
+    ranges = {name: next((a for a in typing.get_args(t)[1:] if isinstance(a, _WithinRange)), None)
+              for name, t in hints.items() if typing.get_origin(t) is typing.Annotated}
 
     class Wrapper:
         allFields = fields
+        allRanges = ranges  # each parameter's WithinRange, which Slicer's number connectors give the bound widget
 
         def __init__(self, node):
             object.__setattr__(self, "parameterNode", node)

@@ -222,6 +222,29 @@ def test_a_study_on_a_0_to_100_scale_is_read_in_the_panel_on_that_scale(harness,
     assert [m["rating"] for m in _saved_marks(study_dir)] == [62.5]
 
 
+
+def test_a_mark_placed_with_a_rating_off_the_scale_is_refused_on_screen_and_never_saved_later(harness, tmp_path):
+    """D4: the refused click leaves no point behind, says why in a dialog, and the next valid click saves one mark
+    with its own rating (the leftover point used to be saved then, with that later rating)."""
+    study_dir = _reading_study(tmp_path)
+    _start_reading(harness, study_dir)
+    p, view = harness.logic.getParameterNode(), harness.slice_view()
+    p.readingRating = 7.0  # off the paper's 1-4 scale, as a box reset to -inf..+inf lets a reader type
+    harness.logic.startReadingMark()
+    view.click((3.0, -4.0, 10.0))
+    marks_node = harness.logic.reading._marks
+    assert _saved_marks(study_dir) == [] and marks_node.GetNumberOfControlPoints() == 0
+    assert [text for kind, text in harness.messages if kind == "error"] == [
+        "The mark was not saved: rating must lie on this study's scale 1 to 4, got 7.0. Set a rating on the study's "
+        "scale and place the mark again."]
+    p.readingRating = 2.0
+    harness.logic.startReadingMark()
+    view.click((8.0, 5.0, 10.0))
+    marks = _saved_marks(study_dir)
+    assert [m["rating"] for m in marks] == [2.0] and marks_node.GetNumberOfControlPoints() == 1
+    np.testing.assert_allclose(marks[0]["point_lps"], (-8.0, -5.0, 10.0), atol=1.0)
+
+
 CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})

@@ -120,3 +120,24 @@ def test_leaving_and_entering_the_module_again_leaves_one_binding_and_the_widget
         assert qt_panel.GuiBinding.connected == 1
     _type(ui.samplesSpinBox, "4")
     assert widget._parameterNode.samples == 4
+
+
+def test_the_rating_box_keeps_the_studys_scale_when_the_reader_comes_back_to_the_module(panel, tmp_path):
+    """D4: Slicer's binding gives a float's spin box -inf..+inf on every connectGui; the panel puts the study's scale
+    back, so a reader who leaves the module and returns cannot type a rating off the scale."""
+    import qt_panel
+    from test_slicer_clicks import _reading_study
+
+    ui, widget = panel.widget.ui, panel.widget
+    assert (ui.ratingSpinBox.minimum, ui.ratingSpinBox.maximum) == (1.0, 4.0)  # the paper's scale before a session
+    p = widget._parameterNode
+    p.readingStudyDir, p.readingReader = _reading_study(tmp_path, scale=[0, 100]), "R1"
+    qt_panel.click(ui.startReadingButton)
+    assert (ui.ratingSpinBox.minimum, ui.ratingSpinBox.maximum) == (0.0, 100.0)
+    widget.exit()
+    widget.enter()
+    assert (ui.ratingSpinBox.minimum, ui.ratingSpinBox.maximum) == (0.0, 100.0)
+    _type(ui.ratingSpinBox, "150")
+    assert p.readingRating == 15.0  # the box refuses the digit that would leave the scale (unbounded, it took 150)
+    _type(ui.ratingSpinBox, "62.5")
+    assert p.readingRating == 62.5

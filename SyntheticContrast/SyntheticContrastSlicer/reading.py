@@ -23,6 +23,7 @@ class ReadingController:
         self._nodes = []
         self._marks = None
         self._tags = []
+        self._removing = False  # removing refused points fires PointRemovedEvent: that sync must not run
 
     def reset(self) -> None:
         """After a scene close: the nodes are gone; the session on disk is untouched and can be resumed."""
@@ -87,16 +88,20 @@ class ReadingController:
         """Make the saved marks equal the defined points on screen: new points, moves and deletions are saved."""
         from SyntheticContrastLib import mrml
         session, code, marks = self.session, self.code, self._marks
-        if session is None:
+        if session is None or self._removing:
             return
         saved = {m["id"]: m for m in session.case_record(code)["marks"]}
-        shown = set()
+        shown, refused = set(), {}
         for i, ras in mrml.defined_points(marks):
             lps = [float(v) for v in mrml.LPS_TO_RAS @ ras]
             mark_id = marks.GetNthControlPointDescription(i)
             if not mark_id:
                 rating = float(self._rating())  # any scale the study declares, such as 0-100
-                mark_id = session.add_mark(code, lps, rating)
+                try:
+                    mark_id = session.add_mark(code, lps, rating)
+                except ValueError as error:  # off the study's scale: nothing saved, so nothing may stay on screen
+                    refused[i] = error
+                    continue
                 marks.SetNthControlPointDescription(i, str(mark_id))
                 marks.SetNthControlPointLabel(i, f"#{mark_id} ({rating:g})")
             else:
@@ -106,6 +111,22 @@ class ReadingController:
             shown.add(int(mark_id))
         for mark_id in set(saved) - shown:
             session.delete_mark(code, mark_id)
+        if refused:
+            self._remove_refused(refused)
+
+    def _remove_refused(self, refused: dict) -> None:
+        """A point that could not be saved leaves the screen, and the reader is told why in a dialog: this runs in a
+        markups observer, whose exceptions reach only the Python console, and a point left there unsaved would be
+        saved by the next sync with whatever rating is current then."""
+        self._removing = True
+        try:
+            for i in sorted(refused, reverse=True):
+                self._marks.RemoveNthControlPoint(i)
+        finally:
+            self._removing = False
+        reason = next(iter(refused.values()))
+        slicer.util.errorDisplay(f"The mark was not saved: {reason}. Set a rating on the study's scale and place the "
+                                 "mark again.")
 
     def start_mark(self) -> None:
         from SyntheticContrastLib import mrml

@@ -15,23 +15,26 @@ GIB, MIB = 1024 ** 3, 1024 ** 2
 #: The share of a device's free memory a plan may fill: the rest is for what no plan sees (allocator rounding and
 #: fragmentation, cuDNN's workspaces, other processes starting meanwhile).
 USABLE_SHARE = 0.9
-#: Batch sizes "auto" tries on a GPU, largest first. On the CPU it stays at 1: one window already keeps every core
-#: busy, and a larger batch only adds memory.
+#: Batch sizes "auto" tries on a GPU, largest first. On the CPU it stays at 1, as before "auto" existed: larger CPU
+#: batches were not measured to be faster, and they surely take more memory.
 AUTO_BATCHES = (8, 4, 2, 1)
 #: What a fresh engine process holds before it reads a volume: Python, torch, numpy, SimpleITK and the engine imported,
-#: a small model loaded (benchmarks/planner.py measured 457 MiB on Linux x86-64, torch 2.13 CPU). Used where the plan
-#: is made outside the process that will run (the Slicer panel, about its child).
+#: a small model loaded (457 MiB, measured once on Linux x86-64 with torch 2.13 CPU by a stage-by-stage probe that is
+#: not shipped; benchmarks/planner.py checks only the sum). Used where the plan is made outside the process that will
+#: run (the Slicer panel, about its child).
 FRESH_PROCESS_BYTES = 457 * MIB
 #: Host bytes per voxel of the volume that reading it takes at its peak (the file's pixels, SimpleITK's image and the
 #: float32 array at once), and that the output checks and the write take beside the result after synthesis. Both were
-#: measured by benchmarks/planner.py with the demo model: the read's peak was 12.6 and 12.8 bytes per voxel at 48 and
-#: 150 slices, and the checks' 16.4 at 150 slices, of which 4 are the result.
+#: measured once, with the demo model, by the same unshipped stage probe: the read's peak was 13.2 and 13.1 bytes per
+#: voxel at 48 and 150 slices, and the checks' 16.3 at 150 slices, of which 4 are the result. benchmarks/planner.py
+#: then compares the whole estimate with the measured peak at 48, 150 and 300 slices.
 READ_BYTES_PER_VOXEL = 13.0
 AFTER_BYTES_PER_VOXEL = 12.5
 #: What PyTorch's CPU runtime (oneDNN's primitives and scratch, the thread pool) holds while windows run, beyond the
-#: tensors the plan counts (benchmarks/planner.py, 2 cores).
+#: tensors the plan counts (the same stage probe, 2 cores; an allowance, not a law).
 CPU_RUNTIME_BYTES = 200 * MIB
 #: Where oneDNN keeps a reordered copy of a convolution's input and output on the CPU: peak live tensors times this.
+#: An allowance that was not measured on its own; the whole estimate is, by benchmarks/planner.py.
 CPU_CONVOLUTION_FACTOR = 1.5
 
 
