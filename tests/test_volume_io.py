@@ -112,3 +112,18 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_nifti_synthetic_whose_description_was_rewritten_is_still_found_synthetic_by_its_sidecar(tmp_path):
+    """NIfTI keeps the SYNTHETIC label only in its 80-byte description, which other tools rewrite; the sidecar written
+    with the very file (its sha256 checked) still says synthetic and names the model."""
+    from SyntheticContrastLib.io.reading import synthetic_provenance
+
+    path = tmp_path / "s_synthetic.nii.gz"
+    write_volume(Volume(chest_like((4, 16, 16)), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0)), path,
+                 {"SyntheticContrast.synthetic": "true", "SyntheticContrast.label": "SYNTHETIC contrast-enhanced CT",
+                  "SyntheticContrast.model_id": "chest-v1", "SyntheticContrast.model_sha256": "cd" * 32})
+    found = synthetic_provenance(path)  # no ITK_FileNotes was given: the description is empty
+    assert found is not None and (found["model_id"], found["sha256"]) == ("chest-v1", "cd" * 32)
+    (tmp_path / "s_synthetic.json").write_text("{}")  # a sidecar that is not this file's says nothing
+    assert synthetic_provenance(path) is None

@@ -145,7 +145,12 @@ def synthetic_provenance(path: str | Path) -> dict | None:
     meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
     label = meta.get("ITK_FileNotes", meta.get("descrip", ""))
     if not (label.startswith("SYNTHETIC") or meta.get(PROVENANCE_PREFIX + "synthetic") == "true"):
-        return None
+        # A NIfTI whose 80-byte description was rewritten by another tool: its own sidecar still says so.
+        sidecar = read_sidecar(Path(path))
+        if sidecar is None or sidecar.get("synthetic") != "true":
+            return None
+        return {"label": sidecar.get("label", ""), "model_id": sidecar.get("model_id"), "sha256": sidecar.get("model_sha256"),
+                "sidecar": sidecar}
     found = {"label": label, "model_id": meta.get(PROVENANCE_PREFIX + "model_id"), "sha256": meta.get(PROVENANCE_PREFIX + "model_sha256")}
     if not found["sha256"]:  # NIfTI: the sidecar written with this very file holds what its header cannot
         sidecar = read_sidecar(Path(path))
