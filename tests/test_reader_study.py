@@ -6,13 +6,14 @@ import math
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 from statsmodels.stats.contingency_tables import mcnemar
 
-from SyntheticContrastLib.readerstudy import analysis, sessions
+from SyntheticContrastLib.readerstudy import analysis, package, sessions
 from SyntheticContrastLib.readerstudy.foms import fom_of_cases
 from SyntheticContrastLib.cli import main
 from SyntheticContrastLib.errors import InputError
@@ -69,9 +70,15 @@ def test_matching_marks_to_lesions():
 
 @pytest.fixture
 def study_file(tmp_path):
+    from conftest import chest_like
+    from SyntheticContrastLib.io.reading import write_volume
+    from SyntheticContrastLib.io.volume import Volume
+
     cases = []
     for k in range(6):
         cases.append({"id": f"patient{k}", "ncct": f"p{k}_ncct.nii.gz", "scect": f"p{k}_sCECT_synthetic.nii.gz", "cect": f"p{k}_cect.nii.gz"})
+        for role in ("ncct", "scect", "cect"):
+            write_volume(Volume(chest_like((4, 16, 16), seed=k), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0)), tmp_path / cases[-1][role])
     path = tmp_path / "study.json"
     path.write_text(json.dumps({"format": sessions.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 42, "cases": cases}))
     return path
@@ -79,8 +86,9 @@ def study_file(tmp_path):
 
 def test_plan_is_reproducible_blinded_and_differs_between_readers_and_sessions(study_file, tmp_path):
     study = sessions.load_study(study_file)
-    a, b = sessions.make_plan(study), sessions.make_plan(study)
+    a, b = sessions.make_plan(study, "s3cret"), sessions.make_plan(study, "s3cret")
     assert [s["order"] for s in a["sessions"]] == [s["order"] for s in b["sessions"]]
+    assert a["code_secret"] == "s3cret" and sessions.make_plan(study)["code_secret"] != sessions.make_plan(study)["code_secret"]
     assert [s["condition"] for s in a["sessions"]] == ["NCCT", "NCCT+sCECT", "CECT"] * 2
     orders = [tuple(s["key"][c] for c in s["order"]) for s in a["sessions"]]
     assert len(set(orders)) == len(orders)  # every reader-session has its own order
@@ -88,14 +96,14 @@ def test_plan_is_reproducible_blinded_and_differs_between_readers_and_sessions(s
     assert all(not (x & y) for i, x in enumerate(codes) for y in codes[i + 1:])  # codes never repeat across sessions
     assert not any("patient" in c for s in a["sessions"] for c in s["order"])
     study["seed"] = 43
-    assert [s["order"] for s in sessions.make_plan(study)["sessions"]] != [s["order"] for s in a["sessions"]]
-    sessions.write_plan(study_file, tmp_path / "S")
+    assert [s["order"] for s in sessions.make_plan(study, "s3cret")["sessions"]] != [s["order"] for s in a["sessions"]]
+    package.write_plan(study_file, tmp_path / "S")
     with pytest.raises(Exception, match="a plan exists already"):
-        sessions.write_plan(study_file, tmp_path / "S")
+        package.write_plan(study_file, tmp_path / "S")
 
 
 def test_session_marks_edit_delete_resume_and_washout(study_file, tmp_path):
-    sessions.write_plan(study_file, tmp_path / "S")
+    package.write_plan(study_file, tmp_path / "S")
     s1 = sessions.ReadingSession(tmp_path / "S", "R1", 1)
     first = s1.current_code()
     assert set(s1.volumes(first)) == {"ncct"}
@@ -117,7 +125,7 @@ def test_a_study_may_declare_its_own_rating_scale(study_file, tmp_path):
     study = json.loads(study_file.read_text())
     study["rating_scale"] = [0, 100]
     study_file.write_text(json.dumps(study))
-    sessions.write_plan(study_file, tmp_path / "S")
+    package.write_plan(study_file, tmp_path / "S")
     session = sessions.ReadingSession(tmp_path / "S", "R1", 1)
     code = session.current_code()
     session.add_mark(code, [0, 0, 0], 37.5)
@@ -130,8 +138,107 @@ def test_a_study_may_declare_its_own_rating_scale(study_file, tmp_path):
         sessions.load_study(study_file)
 
 
+def test_the_readers_package_names_no_case_patient_or_condition(tmp_path):
+    """The key (codes to cases) stays in key/; every file the readers get, read as bytes, names no case id, patient,
+    source path or condition, and each sCECT copy is still labelled synthetic, also when its source was a NIfTI."""
+    from conftest import chest_like
+    from SyntheticContrastLib.io.reading import synthetic_provenance, write_volume
+    from SyntheticContrastLib.io.volume import Volume
+
+    data = tmp_path / "archive" / "Mueller_Hans"
+    data.mkdir(parents=True)
+    cases = []
+    for k in range(3):
+        case = {"id": f"MRN-55501{k}", "truth": f"Mueller_Hans_{k}_rois.json"}
+        for role, suffix in (("ncct", ".nrrd"), ("scect", ".nii.gz"), ("cect", ".nrrd")):
+            volume = Volume(chest_like((4, 16, 16), seed=k), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0))
+            extra = {"SyntheticContrast.synthetic": "true", "SyntheticContrast.label": "SYNTHETIC contrast-enhanced CT",
+                     "SyntheticContrast.model_id": "chest-v1", "SyntheticContrast.model_sha256": "ab" * 32,
+                     "SyntheticContrast.notes": f"from Mueller_Hans_{k}_ncct.nrrd of MRN-55501{k}",
+                     "SyntheticContrast.date": "2026-11-30T10:00:00+00:00"} if role == "scect" else {}
+            case[role] = f"Mueller_Hans_{k}_{role}{suffix}"
+            write_volume(volume, data / case[role], extra)
+        (data / case["truth"]).write_text(json.dumps({"format": "synthetic-contrast-rois/1", "coordinate_system": "LPS",
+                                                      "lesions": [{"id": "LN1", "center": [0, 0, 2], "short_axis_mm": 8}]}))
+        cases.append(case)
+    study = data / "study.json"
+    study.write_text(json.dumps({"format": sessions.STUDY_FORMAT, "readers": ["R1", "R2"], "seed": 3, "cases": cases}))
+    assert main(["reader-study", "plan", str(study), str(tmp_path / "S")]) == 0
+    readers = tmp_path / "S" / "readers"
+    files = [f for f in readers.rglob("*") if f.is_file()]
+    assert {f.name for f in files} >= {"package.json"} and not {"plan.json", "study.json"} & {f.name for f in files}
+    forbidden = [c["id"] for c in cases] + ["Mueller", "Hans", "archive", str(tmp_path), "rois", "NCCT+sCECT",
+                                            '"condition"', '"key"', '"seed"', "2026-11-30"]
+    for f in files:
+        text = f.read_bytes()
+        for word in forbidden:
+            assert word.encode() not in text, f"{f.relative_to(readers)} names {word!r}"
+    shown = json.loads((readers / "package.json").read_text())["sessions"]
+    scect_copies = {readers / v["scect"] for s in shown for v in s["volumes"].values() if "scect" in v}
+    ncct_copies = {readers / v["ncct"] for s in shown for v in s["volumes"].values() if "ncct" in v}
+    assert len(scect_copies) == 3 and all(synthetic_provenance(f)["sha256"] == "ab" * 32 for f in scect_copies)
+    assert len(ncct_copies) == 3 and all(synthetic_provenance(f) is None for f in ncct_copies)
+    study_key, plan = package.read_key(tmp_path / "S")  # the administrator's: the key, the truth, the originals
+    assert {c["id"] for c in study_key["cases"]} == {c["id"] for c in cases} and plan["sessions"][0]["key"]
+    assert all(c["originals"]["ncct"] == str(data / f"Mueller_Hans_{n}_ncct.nrrd") for n, c in enumerate(study_key["cases"]))
+    session = sessions.ReadingSession(readers, "R1", 2)  # the package alone opens a session
+    assert set(session.volumes(session.current_code())) == {"ncct", "scect"}
+
+
+def test_a_study_folder_moved_elsewhere_opens_and_analyses_to_the_same_figures(phantom_study, tmp_path):
+    """Copied whole, with the original images and the original study folder out of reach, a study still opens a
+    session and analyses to the same figures: nothing in it points outside itself."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "study"
+    shutil.copytree(phantom_study, moved)
+    sources = phantom_study.parent
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    away = [p for p in sources.iterdir() if p.name != "S"] + [phantom_study]
+    for p in away:
+        p.rename(hidden / p.name)
+    try:
+        assert main(["reader-study", "analyze", str(moved), "--output", str(tmp_path / "report")]) == 0
+        session = sessions.ReadingSession(moved, "R1", 1)
+        code = session.entry["order"][0]
+        assert all(Path(p).is_file() and Path(p).is_relative_to(moved) for p in session.volumes(code).values())
+    finally:
+        for p in away:
+            (hidden / p.name).rename(p)
+    original = json.loads((phantom_study / "analysis" / "reader_study.json").read_text())
+    again = json.loads((tmp_path / "report" / "reader_study.json").read_text())
+    for field in ("reader_averaged_fom", "per_reader", "comparisons"):
+        assert again[field] == original[field], field
+    assert (json.loads((tmp_path / "report" / "significance.json").read_text())
+            == json.loads((phantom_study / "analysis" / "significance.json").read_text()))
+
+
+def test_a_study_planned_by_an_earlier_version_still_reads_and_reports(study_file, tmp_path):
+    """The earlier layout (study.json and plan.json beside marks/, absolute paths): sessions resume on it and its
+    status counts them, so a study under way is not lost by an upgrade."""
+    study = sessions.load_study(study_file)
+    plan = sessions.make_plan(study)
+    for s in plan["sessions"]:
+        s.pop("volumes", None)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "study.json").write_text(json.dumps(study))
+    (old / "plan.json").write_text(json.dumps(plan))
+    session = sessions.ReadingSession(old, "R2", 2)
+    code = session.current_code()
+    key = next(s["key"] for s in plan["sessions"] if s["reader"] == "R2" and s["session"] == 2)
+    assert session.volumes(code) == {r: study["cases"][[c["id"] for c in study["cases"]].index(key[code])][r]
+                                     for r in ("ncct", "scect")}
+    session.add_mark(code, [1, 2, 3], 2)
+    session.complete_case(code)
+    assert (old / "marks" / "R2" / "session2" / f"{code}.json").is_file()
+    rows = {(r["reader"], r["session"]): r["done"] for r in sessions.study_status(old)}
+    assert rows[("R2", 2)] == 1 and rows[("R1", 1)] == 0
+
+
 def test_kill_mid_session_loses_no_saved_mark(study_file, tmp_path):
-    sessions.write_plan(study_file, tmp_path / "S")
+    package.write_plan(study_file, tmp_path / "S")
     script = f"""
 import os, signal
 from SyntheticContrastLib.readerstudy.sessions import ReadingSession
@@ -167,7 +274,7 @@ def phantom_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("readers")
     model = load_model(DEFAULT_MODEL_CARD)
     cases = []
-    for seed in (501, 502, 503, 504):
+    for seed in (501, 502, 503):
         case = make_phantom(seed, PhantomSpec(size=256, slices=24, pixel_mm=1.4, slice_mm=5.0))
         scect, _ = synthesize_volume(case.ncct, model, SynthesisOptions(device="cpu"))
         names = {"ncct": case.ncct, "scect": scect, "cect": case.cect}
@@ -259,7 +366,7 @@ def test_the_plan_records_the_model_and_a_session_refuses_another(tmp_path, tiny
         cases.append({"id": f"case{k}", "ncct": f"c{k}_ncct{suffix}", "scect": f"c{k}_sCECT_synthetic{suffix}", "cect": f"c{k}_cect{suffix}"})
     study = tmp_path / "study.json"
     study.write_text(json.dumps({"format": sessions.STUDY_FORMAT, "readers": ["R1"], "cases": cases, "model": "chest-v1"}))
-    plan = sessions.write_plan(study, tmp_path / "S")
+    plan = package.write_plan(study, tmp_path / "S")
     assert plan["model"] == {"name": "chest-v1", "model_id": "tiny-test", "sha256": json.loads(tiny_model_card.read_text())["sha256"]}
     session = sessions.ReadingSession(tmp_path / "S", "R1", 2)  # NCCT+sCECT
     assert all(session.volumes(code) for code in session.entry["order"])
@@ -275,8 +382,10 @@ def test_the_plan_records_the_model_and_a_session_refuses_another(tmp_path, tiny
     remade, _ = synthesize_volume(ncct, load_model(other_card), SynthesisOptions(device="cpu"))
     write_volume(remade, tmp_path / "c1_sCECT_synthetic.nii.gz")
     session = sessions.ReadingSession(tmp_path / "S", "R1", 2)
-    code = next(c for c, case_id in session.entry["key"].items() if case_id == "case1")
+    _, key = package.read_key(tmp_path / "S")
+    code = next(c for c, case_id in key["sessions"][1]["key"].items() if case_id == "case1")
+    write_volume(remade, session.volumes(code)["scect"])  # the package's copy replaced on the workstation
     with pytest.raises(InputError, match="was made by another model .*a session refuses a different model"):
         session.volumes(code)
     with pytest.raises(InputError, match="case case1 \\(scect\\): .*was made by another model"):
-        sessions.write_plan(study, tmp_path / "S2")
+        package.write_plan(study, tmp_path / "S2")

@@ -149,7 +149,7 @@ def test_cancelled_reference_placement_does_not_relabel_the_next_point(harness):
 # --- R3 and R15: blinded reading -----------------------------------------------------------------------------
 
 def _reading_study(tmp_path, cases=2, scale=None):
-    from SyntheticContrastLib.readerstudy.sessions import write_plan
+    from SyntheticContrastLib.readerstudy.package import write_plan
 
     entries = []
     for k in range(cases):
@@ -179,7 +179,7 @@ def _start_reading(harness, study_dir):
 
 
 def _saved_marks(study_dir):
-    records = [json.loads(f.read_text()) for f in (study_dir / "marks" / "R1" / "session1").glob("*.json") if f.name != "session.json"]
+    records = [json.loads(f.read_text()) for f in (study_dir / "readers" / "marks" / "R1" / "session1").glob("*.json") if f.name != "session.json"]
     return [m for r in records for m in r["marks"]]
 
 
@@ -292,7 +292,7 @@ def test_reading_scene_holds_no_file_path_or_patient_name(harness, tmp_path):
 def test_reading_without_a_study_folder_says_so(harness):
     p = harness.logic.getParameterNode()
     p.readingReader = "R1"
-    with pytest.raises(ValueError, match="Choose the study folder"):
+    with pytest.raises(ValueError, match="Choose the readers' folder"):
         harness.logic.startReading(p)  # the empty field reads as Path('.'), which must not count as chosen
     with pytest.raises(ValueError, match="Start a reading session first"):
         harness.logic.rerateLastMark(p)

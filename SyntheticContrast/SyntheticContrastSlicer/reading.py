@@ -39,7 +39,7 @@ class ReadingController:
 
         folder = chosen_path(study_dir)
         if not folder:
-            raise ValueError("Choose the study folder (the one holding study.json and plan.json).")
+            raise ValueError("Choose the readers' folder of the study (the one holding package.json).")
         if not reader.strip():
             raise ValueError("Enter your reader id.")
         session = ReadingSession(folder, reader.strip(), session_number)
@@ -82,7 +82,8 @@ class ReadingController:
         self._tags = [(marks, marks.AddObserver(event, lambda caller, ev: self.sync()))
                       for event in (marks.PointPositionDefinedEvent, marks.PointModifiedEvent, marks.PointRemovedEvent)]
         done, total = session.progress()
-        return f"Case {code} ({done + 1} of {total}), condition {session.condition}. Mark each mediastinal node > 5 mm."
+        shows = " + ".join(ROLE_LABELS.get(role, role) for role in session.shows)
+        return f"Case {code} ({done + 1} of {total}), showing {shows}. Mark each mediastinal node > 5 mm."
 
     def sync(self) -> None:
         """Make the saved marks equal the defined points on screen: new points, moves and deletions are saved."""
@@ -136,8 +137,9 @@ class ReadingController:
     def scale(self) -> tuple[float, float]:
         from SyntheticContrastLib.readerstudy.sessions import PAPER_RATING_SCALE
 
-        lo, hi = self.session.study.get("rating_scale", PAPER_RATING_SCALE) if self.session is not None else PAPER_RATING_SCALE
-        return float(lo), float(hi)
+        if self.session is not None:
+            return self.session.rating_scale
+        return float(PAPER_RATING_SCALE[0]), float(PAPER_RATING_SCALE[1])
 
     def rerate_last(self, rating: float) -> str:
         from SyntheticContrastLib import mrml

@@ -16,9 +16,11 @@ def register(sub) -> None:
     rs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = rs.add_parser("plan", help="make the blinded, seeded session plan from a study file")
     q.add_argument("study", type=Path, help=f"study JSON (format {STUDY_FORMAT})")
-    q.add_argument("output", type=Path, help="new study folder: study.json, plan.json, later marks/")
+    q.add_argument("output", type=Path, help="new study folder: key/ (the plan, for the administrator only) and readers/ "
+                                             "(the package a reading workstation gets; the marks come back in it)")
     q = rs.add_parser("status", help="progress and washout warnings of every session")
     q.add_argument("study_dir", type=Path)
+    q.add_argument("--readers", type=Path, help="the readers' package, where it came back to (default STUDY_DIR/readers)")
     q = rs.add_parser("analyze", help="detection, conspicuity, figures of merit, and the Obuchowski-Rockette-Hillis significance tests")
     q.add_argument("study_dir", type=Path)
     q.add_argument("--output", type=Path, help="report folder (default STUDY_DIR/analysis)")
@@ -26,6 +28,7 @@ def register(sub) -> None:
     q.add_argument("--fom", choices=FOMS, help="figure of merit of the significance tests (default wAFROC, as in RJafroc; "
                                                 "wAFROC1 when the study has no non-diseased case)")
     q.add_argument("--export-rjafroc", type=Path, metavar="FILE.xlsx", help="also write the ratings in RJafroc's JAFROC Excel format")
+    q.add_argument("--readers", type=Path, help="the readers' package, where it came back to (default STUDY_DIR/readers)")
     q = rs.add_parser("import-rjafroc", help="a study read elsewhere, from RJafroc's JAFROC Excel file, as a study folder 'analyze' accepts")
     q.add_argument("xlsx", type=Path)
     q.add_argument("study_dir", type=Path, help="new folder")
@@ -39,11 +42,14 @@ def cmd_reader_study(args) -> int:
     from ..readerstudy import analysis, sessions
 
     if args.action == "plan":
-        plan = sessions.write_plan(args.study, args.output)
+        from ..readerstudy.package import KEY_DIR, READERS_DIR, write_plan
+
+        plan = write_plan(args.study, args.output)
         readers = sorted({s["reader"] for s in plan["sessions"]})
-        print(f"planned {len(plan['sessions'])} sessions for readers {', '.join(readers)} in {args.output} (seed {plan['seed']})")
+        print(f"planned {len(plan['sessions'])} sessions for readers {', '.join(readers)} in {args.output} (seed {plan['seed']}); "
+              f"give the readers {args.output / READERS_DIR} only: {args.output / KEY_DIR} maps their codes to cases")
     elif args.action == "status":
-        for row in sessions.study_status(args.study_dir):
+        for row in sessions.study_status(args.study_dir, args.readers):
             warn = f"  WARNING: {row['washout_warning']}" if row["washout_warning"] else ""
             simulated = "  SIMULATED readers' marks" if row["simulated"] else ""
             print(f"reader {row['reader']:8s} session {row['session']} ({row['condition']:11s}) {row['done']:3d}/{row['total']} "
@@ -63,7 +69,7 @@ def cmd_reader_study(args) -> int:
         from ..readerstudy.report import significance_markdown
 
         out = args.output or args.study_dir / "analysis"
-        summary = analysis.analyze(args.study_dir, out, args.tolerance_mm, args.fom, args.export_rjafroc)
+        summary = analysis.analyze(args.study_dir, out, args.tolerance_mm, args.fom, args.export_rjafroc, args.readers)
         print(significance_markdown(summary["significance"]) if summary.get("imported") else analysis.summary_markdown(summary))
         print(f"reports in {out}")
     return EXIT_OK

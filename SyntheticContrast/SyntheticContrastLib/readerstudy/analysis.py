@@ -16,7 +16,8 @@ from ..fileio import atomic_write_csv, atomic_write_text
 from ..measurement.rois import parse_rois
 from .foms import FOMS, fom_of_cases
 from .ratings import Ratings
-from .sessions import ReadingSession, read_plan
+from .package import read_key, readers_folder
+from .sessions import ReadingSession
 
 
 @dataclass
@@ -93,13 +94,15 @@ def froc_points(nl_by_case, ll_by_case) -> list[tuple[float, float]]:
     return points
 
 
-def collect(study_dir, tolerance_mm=None) -> dict:
-    """Per reader and condition: lesion ratings and NL ratings per case (case order = study order)."""
-    study, plan = read_plan(study_dir)
+def collect(study_dir, tolerance_mm=None, readers_dir=None) -> dict:
+    """Per reader and condition: lesion ratings and NL ratings per case (case order = study order). The key's plan
+    joins the readers' marks (``readers_dir``, else the study folder's readers/) to cases and conditions."""
+    study, plan = read_key(study_dir)
+    readers = readers_folder(readers_dir or study_dir)
     truth = truth_lesions(study)
     data, simulated = {}, False
     for s in plan["sessions"]:
-        session = ReadingSession(study_dir, s["reader"], s["session"])
+        session = ReadingSession(readers, s["reader"], s["session"])
         by_case = {}
         for code, case_id in s["key"].items():
             record = session.case_record(code)
@@ -155,7 +158,7 @@ def choose_fom(requested: str | None, ratings: Ratings) -> tuple[str, str]:
 
 
 def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | None = None,
-            export_rjafroc: str | Path | None = None) -> dict:
+            export_rjafroc: str | Path | None = None, readers_dir=None) -> dict:
     """Reader statistics and reports: CSV, JSON, Markdown summary, conspicuity bars and FROC curves, and the
     significance analysis (significance.json, significance.md, operating characteristics per modality). A study
     imported from RJafroc's format has ratings only: it gets the significance analysis."""
@@ -180,7 +183,7 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | No
             write_jafroc_excel(ratings, export_rjafroc)
         return {"imported": True, "significance": significance}
 
-    c = collect(study_dir, tolerance_mm)
+    c = collect(study_dir, tolerance_mm, readers_dir)
     study, truth, data = c["study"], c["truth"], c["data"]
     readers = list(study["readers"])
     conditions = [cond["id"] for cond in study["conditions"]]

@@ -182,7 +182,7 @@ def import_rjafroc(xlsx: str | Path, study_dir: str | Path) -> Ratings:
     Everything is checked before anything is written; an existing study folder is never overwritten."""
     ratings = read_jafroc_excel(xlsx)
     study_dir = Path(study_dir)
-    if (study_dir / RATINGS_FILE).exists() or (study_dir / "plan.json").exists():
+    if (study_dir / RATINGS_FILE).exists() or (study_dir / "plan.json").exists() or (study_dir / "key").exists():
         raise InputError(study_dir, "holds a study already; import into a new folder")
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / RATINGS_FILE, json.dumps({**ratings.to_json(), "imported_from": str(Path(xlsx).resolve())}) + "\n")

@@ -1,11 +1,13 @@
 """Blinded reading: the study file, its seeded plan (opaque per-session case codes, an independent random order per
-reader and session, the model it was planned with), and crash-safe sessions that save every mark as it is made."""
+reader and session, the model it was planned with), and crash-safe sessions that save every mark as it is made.
+Where the plan is written, and what the readers get of it, is readerstudy/package.py."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +62,10 @@ def load_study(path: str | Path) -> dict:
     return study
 
 
-def _code(seed, reader, condition, case_id) -> str:
-    """Opaque per-(reader, session) case code: the same case gets unrelated codes in other sessions."""
-    digest = hashlib.sha256(f"{seed}|{reader}|{condition}|{case_id}".encode()).hexdigest()
+def _code(secret, seed, reader, condition, case_id) -> str:
+    """Opaque per-(reader, session) case code: the same case gets unrelated codes in other sessions. The plan's
+    secret is in it because seeds, reader ids and case ids are easy to guess: without it, codes could be recomputed."""
+    digest = hashlib.sha256(f"{secret}|{seed}|{reader}|{condition}|{case_id}".encode()).hexdigest()
     return f"C{digest[:6].upper()}"
 
 
@@ -103,62 +106,40 @@ def model_mismatch(path, model: dict) -> str | None:
             f"{model['name']} (sha256 {model['sha256'][:12]})")
 
 
-def make_plan(study: dict) -> dict:
-    """Independent, reproducible random case order per reader and session, with opaque case codes."""
-    seed = int(study["seed"])
+def make_plan(study: dict, secret: str | None = None) -> dict:
+    """Independent, reproducible random case order per reader and session (the seed), with opaque case codes (the
+    secret, new for each plan unless given)."""
+    seed, secret = int(study["seed"]), secret or secrets.token_hex(16)
     sessions = []
     for r, reader in enumerate(study["readers"]):
         for s, condition in enumerate(study["conditions"]):
             rng = np.random.default_rng([seed, r, s])
             order = [study["cases"][i]["id"] for i in rng.permutation(len(study["cases"]))]
-            codes = {cid: _code(seed, reader, condition["id"], cid) for cid in order}
+            codes = {cid: _code(secret, seed, reader, condition["id"], cid) for cid in order}
             sessions.append({
                 "reader": reader, "session": s + 1, "condition": condition["id"], "shows": condition["shows"],
                 "order": [codes[c] for c in order], "key": {codes[c]: c for c in order},
             })
-    return {"format": STUDY_FORMAT + "-plan", "seed": seed, "washout_days": study["washout_days"],
+    return {"format": STUDY_FORMAT + "-plan", "seed": seed, "code_secret": secret, "washout_days": study["washout_days"],
             "created": _now(), "sessions": sessions}
-
-
-def write_plan(study_path: str | Path, out_dir: str | Path) -> dict:
-    """Write study.json (resolved) and plan.json into ``out_dir``; an existing plan is never replaced."""
-    out_dir = Path(out_dir)
-    if (out_dir / "plan.json").exists():
-        raise InputError(out_dir / "plan.json", "a plan exists already; plan a new study in a new folder")
-    study = load_study(study_path)
-    plan = make_plan(study)
-    model = planned_model(study, study_path)
-    if model:
-        plan["model"] = model
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
-    atomic_write_text(out_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
-    return plan
-
-
-def read_plan(study_dir: str | Path) -> tuple[dict, dict]:
-    study_dir = Path(study_dir)
-    for name in ("study.json", "plan.json"):
-        if not (study_dir / name).exists():
-            raise InputError(study_dir, f"has no {name}; run 'reader-study plan' first")
-    from ..fileio import read_json_object
-
-    return read_json_object(study_dir / "study.json", "a study file"), read_json_object(study_dir / "plan.json", "a reading plan")
 
 
 # --- reading sessions ---------------------------------------------------------------------------
 
 class ReadingSession:
-    """One reader's session: the next case, marks with ratings, each change saved atomically at once."""
+    """One reader's session, from the readers' package alone: the next case, marks with ratings, each change saved
+    atomically at once."""
 
-    def __init__(self, study_dir: str | Path, reader: str, session: int):
-        self.study_dir = Path(study_dir)
-        self.study, self.plan = read_plan(study_dir)
-        match = [s for s in self.plan["sessions"] if s["reader"] == reader and s["session"] == session]
+    def __init__(self, folder: str | Path, reader: str, session: int):
+        from .package import read_package, readers_folder
+
+        self.readers_dir = readers_folder(folder)
+        self.package = read_package(self.readers_dir)
+        match = [s for s in self.package["sessions"] if s["reader"] == reader and s["session"] == session]
         if not match:
-            raise InputError(self.study_dir, f"plan has no session {session} for reader {reader!r}")
+            raise InputError(self.readers_dir, f"plan has no session {session} for reader {reader!r}")
         self.entry = match[0]
-        self.dir = self.study_dir / "marks" / _safe(reader) / f"session{session}"
+        self.dir = self.readers_dir / "marks" / _safe(reader) / f"session{session}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "session.json"
         self._check_model()
@@ -166,7 +147,7 @@ class ReadingSession:
 
     def _check_model(self) -> None:
         """A session refuses to run when the model the study was planned with is no longer the one its name gives."""
-        model = self.plan.get("model")
+        model = self.package.get("model")
         if not model:
             return
         from ..engine.models import read_card
@@ -175,31 +156,37 @@ class ReadingSession:
         try:
             current = read_card(model["name"]).sha256
         except ModelError as exc:
-            raise InputError(self.study_dir, f"the study was planned with model {model['name']}, which is not available: {exc}") from exc
+            raise InputError(self.readers_dir, f"the study was planned with model {model['name']}, which is not available: {exc}") from exc
         if current != model["sha256"]:
-            raise InputError(self.study_dir, f"the study was planned with model {model['name']} (sha256 {model['sha256'][:12]}), "
+            raise InputError(self.readers_dir, f"the study was planned with model {model['name']} (sha256 {model['sha256'][:12]}), "
                              f"but {model['name']} is now sha256 {current[:12]}; a session refuses a different model. "
                              "Install the planned model, or plan a new study")
 
     def _start(self) -> dict:
         state = {"reader": self.entry["reader"], "session": self.entry["session"], "started": _now(), "finished": None}
-        previous = self.study_dir / "marks" / _safe(self.entry["reader"]) / f"session{self.entry['session'] - 1}" / "session.json"
+        previous = self.readers_dir / "marks" / _safe(self.entry["reader"]) / f"session{self.entry['session'] - 1}" / "session.json"
         if previous.exists():
             prev = json.loads(previous.read_text())
             ended = prev.get("finished") or prev.get("started")
             gap = (_dt.datetime.now(_dt.timezone.utc) - _dt.datetime.fromisoformat(ended)).total_seconds() / 86400
-            if gap < self.plan["washout_days"]:
+            if gap < self.package["washout_days"]:
                 state["washout_warning"] = (f"only {gap:.1f} days since session {prev['session']}; "
-                                            f"the study asks for {self.plan['washout_days']} days of washout")
+                                            f"the study asks for {self.package['washout_days']} days of washout")
         atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
         return state
 
     @property
-    def condition(self) -> str:
-        return self.entry["condition"]
+    def shows(self) -> list[str]:
+        """The roles this session shows (such as ncct and scect): what the reader sees anyway, not a condition id."""
+        return list(self.entry["shows"])
+
+    @property
+    def rating_scale(self) -> tuple[float, float]:
+        lo, hi = self.package.get("rating_scale", PAPER_RATING_SCALE)
+        return float(lo), float(hi)
 
     def _case_path(self, code: str) -> Path:
-        if code not in self.entry["key"]:
+        if code not in self.entry["order"]:
             raise KeyError(f"{code} is not a case of this session")
         return self.dir / f"{code}.json"
 
@@ -224,17 +211,17 @@ class ReadingSession:
 
     def volumes(self, code: str) -> dict[str, str]:
         """Volume paths to load for this case and condition; callers show them only under neutral names."""
-        case = next(c for c in self.study["cases"] if c["id"] == self.entry["key"][code])
-        shown = {role: case[role] for role in self.entry["shows"]}
-        model = self.plan.get("model")
+        self._case_path(code)
+        shown = {role: str((self.readers_dir / path).resolve()) for role, path in self.entry["volumes"][code].items()}
+        model = self.package.get("model")
         for path in shown.values() if model else ():
             problem = model_mismatch(path, model)  # a volume remade with another model after planning
             if problem:
-                raise InputError(self.study_dir, f"case {code}: {problem}; a session refuses a different model")
+                raise InputError(self.readers_dir, f"case {code}: {problem}; a session refuses a different model")
         return shown
 
     def _check_rating(self, rating) -> float:
-        lo, hi = self.study.get("rating_scale", PAPER_RATING_SCALE)
+        lo, hi = self.package.get("rating_scale", PAPER_RATING_SCALE)
         if not lo <= float(rating) <= hi:
             raise ValueError(f"rating must lie on this study's scale {lo} to {hi}, got {rating}")
         return float(rating) if not float(rating).is_integer() else int(rating)
@@ -280,15 +267,19 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def study_status(study_dir) -> list[dict]:
-    """Progress of every planned session; sessions not yet started are not created by looking."""
-    _, plan = read_plan(study_dir)
+def study_status(study_dir, readers_dir=None) -> list[dict]:
+    """Progress of every planned session; sessions not yet started are not created by looking. ``readers_dir`` is the
+    readers' package when it came back from the workstation to another place than the study folder's readers/."""
+    from .package import read_key, readers_folder
+
+    _, plan = read_key(study_dir)
+    readers = readers_folder(readers_dir or study_dir)
     rows = []
     for s in plan["sessions"]:
         row = {"reader": s["reader"], "session": s["session"], "condition": s["condition"], "done": 0,
                "total": len(s["order"]), "washout_warning": "", "simulated": False}
-        if (Path(study_dir) / "marks" / _safe(s["reader"]) / f"session{s['session']}" / "session.json").exists():
-            session = ReadingSession(study_dir, s["reader"], s["session"])
+        if (readers / "marks" / _safe(s["reader"]) / f"session{s['session']}" / "session.json").exists():
+            session = ReadingSession(readers, s["reader"], s["session"])
             row["done"] = session.progress()[0]
             row["washout_warning"] = session.state.get("washout_warning", "")
             row["simulated"] = any(m.get("simulated") for c in s["order"] for m in session.case_record(c)["marks"])

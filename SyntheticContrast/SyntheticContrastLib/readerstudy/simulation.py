@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from .analysis import truth_lesions
-from .sessions import ReadingSession, read_plan
+from .package import read_key, readers_folder
+from .sessions import ReadingSession
 
 
 def simulate_readers(study_dir, seed: int = 0, skill: dict | None = None) -> None:
@@ -22,7 +23,7 @@ def simulate_readers(study_dir, seed: int = 0, skill: dict | None = None) -> Non
     from ..measurement.cnr import measure_cnr
     from ..measurement.rois import read_rois
 
-    study, plan = read_plan(study_dir)
+    study, plan = read_key(study_dir)
     skill = skill or {}
     cnr = {}
     for case in study["cases"]:
@@ -35,7 +36,7 @@ def simulate_readers(study_dir, seed: int = 0, skill: dict | None = None) -> Non
     for s in plan["sessions"]:
         rng = np.random.default_rng([seed, study["readers"].index(s["reader"]), s["session"]])
         threshold = skill.get(s["reader"], 3.0)
-        session = ReadingSession(study_dir, s["reader"], s["session"])
+        session = ReadingSession(readers_folder(study_dir), s["reader"], s["session"])
         code = session.current_code()
         while code is not None:
             case_id = s["key"][code]
