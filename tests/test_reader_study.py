@@ -389,3 +389,14 @@ def test_the_plan_records_the_model_and_a_session_refuses_another(tmp_path, tiny
         session.volumes(code)
     with pytest.raises(InputError, match="case case1 \\(scect\\): .*was made by another model"):
         package.write_plan(study, tmp_path / "S2")
+
+
+def test_analyze_with_a_margin_reports_non_inferiority_and_refuses_a_margin_off_the_scale(phantom_study, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["reader-study", "analyze", str(phantom_study), "--output", str(out), "--margin", "0.05"]) == 0
+    text = (out / "significance.md").read_text()
+    assert "margin 0.05 (random readers and cases)" in text and "| NCCT+sCECT is worse than CECT by 0.05 or more |" in text
+    assert json.loads((out / "significance.json").read_text())["margin"]["value"] == 0.05
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reader-study", "analyze", str(phantom_study), "--output", str(out), "--margin", "5"])
+    assert exit_info.value.code == 2 and "a margin is a difference of figures of merit, between 0 and 1; got 5" in capsys.readouterr().err

@@ -225,3 +225,41 @@ def test_a_tiny_study_is_reported_with_its_cautions_and_a_real_one_without(tmp_p
     assert json.loads((tmp_path / "tiny" / "significance.json").read_text())["cautions"] == result["cautions"]
     real = write_significance(ratings("dataset01"), "wAFROC", "default", tmp_path / "d1")
     assert real["cautions"] == [] and "Caution" not in (tmp_path / "d1" / "significance.md").read_text()
+
+
+def test_non_inferiority_and_equivalence_by_hand():
+    """Worked by hand, t table: (-0.02 + 0.05) / 0.015 = 2.0 with 10 df is one-sided P 0.0367 (two-sided 0.0734),
+    not below 0.025; (0.05 + 0.02) / 0.015 = 4.67 is P 0.00044. With the normal (fixed readers): (0.01 + 0.05) / 0.02
+    = 3 is P 0.00135 and (0.05 - 0.01) / 0.02 = 2 is P 0.02275, so both directions and equivalence hold."""
+    from SyntheticContrastLib.readerstudy.significance import margin_tests
+
+    (t,) = margin_tests([{"a": "NCCT+sCECT", "b": "CECT", "estimate": -0.02, "stderr": 0.015, "df": 10.0}], 0.05)
+    assert t["a_not_inferior_to_b"]["p"] == pytest.approx(0.036694, abs=1e-6) and not t["a_not_inferior_to_b"]["rejected"]
+    assert t["b_not_inferior_to_a"]["p"] == pytest.approx(0.000443, abs=1e-5) and t["b_not_inferior_to_a"]["rejected"]
+    assert t["equivalent"]["p"] == t["a_not_inferior_to_b"]["p"] and not t["equivalent"]["rejected"]
+    assert t["a_not_inferior_to_b"]["null"] == "NCCT+sCECT is worse than CECT by 0.05 or more"
+    (z,) = margin_tests([{"a": "A", "b": "B", "estimate": 0.01, "stderr": 0.02, "df": None}], 0.05)
+    assert z["a_not_inferior_to_b"]["p"] == pytest.approx(0.0013499, abs=1e-6)
+    assert z["b_not_inferior_to_a"]["p"] == pytest.approx(0.0227501, abs=1e-6)
+    assert z["equivalent"]["rejected"] and z["level"] == 0.025
+
+
+def test_margin_conclusions_agree_with_the_confidence_intervals_in_every_analysis(tmp_path):
+    """dataset01: each conclusion holds exactly when the analysis' own 95% CI lies above -margin (non-inferiority)
+    or within +-margin (equivalence); the report states each null hypothesis in words."""
+    from SyntheticContrastLib.readerstudy.report import write_significance
+
+    for margin in (0.02, 0.05, 0.1):
+        result = write_significance(ratings("dataset01"), "wAFROC", "default", tmp_path / str(margin), margin=margin)
+        for analysis in ("RRRC", "FRRC", "RRFC"):
+            for d, t in zip(result[analysis]["differences"], result["margin"][analysis]):
+                lo, hi = d["ci"]
+                assert t["a_not_inferior_to_b"]["rejected"] == (lo > -margin), (analysis, margin, d)
+                assert t["b_not_inferior_to_a"]["rejected"] == (hi < margin), (analysis, margin, d)
+                assert t["equivalent"]["rejected"] == (lo > -margin and hi < margin)
+    text = (tmp_path / "0.05" / "significance.md").read_text()
+    assert "## Non-inferiority and equivalence, margin 0.05 (random readers and cases)" in text
+    assert "| BT is worse than DM by 0.05 or more | 3.253e-05 | rejected: BT is non-inferior to DM |" in text
+    assert "| BT and DM differ by 0.05 or more | 0.9413 | not rejected |" in text
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        write_significance(ratings("dataset01"), "wAFROC", "default", tmp_path / "bad", margin=5)

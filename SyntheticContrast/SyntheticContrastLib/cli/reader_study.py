@@ -8,6 +8,18 @@ from pathlib import Path
 from .common import EXIT_OK
 
 
+def _margin(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a margin: give a difference of figures of merit, such as 0.05") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a margin is a difference of figures of merit, between 0 and 1; got {value:g}")
+    return value
+
+
 def register(sub) -> None:
     from ..readerstudy.foms import FOMS
     from ..readerstudy.sessions import STUDY_FORMAT
@@ -29,6 +41,8 @@ def register(sub) -> None:
                                                 "wAFROC1 when the study has no non-diseased case)")
     q.add_argument("--export-rjafroc", type=Path, metavar="FILE.xlsx", help="also write the ratings in RJafroc's JAFROC Excel format")
     q.add_argument("--readers", type=Path, help="the readers' package, where it came back to (default STUDY_DIR/readers)")
+    q.add_argument("--margin", type=_margin, help="also test non-inferiority and equivalence of every pair of modalities with "
+                                                "this margin on the figure of merit's scale, such as 0.05")
     q = rs.add_parser("import-rjafroc", help="a study read elsewhere, from RJafroc's JAFROC Excel file, as a study folder 'analyze' accepts")
     q.add_argument("xlsx", type=Path)
     q.add_argument("study_dir", type=Path, help="new folder")
@@ -69,7 +83,8 @@ def cmd_reader_study(args) -> int:
         from ..readerstudy.report import significance_markdown
 
         out = args.output or args.study_dir / "analysis"
-        summary = analysis.analyze(args.study_dir, out, args.tolerance_mm, args.fom, args.export_rjafroc, args.readers)
+        summary = analysis.analyze(args.study_dir, out, args.tolerance_mm, args.fom, args.export_rjafroc, args.readers,
+                                   args.margin)
         print(significance_markdown(summary["significance"]) if summary.get("imported") else analysis.summary_markdown(summary))
         print(f"reports in {out}")
     return EXIT_OK

@@ -158,7 +158,7 @@ def choose_fom(requested: str | None, ratings: Ratings) -> tuple[str, str]:
 
 
 def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | None = None,
-            export_rjafroc: str | Path | None = None, readers_dir=None) -> dict:
+            export_rjafroc: str | Path | None = None, readers_dir=None, margin: float | None = None) -> dict:
     """Reader statistics and reports: CSV, JSON, Markdown summary, conspicuity bars and FROC curves, and the
     significance analysis (significance.json, significance.md, operating characteristics per modality). A study
     imported from RJafroc's format has ratings only: it gets the significance analysis."""
@@ -178,7 +178,7 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | No
         except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong shape
             raise InputError(path, f"is not an imported ratings file this version reads: {type(exc).__name__}: {exc}") from exc
         name, why = choose_fom(fom, ratings)
-        significance = write_significance(ratings, name, why, out_dir)
+        significance = write_significance(ratings, name, why, out_dir, margin=margin)
         if export_rjafroc:
             write_jafroc_excel(ratings, export_rjafroc)
         return {"imported": True, "significance": significance}
@@ -233,7 +233,7 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | No
 
     ratings = study_ratings(c)
     name, why = choose_fom(fom, ratings)
-    significance = write_significance(ratings, name, why, out_dir, simulated=c["simulated"])
+    significance = write_significance(ratings, name, why, out_dir, simulated=c["simulated"], margin=margin)
     summary["significance"] = {"fom": name, "RRRC": {k: significance["RRRC"][k] for k in ("F", "ndf", "ddf", "p")},
                                "modality_means": dict(zip(ratings.modality_ids, significance["modality_means"]))}
     if export_rjafroc:

@@ -14,10 +14,11 @@ from .ratings import Ratings
 from .significance import analyze_or
 
 
-def write_significance(ratings: Ratings, fom: str, why: str, out_dir: Path, simulated: bool = False) -> dict:
+def write_significance(ratings: Ratings, fom: str, why: str, out_dir: Path, simulated: bool = False,
+                       margin: float | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = analyze_or(ratings, fom)
+    result = analyze_or(ratings, fom, margin=margin)
     result["fom_choice"] = why
     result["simulated_marks"] = simulated
     result["cautions"] = cautions(result)
@@ -77,10 +78,30 @@ def significance_markdown(r: dict) -> str:
               "", "| difference | estimate | 95% CI (RRRC) | P (RRRC) |", "|---|---|---|---|"]
     for d in rrrc["differences"]:
         lines.append(f"| {d['comparison']} | {d['estimate']:.4f} | {d['ci'][0]:.4f} to {d['ci'][1]:.4f} | {d['p']:.4g} |")
+    if r.get("margin"):
+        lines += margin_markdown(r["margin"], r["alpha"])
     v = r["variance_components"]
     lines += ["", "Variance components: " + ", ".join(f"{k} {v[k]:.6g}" for k in ("VarR", "VarTR", "Var", "Cov1", "Cov2", "Cov3")),
               "", "The random-reader random-case result is the one that generalises to other readers and cases.", ""]
     return "\n".join(lines)
+
+
+def margin_markdown(m: dict, alpha: float) -> list[str]:
+    """The non-inferiority and equivalence tests of the random-reader random-case analysis, each null hypothesis in
+    words; the other two analyses are in significance.json."""
+    lines = ["", f"## Non-inferiority and equivalence, margin {m['value']:g} (random readers and cases)", "",
+             f"Each null hypothesis below is tested one-sided at {m['level']:g}, so each conclusion agrees with the "
+             f"{100 * (1 - alpha):g}% CI of the difference above: non-inferiority where the CI lies above -{m['value']:g}, "
+             f"equivalence where it lies within +-{m['value']:g}.", "",
+             "| null hypothesis | P | conclusion |", "|---|---|---|"]
+    verdicts = (("a_not_inferior_to_b", "{a} is non-inferior to {b}"), ("b_not_inferior_to_a", "{b} is non-inferior to {a}"),
+                ("equivalent", "{a} and {b} are equivalent"))
+    for t in m["RRRC"]:
+        for key, claim in verdicts:
+            test = t[key]
+            said = claim.format(a=t["a"], b=t["b"])
+            lines.append(f"| {test['null']} | {test['p']:.4g} | {'rejected: ' + said if test['rejected'] else 'not rejected'} |")
+    return lines
 
 
 def _curve(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_per_case: np.ndarray, k1: int):

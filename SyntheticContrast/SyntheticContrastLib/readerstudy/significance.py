@@ -1,6 +1,7 @@
 """Is the difference between modalities significant? The Obuchowski-Rockette analysis with Hillis' corrections,
 from jackknife covariances of a figure of merit, for random readers and cases (RRRC), fixed readers (FRRC) and
-fixed cases (RRFC); the same algebra as RJafroc's St(method = "OR") and the Iowa OR-DBM MRMC program.
+fixed cases (RRFC); the same algebra as RJafroc's St(method = "OR") and the Iowa OR-DBM MRMC program. With a
+margin, each pairwise difference is also tested for non-inferiority and equivalence.
 
 References: Obuchowski & Rockette, Commun Stat Simul Comput 1995; Hillis, Stat Med 2007 ("A comparison of
 denominator degrees of freedom methods for multiple observer ROC analysis"); Hillis, Obuchowski & Berbaum,
@@ -62,8 +63,37 @@ def _ci(estimate, stderr, quantile) -> list[float]:
     return [float(estimate - quantile * stderr), float(estimate + quantile * stderr)]
 
 
-def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05) -> dict:
-    """All three analyses, the FOMs with their CIs, every pairwise difference, and the variance components."""
+def _one_sided_p(stat: float, df) -> float:
+    """P(T >= stat): the t distribution with the analysis' df, or the normal where df is None or infinite."""
+    return float(stats.norm.sf(stat) if df is None or not np.isfinite(df) else stats.t.sf(stat, df))
+
+
+def margin_tests(differences: list[dict], margin: float, alpha: float = 0.05) -> list[dict]:
+    """Non-inferiority each way and equivalence (two one-sided tests) of each pairwise difference of FOMs, with the
+    margin on the FOM's scale, from the difference's own estimate, standard error and df as the OR analysis gives
+    them (Hillis' t with its ddf; the normal for fixed readers). Each one-sided test is at level alpha / 2, so that
+    every conclusion agrees with the (1 - alpha) CI of the same difference: non-inferiority of a to b exactly when
+    the CI lies above -margin, equivalence exactly when it lies within +-margin."""
+    level, out = alpha / 2, []
+    for d in differences:
+        a, b, diff, stderr, df = d["a"], d["b"], d["estimate"], d["stderr"], d["df"]
+        p_a = _one_sided_p(_div(diff + margin, stderr), df)  # against "a is worse than b by the margin or more"
+        p_b = _one_sided_p(_div(margin - diff, stderr), df)  # against "b is worse than a by the margin or more"
+        out.append({
+            "a": a, "b": b, "margin": margin, "level": level, "estimate": diff, "stderr": stderr, "df": df,
+            "a_not_inferior_to_b": {"null": f"{a} is worse than {b} by {margin:g} or more", "p": p_a, "rejected": p_a < level},
+            "b_not_inferior_to_a": {"null": f"{b} is worse than {a} by {margin:g} or more", "p": p_b, "rejected": p_b < level},
+            "equivalent": {"null": f"{a} and {b} differ by {margin:g} or more", "p": max(p_a, p_b),
+                           "rejected": max(p_a, p_b) < level},
+        })
+    return out
+
+
+def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05, margin: float | None = None) -> dict:
+    """All three analyses, the FOMs with their CIs, every pairwise difference, and the variance components; with a
+    margin, the non-inferiority and equivalence tests of every difference in each analysis."""
+    if margin is not None and not 0 < margin < 1:
+        raise ValueError(f"the margin is a difference of figures of merit, between 0 and 1; got {margin}")
     foms = fom_matrix(fom_name, ratings)
     pv = pseudovalues(fom_name, ratings)
     i_count, j_count, k = pv.shape
@@ -97,7 +127,8 @@ def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05) 
         for a, b in pairs:
             diff = float(by_i[a] - by_i[b])
             stat = _div(diff, stderr)
-            out.append({"comparison": f"{names[a]} - {names[b]}", "estimate": diff, "stderr": float(stderr), "df": df,
+            out.append({"comparison": f"{names[a]} - {names[b]}", "a": names[a], "b": names[b], "estimate": diff,
+                        "stderr": float(stderr), "df": df,
                         "statistic": stat, "p": p_of(stat), "ci": _ci(diff, stderr, quantile)})
         return out
 
@@ -151,6 +182,9 @@ def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05) 
             "differences": differences(np.sqrt(2.0 / j_count * ms["msTR"]), t_rrfc, float(df_tr), lambda s: _t_sf(s, df_tr)),
             "modalities": rrfc_each}
 
+    margins = {} if margin is None else {"margin": {
+        "value": margin, "level": alpha / 2, **{name: margin_tests(analysis["differences"], margin, alpha)
+                                                for name, analysis in (("RRRC", rrrc), ("FRRC", frrc), ("RRFC", rrfc))}}}
     return {
         "method": "Obuchowski-Rockette with Hillis' corrections (Hillis 2007, 2008), jackknife covariances",
         "fom": fom_name, "alpha": alpha, "modalities": names, "readers": ratings.reader_ids,
@@ -159,5 +193,5 @@ def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05) 
         "mean_squares": ms, "variance_components": {"VarR": float(var_r), "VarTR": float(var_tr), "Var": var, "Cov1": cov1,
                                                      "Cov2": cov2, "Cov3": cov3},
         "per_modality": each_i, "per_reader": each_j, "pseudovalues": pv.tolist(),
-        "RRRC": rrrc, "FRRC": frrc, "RRFC": rrfc,
+        "RRRC": rrrc, "FRRC": frrc, "RRFC": rrfc, **margins,
     }
