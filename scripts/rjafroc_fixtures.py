@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "rjafroc"
-DATASETS = ("dataset01", "dataset02", "dataset04", "dataset05")
+DATASETS = ("dataset01", "dataset02", "dataset03", "dataset04", "dataset05")
 RESULTS = {  # fixture name: (goodValues361 file, what RJafroc computed, per its test file)
     "dataset01_wAFROC_OR_RRRC": ("SigTest/OR/dataset01.rds", "St(dataset01, FOM='wAFROC', method='OR', analysisOption='RRRC'); test-St-XModality.R"),
     "dataset02_Wilcoxon_OR_varcomp": ("UtilVarComponents/JackknifeDataset02.rds", "UtilORVarComp(dataset02, FOM='Wilcoxon'); test-UtilVarComponents.R"),

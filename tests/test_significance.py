@@ -263,3 +263,28 @@ def test_margin_conclusions_agree_with_the_confidence_intervals_in_every_analysi
     assert "| BT and DM differ by 0.05 or more | 0.9413 | not rejected |" in text
     with pytest.raises(ValueError, match="between 0 and 1"):
         write_significance(ratings("dataset01"), "wAFROC", "default", tmp_path / "bad", margin=5)
+
+
+def test_var_tr_and_var_r_follow_rjafroc_where_cov2_is_below_cov3_and_keep_the_iowa_values():
+    """dataset03 (Franken), ROC AUC: Cov2 0.00048364 < Cov3 0.00051251. RJafroc's UtilORVarComp.R (44b0e39e) notes
+    VarTR -0.00068389146 and VarR 2.3319942e-05 from its max(Cov2 - Cov3, 0); the Iowa OR-DBM MRMC output it ships
+    (tests/testthat/goodValues361/Iowa/Franken1.txt) prints Var(T*R) -0.00071276 and Var(R) 0.00003776."""
+    ours = analyze_or(ratings("dataset03"), "ROC")
+    v = ours["variance_components"]
+    assert v["Cov2"] == pytest.approx(0.00048364, abs=5e-9) and v["Cov3"] == pytest.approx(0.00051251, abs=5e-9)
+    assert v["VarTR"] == pytest.approx(-0.00068389146, rel=REL) and v["VarR"] == pytest.approx(2.3319942e-05, rel=REL)
+    iowa = v["iowa_or_dbm_mrmc"]
+    assert iowa["VarTR"] == pytest.approx(-0.00071276, abs=5e-9) and iowa["VarR"] == pytest.approx(0.00003776, abs=5e-9)
+    assert "RJafroc" in v["as_in"]
+
+
+@pytest.mark.parametrize("fom", ["wAFROC", "AFROC", "ROC"])
+def test_a_figure_of_merit_the_design_cannot_give_is_an_error_not_nan(fom):
+    """Only diseased cases: wAFROC, AFROC and ROC compare against non-diseased cases, which there are none of."""
+    full = ratings("dataset01")
+    k1 = full.shape[2]
+    diseased_only = Ratings(full.nl[:, :, k1:], full.ll, full.lesions_per_case, full.weights, full.modality_ids,
+                            full.reader_ids, full.case_ids[k1:])
+    with pytest.raises(ValueError, match=f"{fom} needs non-diseased cases and this study has none; use wAFROC1 or AFROC1"):
+        analyze_or(diseased_only, fom)
+    assert math.isfinite(analyze_or(diseased_only, "wAFROC1")["RRRC"]["F"])

@@ -51,8 +51,20 @@ def fom(name: str, nl: np.ndarray, ll: np.ndarray, weights: np.ndarray, lesions_
     return float((shares * _wins(negatives, positives)).sum() / len(negatives))
 
 
+def require_design(name: str, ratings: Ratings) -> None:
+    """Refuse a figure of merit the study's cases cannot give, rather than computing NaN from an empty term."""
+    if name not in FOMS:
+        raise ValueError(f"unknown figure of merit {name!r}; one of {', '.join(FOMS)}")
+    _, _, k1, k2 = ratings.shape
+    if k1 == 0 and name in ("wAFROC", "AFROC", "ROC"):
+        raise ValueError(f"{name} needs non-diseased cases and this study has none; use wAFROC1 or AFROC1")
+    if k2 == 0:
+        raise ValueError(f"{name} needs diseased cases and this study has none")
+
+
 def fom_matrix(name: str, ratings: Ratings) -> np.ndarray:
     """The (modalities, readers) matrix of figures of merit."""
+    require_design(name, ratings)
     i_count, j_count, k1, _ = ratings.shape
     return np.array([[fom(name, ratings.nl[i, j], ratings.ll[i, j], ratings.weights, ratings.lesions_per_case, k1)
                       for j in range(j_count)] for i in range(i_count)])

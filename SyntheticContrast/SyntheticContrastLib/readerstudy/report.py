@@ -81,7 +81,8 @@ def significance_markdown(r: dict) -> str:
     if r.get("margin"):
         lines += margin_markdown(r["margin"], r["alpha"])
     v = r["variance_components"]
-    lines += ["", "Variance components: " + ", ".join(f"{k} {v[k]:.6g}" for k in ("VarR", "VarTR", "Var", "Cov1", "Cov2", "Cov3")),
+    lines += ["", "Variance components (VarTR and VarR as RJafroc computes them, with max(Cov2 - Cov3, 0); the Iowa program's "
+              "values are in significance.json): " + ", ".join(f"{k} {v[k]:.6g}" for k in ("VarR", "VarTR", "Var", "Cov1", "Cov2", "Cov3")),
               "", "The random-reader random-case result is the one that generalises to other readers and cases.", ""]
     return "\n".join(lines)
 

@@ -1,7 +1,10 @@
 """Is the difference between modalities significant? The Obuchowski-Rockette analysis with Hillis' corrections,
 from jackknife covariances of a figure of merit, for random readers and cases (RRRC), fixed readers (FRRC) and
-fixed cases (RRFC); the same algebra as RJafroc's St(method = "OR") and the Iowa OR-DBM MRMC program. With a
-margin, each pairwise difference is also tested for non-inferiority and equivalence.
+fixed cases (RRFC), as RJafroc's St(method = "OR") and the Iowa OR-DBM MRMC program compute it. The two differ in
+one place, VarTR (and VarR, which uses it) when Cov2 < Cov3: RJafroc takes max(Cov2 - Cov3, 0) there (Hillis 2011,
+eq. 9), the Iowa program does not. VarTR and VarR here are RJafroc's; the Iowa values are kept beside them, under
+their own name. F, ddf, P and the CIs are the same in both. With a margin, each pairwise difference is also tested
+for non-inferiority and equivalence.
 
 References: Obuchowski & Rockette, Commun Stat Simul Comput 1995; Hillis, Stat Med 2007 ("A comparison of
 denominator degrees of freedom methods for multiple observer ROC analysis"); Hillis, Obuchowski & Berbaum,
@@ -102,8 +105,13 @@ def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05, 
     c = covariances(pv)
     ms = mean_squares(foms)
     var, cov1, cov2, cov3 = c["Var"], c["Cov1"], c["Cov2"], c["Cov3"]
-    var_tr = ms["msTR"] - var + cov1 + cov2 - cov3
-    var_r = (ms["msR"] - var_tr - var - (i_count - 1) * cov1 + cov2 + (i_count - 1) * cov3) / i_count
+    var_tr = ms["msTR"] - var + cov1 + max(cov2 - cov3, 0.0)  # RJafroc (Hillis 2011, eq. 9)
+    var_tr_iowa = ms["msTR"] - var + cov1 + cov2 - cov3  # the Iowa OR-DBM MRMC program, unconstrained
+
+    def reader_variance(tr):
+        return (ms["msR"] - tr - var - (i_count - 1) * cov1 + cov2 + (i_count - 1) * cov3) / i_count
+
+    var_r = reader_variance(var_tr)
     by_i = foms.mean(axis=1)
     pairs = list(combinations(range(i_count), 2))
     names = ratings.modality_ids
@@ -190,8 +198,10 @@ def analyze_or(ratings: Ratings, fom_name: str = "wAFROC", alpha: float = 0.05, 
         "fom": fom_name, "alpha": alpha, "modalities": names, "readers": ratings.reader_ids,
         "cases": {"non_diseased": int(ratings.shape[2]), "diseased": int(ratings.shape[3])},
         "foms": foms.tolist(), "modality_means": by_i.tolist(),
-        "mean_squares": ms, "variance_components": {"VarR": float(var_r), "VarTR": float(var_tr), "Var": var, "Cov1": cov1,
-                                                     "Cov2": cov2, "Cov3": cov3},
+        "mean_squares": ms, "variance_components": {
+            "VarR": float(var_r), "VarTR": float(var_tr), "Var": var, "Cov1": cov1, "Cov2": cov2, "Cov3": cov3,
+            "as_in": "RJafroc: VarTR with max(Cov2 - Cov3, 0), Hillis 2011 eq. 9",
+            "iowa_or_dbm_mrmc": {"VarR": float(reader_variance(var_tr_iowa)), "VarTR": float(var_tr_iowa)}},
         "per_modality": each_i, "per_reader": each_j, "pseudovalues": pv.tolist(),
         "RRRC": rrrc, "FRRC": frrc, "RRFC": rrfc, **margins,
     }
