@@ -27,7 +27,15 @@ RESULTS = {  # fixture name: (goodValues361 file, what RJafroc computed, per its
     "dataset05_wAFROC_OR_meansquares": ("MeanSquares/dataset05wAFROC-OR.rds", "UtilMeanSquares(dataset05, FOM='wAFROC', method='OR'); test-UtilMeanSquares.R"),
     "Froc_xlsx_HrAuc_OR_varcomp": ("SigTest/JAFROC/FrocDataHrAucOR.rds",
                                    "Windows JAFROC 1.3.1 on inst/extdata/Froc.xlsx, inferred ROC (6 significant digits); test-St-Compare2JAFROC.R"),
+    "frocLocatClass_wAFROC1": ("FOM/UtilFigureOfMeritFROC-wAFROC1a.rds",
+                               "UtilFigureOfMerit(DfReadDataFile(frocLocatClass.xlsx, newExcelFileFormat = TRUE), FOM = 'wAFROC1'); "
+                               "test-UtilFigureOfMerit.R"),
 }
+#: Workbooks as RJafroc's DfReadDataFile read them (test-DfReadDataFile.R keeps the result).
+AS_READ = {"rocCr_as_read": "DfReadDataFile/rocCr.rds"}
+#: RJafroc's example workbooks, copied as they are: its JAFROC-format example, a study with no non-diseased case,
+#: and an ROC study in the new format.
+WORKBOOKS = ("inst/extdata/Froc.xlsx", "inst/extdata/toyFiles/FROC/frocLocatClass.xlsx", "inst/extdata/toyFiles/ROC/rocCr.xlsx")
 
 
 def _finite(x):
@@ -60,16 +68,22 @@ def main() -> None:
     parser.add_argument("--commit", default="44b0e39e", help="the RJafroc commit the checkout is at (recorded in each fixture)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    for name in DATASETS:
-        ds = rdata.conversion.convert(rdata.parser.parse_file(args.rjafroc / "data" / f"{name}.RData"))[name]
-        fixture = {
-            "source": f"RJafroc {args.commit}: data/{name}.RData", "type": str(ds["descriptions"]["type"][0]),
+    def dataset(ds, source: str) -> dict:
+        return {
+            "source": source, "type": str(ds["descriptions"]["type"][0]),
             "modality_ids": [str(v) for v in ds["descriptions"]["modalityID"]], "reader_ids": [str(v) for v in ds["descriptions"]["readerID"]],
             "nl": _plain(ds["ratings"]["NL"]), "ll": _plain(ds["ratings"]["LL"]),
             "lesions_per_case": [int(v) for v in np.asarray(ds["lesions"]["perCase"])], "weights": _plain(ds["lesions"]["weights"]),
         }
-        (OUT / f"{name}.json").write_text(json.dumps(fixture) + "\n")
-    shutil.copy2(args.rjafroc / "inst" / "extdata" / "Froc.xlsx", OUT / "Froc.xlsx")  # RJafroc's JAFROC-format example
+
+    for name in DATASETS:
+        ds = rdata.conversion.convert(rdata.parser.parse_file(args.rjafroc / "data" / f"{name}.RData"))[name]
+        (OUT / f"{name}.json").write_text(json.dumps(dataset(ds, f"RJafroc {args.commit}: data/{name}.RData")) + "\n")
+    for name, path in AS_READ.items():
+        ds = rdata.conversion.convert(rdata.parser.parse_file(args.rjafroc / "tests" / "testthat" / "goodValues361" / path))
+        (OUT / f"{name}.json").write_text(json.dumps(dataset(ds, f"RJafroc {args.commit}: tests/testthat/goodValues361/{path}")) + "\n")
+    for workbook in WORKBOOKS:
+        shutil.copy2(args.rjafroc / workbook, OUT / Path(workbook).name)
     for name, (path, how) in RESULTS.items():
         result = rdata.conversion.convert(rdata.parser.parse_file(args.rjafroc / "tests" / "testthat" / "goodValues361" / path))
         (OUT / f"{name}.json").write_text(json.dumps({"source": f"RJafroc {args.commit}: tests/testthat/goodValues361/{path}",

@@ -288,3 +288,83 @@ def test_a_figure_of_merit_the_design_cannot_give_is_an_error_not_nan(fom):
     with pytest.raises(ValueError, match=f"{fom} needs non-diseased cases and this study has none; use wAFROC1 or AFROC1"):
         analyze_or(diseased_only, fom)
     assert math.isfinite(analyze_or(diseased_only, "wAFROC1")["RRRC"]["F"])
+
+
+def _read_as_rjafroc_does(path):
+    """An independent reader of RJafroc's new JAFROC format, from its rules (R/DfReadDataFile.R, 44b0e39e): exactly
+    the sheets FP or NL, TP or LL and TRUTH; TRUTH's six columns; whole-number CaseID and LesionID, lesion ids
+    sequential from 0 or 1; the type in the Paradigm column's first filled cell and the design (FCTRL, or CROSSED)
+    in its second; every FP case in TRUTH; every TP (case, lesion) in TRUTH and on a diseased case. Returns the
+    marks as {(modality, reader, case): [NL ratings]}, {(modality, reader, case, lesion): LL rating}, the weights
+    {(case, lesion): weight}, the type and the non-diseased cases."""
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    names = sorted(n.upper() for n in book.sheetnames)
+    assert len(names) == 3 and names[0] in ("FP", "NL") and names[1] in ("TP", "LL") and names[2] == "TRUTH", names
+    sheet = {n.upper(): book[n] for n in book.sheetnames}
+    truth = list(sheet["TRUTH"].iter_rows(values_only=True))
+    assert list(truth[0][:6]) == ["CaseID", "LesionID", "Weight", "ReaderID", "ModalityID", "Paradigm"]
+    rows = [r[:6] for r in truth[1:]]
+    for r in rows:
+        assert float(r[0]).is_integer() and float(r[1]).is_integer(), f"non-integer CaseID or LesionID {r[:2]}"
+        float(r[2])
+    lesion_ids = [int(r[1]) for r in rows]
+    for k, lesion in enumerate(lesion_ids):
+        assert lesion in (0, 1) or lesion == lesion_ids[k - 1] + 1, f"non-sequential lesionID at line {k + 2}"
+    filled = [str(r[5]).upper() for r in rows if r[5] is not None]
+    kind, design = filled[0], ("FCTRL" if filled[1] == "CROSSED" else filled[1])
+    assert kind in ("FROC", "ROC", "LROC") and design == "FCTRL", (kind, design)
+    normal = {int(r[0]) for r in rows if int(r[1]) == 0}
+    weights = {(int(r[0]), int(r[1])): float(r[2]) for r in rows if int(r[1]) > 0}
+    nl, ll = {}, {}
+    fp_sheet = sheet["FP"] if "FP" in sheet else sheet["NL"]
+    for reader, modality, case, rating in list(fp_sheet.iter_rows(values_only=True))[1:]:
+        assert int(case) in normal or any(c == int(case) for c, _ in weights), f"FP case {case} not in TRUTH"
+        nl.setdefault((str(modality), str(reader), int(case)), []).append(float(rating))
+    tp_sheet = sheet["TP"] if "TP" in sheet else sheet["LL"]
+    for reader, modality, case, lesion, rating in list(tp_sheet.iter_rows(values_only=True))[1:]:
+        assert (int(case), int(lesion)) in weights and int(case) not in normal, f"TP {case}/{lesion} not a lesion in TRUTH"
+        ll[(str(modality), str(reader), int(case), int(lesion))] = float(rating)
+    return nl, ll, weights, kind, normal
+
+
+def test_an_exported_workbook_is_read_by_rjafrocs_rules_with_the_same_ratings_and_truth(tmp_path):
+    """dataset01 with case ids that are not numbers (as ours are): written, then read by the rules RJafroc applies.
+    The ids become 1..K with a map beside the workbook, and import-rjafroc puts our ids back."""
+    source = ratings("dataset01")
+    source.case_ids = [f"patient-{c}" for c in source.case_ids]
+    write_jafroc_excel(source, tmp_path / "d1.xlsx")
+    nl, ll, weights, kind, normal = _read_as_rjafroc_does(tmp_path / "d1.xlsx")
+    _, _, k1, k2 = source.shape
+    assert kind == source.paradigm == "FROC" and normal == set(range(1, k1 + 1))
+    for i, modality in enumerate(source.modality_ids):
+        for j, reader in enumerate(source.reader_ids):
+            for k in range(k1 + k2):
+                expected = sorted(v for v in source.nl[i, j, k] if np.isfinite(v))
+                assert sorted(nl.get((modality, reader, k + 1), [])) == expected
+            for k in range(k2):
+                for n in range(source.lesions_per_case[k]):
+                    rating = ll.get((modality, reader, k1 + k + 1, n + 1), -np.inf)
+                    assert rating == source.ll[i, j, k, n]
+                    assert weights[(k1 + k + 1, n + 1)] == source.weights[k, n]
+    back = read_jafroc_excel(tmp_path / "d1.xlsx")
+    assert back.case_ids == source.case_ids  # through d1_case_ids.csv
+    np.testing.assert_array_equal(back.ll, source.ll)
+
+
+def test_rjafrocs_study_without_non_diseased_cases_and_its_roc_workbook_are_read_as_rjafroc_reads_them(tmp_path):
+    """frocLocatClass.xlsx (no non-diseased case, all weights 0 for equal weights): imported, and its wAFROC1 equals
+    RJafroc's stored 0.444444 (UtilFigureOfMeritFROC-wAFROC1a.rds). rocCr.xlsx is an ROC study: imported as ROC,
+    with the ratings RJafroc's DfReadDataFile gives (goodValues361/DfReadDataFile/rocCr.rds)."""
+    from SyntheticContrastLib.readerstudy.foms import fom_matrix
+
+    assert main(["reader-study", "import-rjafroc", str(DATA / "frocLocatClass.xlsx"), str(tmp_path / "locat")]) == 0
+    locat = Ratings.from_json(json.loads((tmp_path / "locat" / "ratings.json").read_text()))
+    assert locat.shape[2] == 0
+    expected = fixture("frocLocatClass_wAFROC1")["result"]["trt1"]["rdr1"]
+    assert fom_matrix("wAFROC1", locat)[0, 0] == pytest.approx(expected, rel=REL)
+    roc = read_jafroc_excel(DATA / "rocCr.xlsx")
+    theirs = ratings("rocCr_as_read")
+    assert roc.paradigm == theirs.paradigm == "ROC" and roc.shape == theirs.shape
+    assert (roc.modality_ids, roc.reader_ids) == (theirs.modality_ids, theirs.reader_ids)
+    np.testing.assert_array_equal(roc.nl, theirs.nl)
+    np.testing.assert_array_equal(roc.ll, theirs.ll)

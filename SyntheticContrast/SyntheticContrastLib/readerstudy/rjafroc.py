@@ -1,6 +1,9 @@
 """RJafroc's JAFROC Excel format in and out: sheets TRUTH (CaseID, LesionID, Weight, ReaderID, ModalityID, Paradigm),
 FP or NL (ReaderID, ModalityID, CaseID, FP_Rating) and TP or LL (ReaderID, ModalityID, CaseID, LesionID, TP_Rating).
-A study read elsewhere comes in; a study of ours goes out, so a group can check us in RJafroc."""
+A study read elsewhere comes in; a study of ours goes out, so a group can check us in RJafroc. The rules are RJafroc's
+DfReadDataFile (new format): the Paradigm column holds the type (ROC or FROC) in its first filled cell and the study
+design (FCTRL) in its second; CaseID and LesionID are integers; a diseased case's weights sum to 1, or are all 0 for
+equal weights."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ SHEETS = {"truth": ("TRUTH",), "nl": ("FP", "NL"), "ll": ("TP", "LL")}
 COLUMNS = {"truth": ("CaseID", "LesionID", "Weight"), "nl": ("ReaderID", "ModalityID", "CaseID", "FP_Rating"),
            "ll": ("ReaderID", "ModalityID", "CaseID", "LesionID", "TP_Rating")}
 RATINGS_FILE = "ratings.json"
+#: Beside an exported workbook: our case ids for the integer CaseIDs RJafroc needs.
+CASE_MAP_SUFFIX = "_case_ids.csv"
 
 
 def _id(value) -> str:
@@ -75,15 +80,15 @@ def read_jafroc_excel(path: str | Path) -> Ratings:
         truth, nl_rows, ll_rows = (_rows(workbook, role, path) for role in ("truth", "nl", "ll"))
     lesions: dict[str, dict[str, float]] = {}
     normal: list[str] = []
-    readers_listed, modalities_listed, paradigms = set(), set(), set()
+    readers_listed, modalities_listed, paradigms = set(), set(), []
     for number, r in truth:
         case, lesion = _id(r["CaseID"]), _id(r["LesionID"])
         if r.get("ReaderID") is not None:
             readers_listed.add(tuple(_id(v) for v in str(r["ReaderID"]).split(",")))
         if r.get("ModalityID") is not None:
             modalities_listed.add(tuple(_id(v) for v in str(r["ModalityID"]).split(",")))
-        if r.get("Paradigm"):
-            paradigms.add(str(r["Paradigm"]).strip().upper())
+        if r.get("Paradigm") is not None and str(r["Paradigm"]).strip():
+            paradigms.append(str(r["Paradigm"]).strip().upper())
         if lesion == "0":
             if case in lesions:
                 raise InputError(path, f"sheet {r['_sheet']}, row {number}: case {case} is listed as non-diseased (LesionID 0) and with lesions")
@@ -98,8 +103,11 @@ def read_jafroc_excel(path: str | Path) -> Ratings:
     if len(readers_listed) > 1 or len(modalities_listed) > 1:
         raise InputError(path, "sheet TRUTH lists different readers or modalities per case (a split-plot design); "
                                "only factorial studies (every reader reads every case in every modality) are analysed")
-    if not normal or not lesions:
-        raise InputError(path, f"sheet TRUTH needs non-diseased cases (LesionID 0) and diseased cases; it has {len(normal)} and {len(lesions)}")
+    if not lesions:
+        raise InputError(path, f"sheet TRUTH needs diseased cases (LesionID 1 and up); it has {len(normal)} non-diseased and none else")
+    paradigm = _paradigm(paradigms, path)
+    for case, by_lesion in lesions.items():
+        lesions[case] = _weights(case, by_lesion, path)
     readers = list(next(iter(readers_listed))) if readers_listed else sorted({_id(r["ReaderID"]) for _, r in nl_rows + ll_rows})
     modalities = list(next(iter(modalities_listed))) if modalities_listed else sorted({_id(r["ModalityID"]) for _, r in nl_rows + ll_rows})
     diseased = list(lesions)
@@ -139,41 +147,100 @@ def read_jafroc_excel(path: str | Path) -> Ratings:
     weights = np.zeros((len(diseased), max_lesions))
     for k, case in enumerate(diseased):
         weights[k, :len(lesions[case])] = list(lesions[case].values())
-    paradigm = paradigms.pop() if len(paradigms) == 1 else "FROC"
+    cases = _case_names(path, cases)
     return Ratings(nl, ll, [len(lesions[c]) for c in diseased], weights, modalities, readers, cases, paradigm)
 
 
+def _paradigm(filled: list[str], path: Path) -> str:
+    """The type from the Paradigm column's first filled cell, after checking the design in its second. A workbook
+    this tool wrote before it followed RJafroc has the type in every cell: its design is the type again."""
+    kind = filled[0] if filled else "FROC"  # the old format has no Paradigm column; RJafroc's default then is FROC
+    if kind not in ("ROC", "FROC"):
+        raise InputError(path, f"sheet TRUTH: Paradigm {kind!r} is not read here; ROC and FROC are (LROC is not)")
+    design = filled[1] if len(filled) > 1 else "FCTRL"
+    if design not in ("FCTRL", "CROSSED", kind):
+        raise InputError(path, f"sheet TRUTH: study design {design!r} (the Paradigm column's second cell) is not "
+                               "analysed here; only factorial studies (FCTRL: every reader reads every case in every modality) are")
+    return kind
+
+
+def _weights(case: str, by_lesion: dict[str, float], path: Path) -> dict[str, float]:
+    """RJafroc's rule: all 0 means equal weights; a sum within 1 +- 0.01 is rescaled to 1; any other sum is an error."""
+    total = sum(by_lesion.values())
+    if all(w == 0 for w in by_lesion.values()):
+        return {lesion: 1.0 / len(by_lesion) for lesion in by_lesion}
+    if not 0.99 <= total <= 1.01:  # as RJafroc compares it; abs(total - 1) > 0.01 refused the 0.99 of its Froc.xlsx
+        raise InputError(path, f"sheet TRUTH: the weights of case {case} sum to {total:g}, not 1 (or all 0 for equal weights)")
+    return {lesion: w / total for lesion, w in by_lesion.items()}
+
+
+def _case_names(path: Path, cases: list[str]) -> list[str]:
+    """Our own case ids, where the workbook is one of our exports with its case-id file beside it."""
+    import csv
+
+    mapping = path.with_name(path.stem + CASE_MAP_SUFFIX)
+    if not mapping.is_file():
+        return cases
+    with open(mapping, newline="", encoding="utf-8") as fh:
+        names = {row["CaseID"]: row["case"] for row in csv.DictReader(fh)}
+    return [names.get(c, c) for c in cases]
+
+
+def _integer_case_ids(case_ids: list[str]) -> tuple[list[int], bool]:
+    """The CaseIDs to write: ours where they are distinct whole numbers already, else 1..K (and True: a map is needed)."""
+    try:
+        numbers = [int(c) for c in case_ids]
+        if len(set(numbers)) == len(numbers) and all(str(n) == str(c).strip() for n, c in zip(numbers, case_ids)):
+            return numbers, False
+    except ValueError:
+        pass
+    return list(range(1, len(case_ids) + 1)), True
+
+
 def write_jafroc_excel(ratings: Ratings, path: str | Path) -> Path:
-    """The ratings as a JAFROC workbook RJafroc's DfReadDataFile reads (new format, factorial)."""
+    """The ratings as a JAFROC workbook RJafroc's DfReadDataFile reads (new format, factorial). Case ids that are not
+    whole numbers become 1..K, and the file <stem>_case_ids.csv beside the workbook maps them back (RJafroc refuses an
+    extra sheet, so the map cannot go inside)."""
     import openpyxl
 
     path = Path(path)
     _, _, k1, k2 = ratings.shape
+    for label, ids in (("reader", ratings.reader_ids), ("modality", ratings.modality_ids)):
+        bad = [i for i in ids if "," in str(i)]
+        if bad:
+            from ..errors import OutputError
+
+            raise OutputError(path, f"{label} id {bad[0]!r} holds a comma, which RJafroc's TRUTH sheet uses between ids")
+    case_ids, mapped = _integer_case_ids([str(c) for c in ratings.case_ids])
     workbook = openpyxl.Workbook()
     truth = workbook.active
     truth.title = "TRUTH"
     truth.append(["CaseID", "LesionID", "Weight", "ReaderID", "ModalityID", "Paradigm"])
     readers, modalities = ",".join(ratings.reader_ids), ",".join(ratings.modality_ids)
-    for k in range(k1):
-        truth.append([ratings.case_ids[k], 0, 0, readers, modalities, ratings.paradigm])
-    for k in range(k2):
-        for n in range(ratings.lesions_per_case[k]):
-            truth.append([ratings.case_ids[k1 + k], n + 1, float(ratings.weights[k, n]), readers, modalities, ratings.paradigm])
+    rows = [[case_ids[k], 0, 0] for k in range(k1)]
+    rows += [[case_ids[k1 + k], n + 1, float(ratings.weights[k, n])] for k in range(k2) for n in range(ratings.lesions_per_case[k])]
+    for r, row in enumerate(rows):
+        truth.append([*row, readers, modalities, (ratings.paradigm, "FCTRL")[r] if r < 2 else None])
     fp, tp = workbook.create_sheet("FP"), workbook.create_sheet("TP")
     fp.append(["ReaderID", "ModalityID", "CaseID", "FP_Rating"])
     tp.append(["ReaderID", "ModalityID", "CaseID", "LesionID", "TP_Rating"])
     for i, modality in enumerate(ratings.modality_ids):
         for j, reader in enumerate(ratings.reader_ids):
-            for k, case in enumerate(ratings.case_ids):
+            for k in range(len(ratings.case_ids)):
                 for value in ratings.nl[i, j, k]:
                     if np.isfinite(value):
-                        fp.append([reader, modality, case, float(value)])
+                        fp.append([reader, modality, case_ids[k], float(value)])
             for k in range(k2):
                 for n in range(ratings.lesions_per_case[k]):
                     if np.isfinite(ratings.ll[i, j, k, n]):
-                        tp.append([reader, modality, ratings.case_ids[k1 + k], n + 1, float(ratings.ll[i, j, k, n])])
+                        tp.append([reader, modality, case_ids[k1 + k], n + 1, float(ratings.ll[i, j, k, n])])
     with atomic_path(path) as tmp:
         workbook.save(tmp)
+    if mapped:
+        from ..fileio import atomic_write_csv
+
+        atomic_write_csv(path.with_name(path.stem + CASE_MAP_SUFFIX),
+                         [{"CaseID": n, "case": c} for n, c in zip(case_ids, ratings.case_ids)], ["CaseID", "case"])
     return path
 
 
