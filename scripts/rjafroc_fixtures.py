@@ -27,6 +27,17 @@ RESULTS = {  # fixture name: (goodValues361 file, what RJafroc computed, per its
     "dataset05_wAFROC_OR_meansquares": ("MeanSquares/dataset05wAFROC-OR.rds", "UtilMeanSquares(dataset05, FOM='wAFROC', method='OR'); test-UtilMeanSquares.R"),
     "Froc_xlsx_HrAuc_OR_varcomp": ("SigTest/JAFROC/FrocDataHrAucOR.rds",
                                    "Windows JAFROC 1.3.1 on inst/extdata/Froc.xlsx, inferred ROC (6 significant digits); test-St-Compare2JAFROC.R"),
+    "dataset03_size_RRRC": ("SsPower/dataset03-RRRC.rds",
+                            "SsSampleSizeKGivenJ(dataset03, FOM = 'Wilcoxon', effectSize = 0.05, J = 6, method = 'OR'); test-SsSampleSizeRoc.R"),
+    "dataset02_power_RRRC": ("SsPower/dataset02-RRRC.rds",
+                             "SsPowerGivenJK(dataset02, FOM = 'Wilcoxon', method = 'OR', effectSize = -0.043800322, J = 10, K = 165); "
+                             "test-SsSampleSizeRoc.R"),
+    "dataset02_power_FRRC": ("SsPower/dataset02-FRRC.rds",
+                             "SsPowerGivenJK(dataset02, FOM = 'Wilcoxon', method = 'OR', effectSize = -0.043800322, J = 10, K = 131, "
+                             "analysisOption = 'FRRC'); test-SsSampleSizeRoc.R"),
+    "dataset02_power_RRFC": ("SsPower/dataset02-FRFC.rds",
+                             "SsPowerGivenJK(dataset02, FOM = 'Wilcoxon', method = 'OR', effectSize = -0.043800322, J = 10, K = 53, "
+                             "analysisOption = 'RRFC'); test-SsSampleSizeRoc.R"),
     "frocLocatClass_wAFROC1": ("FOM/UtilFigureOfMeritFROC-wAFROC1a.rds",
                                "UtilFigureOfMerit(DfReadDataFile(frocLocatClass.xlsx, newExcelFileFormat = TRUE), FOM = 'wAFROC1'); "
                                "test-UtilFigureOfMerit.R"),

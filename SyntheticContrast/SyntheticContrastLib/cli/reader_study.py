@@ -46,6 +46,19 @@ def register(sub) -> None:
     q = rs.add_parser("import-rjafroc", help="a study read elsewhere, from RJafroc's JAFROC Excel file, as a study folder 'analyze' accepts")
     q.add_argument("xlsx", type=Path)
     q.add_argument("study_dir", type=Path, help="new folder")
+    q = rs.add_parser("size", help="readers and cases for a power, from a pilot study or given OR variance components")
+    q.add_argument("pilot", type=Path, help="a pilot study folder (read here or imported), or a JSON file of OR variance "
+                                            "components: VarTR, Cov1, Cov2, Cov3, Var and KStar (the pilot's cases)")
+    q.add_argument("--modalities", nargs=2, metavar=("A", "B"), help="the two modalities to compare (default: NCCT+sCECT "
+                                                                      "and CECT where the pilot has them, else its only two)")
+    q.add_argument("--fom", choices=FOMS, help="figure of merit (default as in analyze)")
+    q.add_argument("--effect", type=float, help="the true difference A - B of figures of merit to detect (default: the "
+                                                "pilot's observed one); with --margin, the true difference assumed (default 0)")
+    q.add_argument("--margin", type=_margin, help="size for non-inferiority of A to B with this margin instead")
+    q.add_argument("--power", type=float, default=0.8, help="desired power (default 0.8)")
+    q.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    q.add_argument("--readers", default="4,6,8,10", help="numbers of readers to size for (default 4,6,8,10)")
+    q.add_argument("--output", type=Path, help="also write sizing.json and sizing.md into this folder")
     q = rs.add_parser("simulate", help="fill all sessions with SIMULATED readers (pipeline check; marks are flagged)")
     q.add_argument("study_dir", type=Path)
     q.add_argument("--seed", type=int, default=0)
@@ -73,6 +86,10 @@ def cmd_reader_study(args) -> int:
 
         simulate_readers(args.study_dir, args.seed)
         print(f"simulated readers filled every session of {args.study_dir} (marks flagged 'simulated')")
+    elif args.action == "size":
+        from ..readerstudy.sizing import size_study
+
+        print(size_study(args), end="")
     elif args.action == "import-rjafroc":
         from ..readerstudy.rjafroc import import_rjafroc
 

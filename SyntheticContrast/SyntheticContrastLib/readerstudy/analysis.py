@@ -157,6 +157,26 @@ def choose_fom(requested: str | None, ratings: Ratings) -> tuple[str, str]:
     return "wAFROC", "the default, as in RJafroc"
 
 
+def imported_ratings(study_dir) -> Ratings | None:
+    """The ratings of a study imported from RJafroc's format, or None for a study read here."""
+    from ..fileio import read_json_object
+    from .rjafroc import RATINGS_FILE
+
+    path = Path(study_dir) / RATINGS_FILE
+    if not path.exists():
+        return None
+    try:
+        return Ratings.from_json(read_json_object(path, "an imported ratings file"))
+    except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong shape
+        raise InputError(path, f"is not an imported ratings file this version reads: {type(exc).__name__}: {exc}") from exc
+
+
+def study_ratings_of(study_dir, tolerance_mm=None, readers_dir=None) -> Ratings:
+    """Any study folder's ratings: imported, or collected from its readers' marks."""
+    imported = imported_ratings(study_dir)
+    return imported if imported is not None else study_ratings(collect(study_dir, tolerance_mm, readers_dir))
+
+
 def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | None = None,
             export_rjafroc: str | Path | None = None, readers_dir=None, margin: float | None = None) -> dict:
     """Reader statistics and reports: CSV, JSON, Markdown summary, conspicuity bars and FROC curves, and the
@@ -166,17 +186,11 @@ def analyze(study_dir, out_dir, tolerance_mm: float | None = None, fom: str | No
     from statsmodels.stats.contingency_tables import mcnemar
 
     from .report import write_significance
-    from .rjafroc import RATINGS_FILE, write_jafroc_excel
+    from .rjafroc import write_jafroc_excel
 
     out_dir = Path(out_dir)
-    if (Path(study_dir) / RATINGS_FILE).exists():
-        from ..fileio import read_json_object
-
-        path = Path(study_dir) / RATINGS_FILE
-        try:
-            ratings = Ratings.from_json(read_json_object(path, "an imported ratings file"))
-        except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong shape
-            raise InputError(path, f"is not an imported ratings file this version reads: {type(exc).__name__}: {exc}") from exc
+    ratings = imported_ratings(study_dir)
+    if ratings is not None:
         name, why = choose_fom(fom, ratings)
         significance = write_significance(ratings, name, why, out_dir, margin=margin)
         if export_rjafroc:
