@@ -198,6 +198,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only the mutations CI runs")
     parser.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
     parser.add_argument("--from", dest="start", type=int, default=0, help="start at this entry of the list (0-based)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="mutants run at once, each in its own copy (default: one per CPU)")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if m.quick or not args.quick][args.start:]
     if args.list:
@@ -205,12 +207,14 @@ def main() -> int:
             print(f"{m.name:55s} {m.path:45s} {' '.join(m.tests)}")
         return 0
     check_snippets(chosen)
+    from concurrent.futures import ThreadPoolExecutor
+
     survivors = []
-    for m in chosen:
-        killed, detail = run(m, sys.executable)
-        print(f"{'killed  ' if killed else 'SURVIVED'} {m.name}: {detail}", flush=True)
-        if not killed:
-            survivors.append(m.name)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each mutant is a process of its own
+        for m, (killed, detail) in zip(chosen, pool.map(lambda m: run(m, sys.executable), chosen)):
+            print(f"{'killed  ' if killed else 'SURVIVED'} {m.name}: {detail}", flush=True)
+            if not killed:
+                survivors.append(m.name)
     print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutations killed" + (f"; survived: {', '.join(survivors)}" if survivors else ""))
     return 1 if survivors else 0
 
