@@ -63,3 +63,27 @@ def test_train_into_a_folder_that_holds_a_run_is_refused_without_resume_or_overw
     err = capsys.readouterr().err
     assert code == 2 and "already holds files (checkpoint.pt)" in err and "--resume" in err and "--overwrite" in err
     assert (run / "checkpoint.pt").read_bytes() == b"days of GPU time" and sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+
+
+def test_resume_takes_the_runs_own_settings_and_refuses_a_flag_that_differs(tmp_path, capsys):
+    """--resume without the original flags used to build the paper-size network and crash with a raw 'size mismatch'
+    RuntimeError. The run folder now holds config.json: a bare --resume (and a longer --epochs) continues the run as
+    it was made, and a flag that differs is refused with both values."""
+    from SyntheticContrastLib.cli import main
+
+    run = tmp_path / "run"
+    small = ["--ngf", "4", "--levels", "4", "--crop", "64", "--samples-per-volume", "2", "--device", "cpu"]
+    assert main(["train", "--phantom-seeds", "1", "--phantom-slices", "16", "--output", str(run), "--epochs", "1", *small]) == 0
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["config"]["generator"]["ngf"] == 4 and stored["data"] == {"phantom_seeds": "1", "phantom_slices": 16}
+    capsys.readouterr()
+    assert main(["train", "--output", str(run), "--resume", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed after epoch 1" in out and "epoch=2 " in out
+    card = json.loads((run / "sct-model.json").read_text())
+    assert card["architecture"]["parameters"]["ngf"] == 4 and card["training"]["final_epoch"] == 2
+    assert main(["train", "--output", str(run), "--resume", "--epochs", "3", "--ngf", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--ngf 8 differs from the run's 4" in err and "config.json" in err
+    assert main(["train", "--output", str(run), "--resume", "--phantom-seeds", "2", "--phantom-slices", "16"]) == 2
+    assert "the training data differ from the run's" in capsys.readouterr().err

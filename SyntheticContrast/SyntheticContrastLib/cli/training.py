@@ -12,7 +12,7 @@ from .data import phantom_pairs
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a generator (paper recipe by default); torchrun for several GPUs/nodes")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one is required, except with --resume, which reads the run's own
     src.add_argument("--pairs", type=Path, help="CSV with columns input,target, or folder of <case>_ncct.*/<case>_cect.*")
     src.add_argument("--phantom-seeds", help="train on generated phantom cases with these seeds, e.g. '1000-1015'")
     p.add_argument("--output", type=Path, required=True, help="folder for checkpoint, log, samples and the model card")
@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--model-id")
     p.add_argument("--default-stride", type=int)
     p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly, with the run's own "
+                                                         "settings (OUTPUT/config.json); only --epochs and --device may change")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an OUTPUT that holds one (refused without it)")
     p.add_argument("--phantom-slices", type=int, default=48)
     p.add_argument("--install", metavar="NAME", help="install the trained model into your model store under NAME")
@@ -68,10 +69,63 @@ def register(sub) -> None:
 
 
 
+#: The run's own file of its settings and data, written before the first epoch; --resume reads it.
+RUN_CONFIG = "config.json"
+#: What a resumed run may change: train longer, or on another device.
+RESUMABLE = {"epochs", "device"}
+
+
+def _flags(args) -> dict:
+    """The settings given on this command line, by TrainConfig field ('generator.ngf' for the network's)."""
+    given = {"generator.ngf": args.ngf, "generator.levels": args.levels, "generator.dropout": args.dropout,
+             "generator.residual": args.residual or None, "epochs": args.epochs, "discriminator_ndf": args.ndf,
+             "crop": args.crop, "samples_per_volume": args.samples_per_volume, "lr": args.lr,
+             "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device, "seed": args.seed,
+             "model_id": args.model_id, "default_stride": args.default_stride}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _data(args) -> dict:
+    if args.phantom_seeds:
+        return {"phantom_seeds": args.phantom_seeds, "phantom_slices": args.phantom_slices}
+    return {"pairs": str(args.pairs.resolve()), "register": bool(args.register)}
+
+
+def _flag_name(field: str) -> str:
+    return "--" + {"discriminator_ndf": "ndf"}.get(field.split(".")[-1], field.split(".")[-1]).replace("_", "-")
+
+
+def _resumed(args) -> tuple[dict, dict] | str:
+    """The run's own settings and data for --resume, or why this command line cannot resume it."""
+    path = args.output / RUN_CONFIG
+    if path.is_file():
+        from ..fileio import read_json_object
+
+        stored = read_json_object(path, "a training run's settings")
+        config, data = stored["config"], stored["data"]
+    else:  # a run from before runs kept config.json: its checkpoint holds the settings, the data come from the flags
+        import torch
+
+        if not (args.phantom_seeds or args.pairs):
+            return f"{args.output} has no {RUN_CONFIG}: give the run's --pairs or --phantom-seeds to resume it"
+        path = args.output / "checkpoint.pt"
+        config, data = json.loads(torch.load(path, map_location="cpu", weights_only=True)["config"]), _data(args)
+    for field, value in _flags(args).items():
+        section, _, name = field.rpartition(".")
+        before = (config[section] if section else config).get(name)
+        if field not in RESUMABLE and value != before:
+            return (f"{_flag_name(field)} {value} differs from the run's {before} ({path}); a resumed run keeps its settings "
+                    "(only --epochs and --device may change): drop the flag, or start a new run in a new folder")
+    if (args.phantom_seeds or args.pairs) and _data(args) != data:
+        return f"the training data differ from the run's ({path}: {data}); a resumed run keeps its data"
+    return config, data
+
+
 def cmd_train(args) -> int:
     import dataclasses
 
     from ..engine.training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
+    from ..fileio import atomic_write_text
 
     held = sorted(p.name for p in args.output.iterdir()) if args.output.is_dir() else []
     if held and not (args.resume or args.overwrite):
@@ -79,21 +133,33 @@ def cmd_train(args) -> int:
         print(f"error: {args.output} already holds files ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); --resume "
               "continues that run, --overwrite starts a new one over it, or give a new folder", file=sys.stderr)
         return EXIT_USAGE
-    cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
-    gen = dataclasses.replace(cfg.generator, **{k: v for k, v in (("ngf", args.ngf), ("levels", args.levels), ("dropout", args.dropout), ("residual", args.residual or None)) if v is not None})
-    overrides = {
-        "epochs": args.epochs, "discriminator_ndf": args.ndf, "crop": args.crop, "samples_per_volume": args.samples_per_volume,
-        "lr": args.lr, "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device,
-        "seed": args.seed, "model_id": args.model_id, "default_stride": args.default_stride,
-    }
-    cfg = dataclasses.replace(cfg, generator=gen, **{k: v for k, v in overrides.items() if v is not None})
-    if args.phantom_seeds:
-        pairs = phantom_pairs(seed_list(args.phantom_seeds), args.phantom_slices)
-        cfg = dataclasses.replace(cfg, training_data=f"procedural chest phantom, seeds {args.phantom_seeds}, {args.phantom_slices} slices")
+    if args.resume and ((args.output / RUN_CONFIG).is_file() or (args.output / "checkpoint.pt").is_file()):
+        resumed = _resumed(args)
+        if isinstance(resumed, str):
+            print(f"error: {resumed}", file=sys.stderr)
+            return EXIT_USAGE
+        config, data = resumed
+        cfg = TrainConfig.from_dict(config)
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in _flags(args).items() if k in RESUMABLE})
     else:
-        pairs = load_pairs(read_pair_list(args.pairs), register=args.register)
+        if not (args.phantom_seeds or args.pairs):
+            print("error: give --pairs or --phantom-seeds (a new run needs its training data)", file=sys.stderr)
+            return EXIT_USAGE
+        cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
+        flags = _flags(args)
+        gen = dataclasses.replace(cfg.generator, **{k.split(".")[1]: v for k, v in flags.items() if k.startswith("generator.")})
+        cfg = dataclasses.replace(cfg, generator=gen, **{k: v for k, v in flags.items() if not k.startswith("generator.")})
+        data = _data(args)
+        if args.phantom_seeds:
+            cfg = dataclasses.replace(cfg, training_data=f"procedural chest phantom, seeds {args.phantom_seeds}, {args.phantom_slices} slices")
+    if "phantom_seeds" in data:
+        pairs = phantom_pairs(seed_list(data["phantom_seeds"]), data["phantom_slices"])
+    else:
+        pairs = load_pairs(read_pair_list(Path(data["pairs"])), register=data["register"])
     train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     trainer = Trainer(cfg, args.output, progress=print)
+    if trainer.rank == 0 and not args.resume:
+        atomic_write_text(args.output / RUN_CONFIG, json.dumps({"config": cfg.to_dict(), "data": data}, indent=2) + "\n")
     if args.resume:
         trainer.load_checkpoint()
         print(f"resumed after epoch {trainer.epoch}")
