@@ -72,6 +72,32 @@ def test_export_dicom_with_only_its_three_paths(small_ncct, tmp_path):
     assert ood != "none" and f"OUT-OF-DISTRIBUTION WARNING: {ood}" in ds.ImageComments  # a 64-pixel CT is far from training
 
 
+def test_a_nifti_output_carries_its_provenance_in_a_header_extension_and_exports_without_its_sidecar(small_ncct, tmp_path):
+    """NIfTI's header keeps 80 characters; the whole provenance (the sidecar's, without the file's own hash) is in a
+    NIFTI_ECODE_COMMENT extension too, which nibabel, an independent reader, finds. A NIfTI moved without its
+    sidecar still says which model made it, and export-dicom still needs no --model."""
+    import shutil
+
+    nib = pytest.importorskip("nibabel")
+    folder, files = small_ncct
+    synthetic = tmp_path / "ct_synthetic.nii.gz"
+    assert main(["synthesize", str(folder), str(synthetic)]) == 0
+    sidecar = json.loads((tmp_path / "ct_synthetic.json").read_text())
+    (extension,) = nib.load(str(synthetic)).header.extensions
+    record = json.loads(extension.get_content().rstrip(b"\0"))
+    assert extension.get_code() == 6 and record == {k: v for k, v in sidecar.items() if k not in ("image", "image_sha256")}
+    assert record["ood"] == sidecar["ood"] != "none" and len(record["model_sha256"]) == 64
+    np.testing.assert_array_equal(np.asarray(nib.load(str(synthetic)).dataobj).transpose(2, 1, 0),
+                                  read_volume(synthetic, check_hu=False).array)
+    alone = tmp_path / "moved" / "ct_synthetic.nii.gz"
+    alone.parent.mkdir()
+    shutil.copy(synthetic, alone)  # the sidecar stays behind
+    assert synthetic_provenance(alone)["sha256"] == sidecar["model_sha256"]
+    assert main(["export-dicom", str(alone), str(folder), str(tmp_path / "dicom")]) == 0
+    ds = pydicom.dcmread(sorted((tmp_path / "dicom").glob("*.dcm"))[0])
+    assert "SYNTHETIC" in ds.ImageComments and f"OUT-OF-DISTRIBUTION WARNING: {sidecar['ood']}" in ds.ImageComments
+
+
 def test_evaluate_and_cnr_with_only_what_they_require(phantom_dir, tmp_path):
     ncct, cect = phantom_dir / "phantom0000_ncct.nii.gz", phantom_dir / "phantom0000_cect.nii.gz"
     rois = phantom_dir / "phantom0000_rois.json"

@@ -1,5 +1,7 @@
 """Volume I/O keeps geometry exactly and rejects unusable inputs with the file and the problem named."""
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -125,5 +127,10 @@ def test_a_nifti_synthetic_whose_description_was_rewritten_is_still_found_synthe
                   "SyntheticContrast.model_id": "chest-v1", "SyntheticContrast.model_sha256": "cd" * 32})
     found = synthetic_provenance(path)  # no ITK_FileNotes was given: the description is empty
     assert found is not None and (found["model_id"], found["sha256"]) == ("chest-v1", "cd" * 32)
-    (tmp_path / "s_synthetic.json").write_text("{}")  # a sidecar that is not this file's says nothing
-    assert synthetic_provenance(path) is None
+    (tmp_path / "s_synthetic.json").write_text("{}")  # its sidecar lost: the file's own header extension still says so
+    assert synthetic_provenance(path)["sha256"] == "cd" * 32
+    plain = tmp_path / "p.nii.gz"  # no extension, and a sidecar written for another file: nothing says synthetic
+    sitk.WriteImage(sitk.GetImageFromArray(chest_like((4, 16, 16))), str(plain))
+    (tmp_path / "p.json").write_text(json.dumps({"format": "synthetic-contrast-sidecar/1", "image_sha256": "0" * 64,
+                                                 "synthetic": "true", "model_sha256": "cd" * 32}))
+    assert synthetic_provenance(plain) is None

@@ -1,6 +1,7 @@
 """NIfTI files checked from their own bytes before ITK reads them: a header that declares more voxels than the file
 holds (a truncated file, or a few bytes claiming gigabytes), NaN or infinite voxels (ITK reads them as 0 HU), zero or
-non-finite voxel spacing (ITK reads it as 1 mm), and an sform and qform that disagree."""
+non-finite voxel spacing (ITK reads it as 1 mm), and an sform and qform that disagree. Also NIfTI-1's header
+extensions: a synthetic output carries its provenance in one, so the file says what it is even without its sidecar."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ HEADER_BYTES = 348
 #: NIfTI-1 datatype code -> numpy dtype (the codes a CT can have).
 DATATYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
 CHUNK_BYTES = 1 << 22
+#: NIFTI_ECODE_COMMENT: free ASCII text, which every NIfTI reader keeps or skips safely. Our provenance JSON goes here.
+COMMENT_ECODE = 6
 
 
 def _open(path: Path):
@@ -31,6 +34,54 @@ def read_header(path: Path) -> bytes:
 def _byte_order(header: bytes) -> str:
     """'<' or '>': the order in which sizeof_hdr reads as 348, as NIfTI-1 defines it."""
     return "<" if struct.unpack_from("<i", header, 0)[0] == HEADER_BYTES else ">"
+
+
+def _layout(header: bytes, extender: bytes) -> tuple[str, int, bool]:
+    order = _byte_order(header)
+    return order, int(struct.unpack_from(order + "f", header, 108)[0]), bool(extender[:1]) and extender[0] != 0
+
+
+def add_comment_extension(plain: Path, target: Path, text: str, compress: bool) -> None:
+    """Copy the uncompressed NIfTI-1 file ``plain`` to ``target`` with one more comment extension holding ``text``
+    after the header: the extension flag set, vox_offset moved past it (a multiple of 16, as the format asks), the
+    voxels copied as they are, gzip-compressed when ``compress``."""
+    import shutil
+
+    data = text.encode("ascii")  # NIFTI_ECODE_COMMENT is ASCII: callers escape the rest (json.dumps does)
+    with open(plain, "rb") as src:
+        header = bytearray(src.read(HEADER_BYTES))
+        extender = src.read(4)
+        order, offset, has_extensions = _layout(bytes(header), extender)
+        kept = src.read(offset - HEADER_BYTES - 4) if has_extensions else b""
+        src.seek(offset)
+        size = -(-(8 + len(data)) // 16) * 16
+        extension = struct.pack(order + "ii", size, COMMENT_ECODE) + data + b"\0" * (size - 8 - len(data))
+        struct.pack_into(order + "f", header, 108, float(HEADER_BYTES + 4 + len(kept) + size))
+        # Level 3: with SimpleITK's uncompressed write first, 2x faster than its own .nii.gz and 15 % larger
+        # (benchmarks/nifti_extension.py); level 6 took twice SimpleITK's time.
+        opener = (lambda p: gzip.open(p, "wb", compresslevel=3)) if compress else (lambda p: open(p, "wb"))
+        with opener(target) as out:
+            out.write(bytes(header) + b"\x01\0\0\0" + kept + extension)
+            shutil.copyfileobj(src, out, CHUNK_BYTES)
+
+
+def comment_extensions(path: Path) -> list[str]:
+    """The texts of a NIfTI-1 file's comment extensions, in order; none for a file without extensions."""
+    with _open(Path(path)) as fh:
+        header, extender = fh.read(HEADER_BYTES), fh.read(4)
+        if len(header) < HEADER_BYTES or len(extender) < 4 or struct.unpack_from("<i", header, 0)[0] not in (HEADER_BYTES, 0x5C010000):
+            return []
+        order, offset, has_extensions = _layout(header, extender)
+        block = fh.read(max(0, offset - HEADER_BYTES - 4)) if has_extensions else b""
+    texts, at = [], 0
+    while at + 8 <= len(block):
+        size, code = struct.unpack_from(order + "ii", block, at)
+        if size < 16 or size % 16 or at + size > len(block):
+            break  # a malformed extension: stop, as niftilib does, and keep what was read
+        if code == COMMENT_ECODE:
+            texts.append(block[at + 8:at + size].rstrip(b"\0").decode("ascii", "replace"))
+        at += size
+    return texts
 
 
 def check_nifti(path: Path) -> None:

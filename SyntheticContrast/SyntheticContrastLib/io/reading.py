@@ -3,6 +3,7 @@ NIfTI/NRRD/MetaImage files, with exact LPS geometry and errors that name the fil
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from . import rules
 from .dicom_series import (check_dicom_series, choose_series, dicom_series_in, dicomdir_series, is_dicom_file, padding_to_air,
                            quiet_itk, report_unreadable_files, single_file_problem)
 from .enhanced_ct import ENHANCED_CT, is_enhanced_ct, read_enhanced_ct
-from .nifti import check_nifti, nifti_form_disagreement
-from .sidecar import read_sidecar, write_sidecar
+from .nifti import add_comment_extension, check_nifti, comment_extensions, nifti_form_disagreement
+from .sidecar import FORMAT as PROVENANCE_FORMAT, provenance_record, read_sidecar, write_sidecar
 from .volume import PROVENANCE_PREFIX, READ_SUFFIXES, READER_NOTES, Volume
 
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -145,18 +146,32 @@ def synthetic_provenance(path: str | Path) -> dict | None:
     meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
     label = meta.get("ITK_FileNotes", meta.get("descrip", ""))
     if not (label.startswith("SYNTHETIC") or meta.get(PROVENANCE_PREFIX + "synthetic") == "true"):
-        # A NIfTI whose 80-byte description was rewritten by another tool: its own sidecar still says so.
-        sidecar = read_sidecar(Path(path))
-        if sidecar is None or sidecar.get("synthetic") != "true":
+        # A NIfTI whose 80-byte description was rewritten by another tool: its own sidecar or extension still says so.
+        record = read_sidecar(Path(path)) or nifti_provenance(path)
+        if record is None or record.get("synthetic") != "true":
             return None
-        return {"label": sidecar.get("label", ""), "model_id": sidecar.get("model_id"), "sha256": sidecar.get("model_sha256"),
-                "sidecar": sidecar}
+        return {"label": record.get("label", ""), "model_id": record.get("model_id"), "sha256": record.get("model_sha256"),
+                "sidecar": record}
     found = {"label": label, "model_id": meta.get(PROVENANCE_PREFIX + "model_id"), "sha256": meta.get(PROVENANCE_PREFIX + "model_sha256")}
-    if not found["sha256"]:  # NIfTI: the sidecar written with this very file holds what its header cannot
-        sidecar = read_sidecar(Path(path))
-        if sidecar is not None:
-            found.update(model_id=sidecar.get("model_id"), sha256=sidecar.get("model_sha256"), sidecar=sidecar)
+    if not found["sha256"]:  # NIfTI: the sidecar written with this very file, or its extension, holds the rest
+        record = read_sidecar(Path(path)) or nifti_provenance(path)
+        if record is not None:
+            found.update(model_id=record.get("model_id"), sha256=record.get("model_sha256"), sidecar=record)
     return found
+
+
+def nifti_provenance(path) -> dict | None:
+    """The provenance a NIfTI output of ours carries in its comment extension, or None."""
+    if suffix_of(Path(path)) not in (".nii", ".nii.gz"):
+        return None
+    for text in comment_extensions(Path(path)):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("format") == PROVENANCE_FORMAT:
+            return record
+    return None
 
 
 def write_volume(volume: Volume, path: str | Path, metadata: dict | None = None) -> Path:
@@ -167,13 +182,23 @@ def write_volume(volume: Volume, path: str | Path, metadata: dict | None = None)
     if suffix not in WRITE_SUFFIXES:
         raise OutputError(path, f"unsupported output extension {suffix!r}; use one of {', '.join(WRITE_SUFFIXES)}")
     image = volume.to_sitk()
-    for key, value in {**volume.metadata, **(metadata or {})}.items():
+    everything = {**volume.metadata, **(metadata or {})}
+    for key, value in everything.items():
         if isinstance(value, (str, int, float)):
             image.SetMetaData(str(key), str(value))
+    provenance = provenance_record(everything) if suffix in (".nii", ".nii.gz") else None
     with atomic_path(path) as tmp:
         try:
-            sitk.WriteImage(image, str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+            if provenance is None:
+                sitk.WriteImage(image, str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+            else:  # the header's 80 characters cannot hold the provenance: a comment extension does
+                plain = tmp.with_name(tmp.name[:-len(suffix)] + ".plain.nii")
+                try:
+                    sitk.WriteImage(image, str(plain), useCompression=False)
+                    add_comment_extension(plain, tmp, json.dumps(provenance, default=str), compress=suffix == ".nii.gz")
+                finally:
+                    plain.unlink(missing_ok=True)
         except RuntimeError as exc:
             raise OutputError(path, f"writing failed: {str(exc).strip().splitlines()[-1]}") from exc
-    write_sidecar(path, {**volume.metadata, **(metadata or {})})
+    write_sidecar(path, everything)
     return path

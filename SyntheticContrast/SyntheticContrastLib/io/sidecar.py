@@ -35,13 +35,20 @@ def _versions() -> dict:
     return versions
 
 
-def write_sidecar(image: Path, metadata: dict) -> Path | None:
-    """For a synthetic volume (its metadata says so), the sidecar of the file just written; else nothing."""
+def provenance_record(metadata: dict) -> dict | None:
+    """The provenance of a synthetic volume (its metadata says so) as one JSON object, or None for any other."""
     if metadata.get(PROVENANCE_PREFIX + "synthetic") != "true":
         return None
     fields = {k[len(PROVENANCE_PREFIX):]: v for k, v in metadata.items() if k.startswith(PROVENANCE_PREFIX)}
-    record = {"format": FORMAT, "image": Path(image).name, "image_sha256": sha256_of(image), **fields,
-              "versions": _versions()}
+    return {"format": FORMAT, **fields, "versions": _versions()}
+
+
+def write_sidecar(image: Path, metadata: dict) -> Path | None:
+    """For a synthetic volume (its metadata says so), the sidecar of the file just written; else nothing."""
+    provenance = provenance_record(metadata)
+    if provenance is None:
+        return None
+    record = {"format": FORMAT, "image": Path(image).name, "image_sha256": sha256_of(image), **provenance}
     atomic_write_text(sidecar_path(image), json.dumps(record, indent=2, default=str) + "\n")
     return sidecar_path(image)
 
