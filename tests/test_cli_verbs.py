@@ -87,3 +87,19 @@ def test_resume_takes_the_runs_own_settings_and_refuses_a_flag_that_differs(tmp_
     assert "--ngf 8 differs from the run's 4" in err and "config.json" in err
     assert main(["train", "--output", str(run), "--resume", "--phantom-seeds", "2", "--phantom-slices", "16"]) == 2
     assert "the training data differ from the run's" in capsys.readouterr().err
+
+
+def test_train_writes_and_prints_its_patient_split_and_refuses_a_patient_on_both_sides(tmp_path, capsys):
+    from SyntheticContrastLib.cli import main
+
+    data = tmp_path / "data"
+    assert main(["phantom", str(data), "--seeds", "1-3", "--slices", "16", "--size", "64"]) == 0
+    capsys.readouterr()
+    small = ["--epochs", "1", "--ngf", "4", "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]
+    assert main(["train", "--pairs", str(data), "--output", str(tmp_path / "run"), *small]) == 0
+    out = capsys.readouterr().out
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["validation"]["patients"] and not set(split["train"]["patients"]) & set(split["validation"]["patients"])
+    assert f"split: 2 training pairs (2 patients), 1 validation pairs (1 patients), by patient; {tmp_path / 'run' / 'split.json'}" in out
+    assert main(["train", "--pairs", str(data), "--val-pairs", str(data), "--output", str(tmp_path / "both"), *small]) == 2
+    assert "are in both --pairs and --val-pairs" in capsys.readouterr().err

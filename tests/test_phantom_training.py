@@ -146,3 +146,19 @@ def test_training_windows_reach_every_z_position_the_first_and_the_last():
         np.testing.assert_array_equal(target, source + 1000.0)
         starts.add(start)
     assert starts == {0, 1, 2, 3, 4}
+
+
+def test_the_validation_split_never_divides_a_patient():
+    """The split was random per pair: a patient's second study could validate a model trained on the first. Now whole
+    patients go to one side, for every seed; pairs without a patient are their own group."""
+    from SyntheticContrastLib.engine.training import split_pairs
+
+    slab = np.zeros((2, 4, 4), np.float32)
+    groups = ["A", "A", "A", "B", "B", "C", "D", "", ""]
+    pairs = [PairedVolume(f"p{n}", slab, slab, group=g) for n, g in enumerate(groups)]
+    for seed in range(30):
+        train, val = split_pairs(pairs, 0.3, seed)
+        assert val and train and len(train) + len(val) == len(pairs)
+        sides = {p.group or p.name: (p in val) for p in pairs}
+        assert all((p in val) == sides[p.group or p.name] for p in pairs), seed
+    assert split_pairs([PairedVolume("a", slab, slab, group="X"), PairedVolume("b", slab, slab, group="X")], 0.5, 0)[1] == []

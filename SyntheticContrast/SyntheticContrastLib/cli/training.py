@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--model-id")
     p.add_argument("--default-stride", type=int)
     p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
+    p.add_argument("--val-pairs", type=Path, help="validation pairs (CSV or folder, as --pairs) instead of a split of "
+                                                 "--pairs; no patient may be in both")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly, with the run's own "
                                                          "settings (OUTPUT/config.json); only --epochs and --device may change")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an OUTPUT that holds one (refused without it)")
@@ -88,7 +90,8 @@ def _flags(args) -> dict:
 def _data(args) -> dict:
     if args.phantom_seeds:
         return {"phantom_seeds": args.phantom_seeds, "phantom_slices": args.phantom_slices}
-    return {"pairs": str(args.pairs.resolve()), "register": bool(args.register)}
+    return {"pairs": str(args.pairs.resolve()), "register": bool(args.register),
+            **({"val_pairs": str(args.val_pairs.resolve())} if args.val_pairs else {})}
 
 
 def _flag_name(field: str) -> str:
@@ -124,7 +127,7 @@ def _resumed(args) -> tuple[dict, dict] | str:
 def cmd_train(args) -> int:
     import dataclasses
 
-    from ..engine.training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs
+    from ..engine.training import TrainConfig, Trainer, load_pairs, read_pair_list, split_pairs, split_record
     from ..fileio import atomic_write_text
 
     held = sorted(p.name for p in args.output.iterdir()) if args.output.is_dir() else []
@@ -145,6 +148,9 @@ def cmd_train(args) -> int:
         if not (args.phantom_seeds or args.pairs):
             print("error: give --pairs or --phantom-seeds (a new run needs its training data)", file=sys.stderr)
             return EXIT_USAGE
+        if args.val_pairs and not args.pairs:
+            print("error: --val-pairs goes with --pairs (phantom runs split their own seeds)", file=sys.stderr)
+            return EXIT_USAGE
         cfg = TrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else TrainConfig()
         flags = _flags(args)
         gen = dataclasses.replace(cfg.generator, **{k.split(".")[1]: v for k, v in flags.items() if k.startswith("generator.")})
@@ -156,10 +162,23 @@ def cmd_train(args) -> int:
         pairs = phantom_pairs(seed_list(data["phantom_seeds"]), data["phantom_slices"])
     else:
         pairs = load_pairs(read_pair_list(Path(data["pairs"])), register=data["register"])
-    train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    if data.get("val_pairs"):
+        train, val = pairs, load_pairs(read_pair_list(Path(data["val_pairs"])), register=data.get("register", False))
+        shared = sorted({p.group or p.name for p in train} & {p.group or p.name for p in val})
+        if shared:
+            print(f"error: patient(s) {', '.join(shared[:5])} are in both --pairs and --val-pairs; a patient's cases "
+                  "belong to one side", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     trainer = Trainer(cfg, args.output, progress=print)
-    if trainer.rank == 0 and not args.resume:
-        atomic_write_text(args.output / RUN_CONFIG, json.dumps({"config": cfg.to_dict(), "data": data}, indent=2) + "\n")
+    if trainer.rank == 0:
+        split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
+        print(f"split: {len(train)} training pairs ({len(split['train']['patients'])} patients), {len(val)} validation "
+              f"pairs ({len(split['validation']['patients'])} patients), by patient; {args.output / 'split.json'}")
+        if not args.resume:
+            atomic_write_text(args.output / RUN_CONFIG, json.dumps({"config": cfg.to_dict(), "data": data}, indent=2) + "\n")
+            atomic_write_text(args.output / "split.json", json.dumps(split, indent=2) + "\n")
     if args.resume:
         trainer.load_checkpoint()
         print(f"resumed after epoch {trainer.epoch}")

@@ -86,6 +86,7 @@ class PairedVolume:
     source: np.ndarray  # HU (z, y, x)
     target: np.ndarray
     spacing: tuple = (1.0, 1.0, 1.0)  # (x, y, z) mm of the source, for the card's input statistics
+    group: str = ""  # the patient (else the study) it belongs to: the validation split never divides one
 
 
 def _read_ref(ref) -> Volume:
@@ -116,10 +117,11 @@ def register_rigid(fixed_path, moving_path):
     return sitk.GetArrayFromImage(resampled).astype(np.float32)
 
 
-def load_pairs(pairs: Sequence[tuple[str, str]], register: bool = False) -> list[PairedVolume]:
-    """Read (input, target) paths; targets must share the input grid unless ``register`` aligns them."""
+def load_pairs(pairs: Sequence[tuple], register: bool = False) -> list[PairedVolume]:
+    """Read (input, target) or (input, target, group) references; targets must share the input grid unless
+    ``register`` aligns them."""
     out = []
-    for src, tgt in pairs:
+    for src, tgt, *group in pairs:
         s = _read_ref(src)
         if register:
             t_arr = register_rigid(src, tgt)
@@ -130,13 +132,15 @@ def load_pairs(pairs: Sequence[tuple[str, str]], register: bool = False) -> list
             t_arr = t.array
         layout = AxialLayout.of(s.direction)  # trained in the voxel order that inference uses
         name = Path(src if isinstance(src, (str, Path)) else src[0]).name
-        out.append(PairedVolume(name, layout.to_axial(s.array), layout.to_axial(t_arr), layout.spacing(s.spacing)))
+        out.append(PairedVolume(name, layout.to_axial(s.array), layout.to_axial(t_arr), layout.spacing(s.spacing),
+                                group=group[0] if group else ""))
     return out
 
 
 def read_pair_list(path: str | Path) -> list[tuple]:
-    """A CSV with columns input,target (and input_series,target_series where a folder holds several series, as
-    'synthetic-contrast pairs' writes), or a folder with <case>_ncct.* / <case>_cect.* files."""
+    """(input, target, group) from a CSV with columns input,target (and input_series,target_series where a folder
+    holds several series, and patient_id and study_uid, as 'synthetic-contrast pairs' writes), or from a folder with
+    <case>_ncct.* / <case>_cect.* files. The group is the patient, else the study, else the case itself."""
     path = Path(path)
     if path.is_dir():
         pairs = []
@@ -144,7 +148,7 @@ def read_pair_list(path: str | Path) -> list[tuple]:
             tgt = src.with_name(src.name.replace("_ncct.", "_cect."))
             if not tgt.exists():
                 raise InputError(src, f"has no paired target {tgt.name}")
-            pairs.append((str(src), str(tgt)))
+            pairs.append((str(src), str(tgt), src.name.split("_ncct.")[0]))
         if not pairs:
             raise InputError(path, "holds no <case>_ncct.* / <case>_cect.* pairs")
         return pairs
@@ -153,8 +157,8 @@ def read_pair_list(path: str | Path) -> list[tuple]:
     if not rows or not {"input", "target"} <= set(rows[0]):
         raise InputError(path, "CSV needs the columns 'input' and 'target'")
     base = path.parent
-    return [((str(base / r["input"]), r.get("input_series") or None), (str(base / r["target"]), r.get("target_series") or None))
-            for r in rows]
+    return [((str(base / r["input"]), r.get("input_series") or None), (str(base / r["target"]), r.get("target_series") or None),
+             (r.get("patient_id") or "").strip() or (r.get("study_uid") or "").strip() or r["input"]) for r in rows]
 
 
 def _sample(pair: PairedVolume, cfg: TrainConfig, rng: np.random.Generator):
@@ -387,9 +391,25 @@ class Trainer:
 
 
 def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic split; at least one validation pair when there are two or more pairs and val_fraction > 0."""
-    if val_fraction <= 0 or len(pairs) < 2:
+    """Deterministic split by patient (each pair's group; its name where it has none): whole patients go to
+    validation until it holds ``val_fraction`` of the pairs, at least one patient when there are two or more."""
+    groups = list(dict.fromkeys(p.group or p.name for p in pairs))
+    if val_fraction <= 0 or len(groups) < 2:
         return list(pairs), []
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = max(1, int(round(val_fraction * len(pairs))))
-    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    wanted, chosen, held = max(1, int(round(val_fraction * len(pairs)))), set(), 0
+    for group in order[:-1]:  # one patient at least stays for training
+        if held >= wanted:
+            break
+        chosen.add(group)
+        held += sum(1 for p in pairs if (p.group or p.name) == group)
+    return [p for p in pairs if (p.group or p.name) not in chosen], [p for p in pairs if (p.group or p.name) in chosen]
+
+
+def split_record(train: list, val: list, seed: int, source: str) -> dict:
+    """What split.json keeps and the log prints: each side's pairs and patients."""
+    def side(pairs):
+        return {"pairs": [p.name for p in pairs], "patients": sorted({p.group or p.name for p in pairs})}
+
+    return {"by": "patient_id, else study_uid, else case", "seed": seed, "source": source,
+            "train": side(train), "validation": side(val)}

@@ -48,6 +48,7 @@ class Series:
     series_uid: str
     study_uid: str = ""
     frame_uid: str = ""
+    patient_id: str = ""  # what a training split groups by: a patient's studies are never on both sides
     description: str = ""
     z_range: tuple[float, float] = (0.0, 0.0)
     blood_hu: float | None = None
@@ -103,6 +104,7 @@ def classify(entry: dict) -> Series:
         return series
     ds = entry["header"]
     series.study_uid, series.frame_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("FrameOfReferenceUID", ""))
+    series.patient_id = str(ds.get("PatientID", "") or "").strip()
     try:
         volume = read_volume(entry["folder"], series_uid=entry["series_uid"])
     except SyntheticContrastError as exc:
@@ -166,7 +168,7 @@ def pair_studies(series: list[Series], min_overlap: float = 0.8, phase: str | No
             n, c, why = matches[0]
             pairs.append({"input": n.folder, "target": c.folder, "study_uid": study_uid,
                           "reason": f"NCCT: {n.reason} | CECT ({c.phase}): {c.reason} | paired: {why}",
-                          "input_series": n.series_uid, "target_series": c.series_uid})
+                          "input_series": n.series_uid, "target_series": c.series_uid, "patient_id": n.patient_id})
             used |= {id(n), id(c)}
             continue
         if len(matches) > 1:
@@ -188,7 +190,7 @@ def pair_studies(series: list[Series], min_overlap: float = 0.8, phase: str | No
     return pairs, unpaired
 
 
-PAIR_FIELDS = ("input", "target", "study_uid", "reason", "input_series", "target_series")
+PAIR_FIELDS = ("input", "target", "study_uid", "reason", "input_series", "target_series", "patient_id")
 UNPAIRED_FIELDS = ("folder", "series_uid", "study_uid", "description", "class", "blood_pool_hu", "reason")
 
 
