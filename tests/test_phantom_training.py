@@ -162,3 +162,41 @@ def test_the_validation_split_never_divides_a_patient():
         sides = {p.group or p.name: (p in val) for p in pairs}
         assert all((p in val) == sides[p.group or p.name] for p in pairs), seed
     assert split_pairs([PairedVolume("a", slab, slab, group="X"), PairedVolume("b", slab, slab, group="X")], 0.5, 0)[1] == []
+
+
+
+def _scripted_validation(monkeypatch, maes, input_mae):
+    """Validation MAEs by epoch, so the choice of epoch is what is tested (validate itself is tested above)."""
+    scripted = iter(maes)
+    monkeypatch.setattr(Trainer, "validate", lambda self, pairs: {"val_mae": next(scripted), "input_mae": input_mae})
+
+
+def test_the_exported_model_is_the_best_epoch_and_its_card_says_which(tmp_path, monkeypatch):
+    """The last epoch was exported even when a validation MAE before it was lower. Now best.pt keeps the lowest,
+    the exported weights are its own (not the last epoch's, which checkpoint.pt keeps for --resume), and the card
+    names the exported epoch."""
+    from SyntheticContrastLib.engine.models import load_model
+
+    _scripted_validation(monkeypatch, [50.0, 10.0, 30.0], 20.0)
+    pairs = _pairs()
+    trainer = Trainer(_tiny_cfg(3), tmp_path / "run")
+    trainer.fit(pairs, pairs[:1])
+    record = json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]
+    assert (record["exported_epoch"], record["final_epoch"], record["selected_by"]) == (2, 3, "the lowest validation MAE")
+    assert record["best"] == {"epoch": 2, "val_mae": 10.0, "input_mae": 20.0} and "warning" not in record
+    exported = load_model(tmp_path / "run" / "sct-model.json").generator.state_dict()
+    kept = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["G"]
+    assert all(torch.equal(exported[k].cpu(), kept[k].cpu()) for k in kept)
+    assert not all(torch.equal(exported[k].cpu(), last[k].cpu()) for k in last)
+
+
+def test_a_model_no_better_than_its_input_on_validation_is_warned_about_in_the_log_and_the_card(tmp_path, monkeypatch):
+    """The card reported validation MAE 7.15 HU against 7.12 HU for the input itself, and nothing warned."""
+    _scripted_validation(monkeypatch, [7.20, 7.15], 7.12)
+    said, pairs = [], _pairs()
+    Trainer(_tiny_cfg(2), tmp_path / "run", progress=said.append).fit(pairs, pairs[:1])
+    record = json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]
+    assert record["warning"] == ("no better than its input on validation: MAE 7.15 HU against 7.12 HU for the NCCT "
+                                 "itself, at its best epoch 2")
+    assert "warning: the exported model is no better than its input on validation: MAE 7.15 HU" in said[-1]

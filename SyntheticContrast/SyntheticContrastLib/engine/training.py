@@ -221,6 +221,7 @@ class Trainer:
             self.D_train = nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
         self.epoch = 0
         self.history: list[dict] = []
+        self.best: dict | None = None  # the epoch with the lowest validation MAE, whose weights best.pt holds
         self.say = progress or (lambda msg: log.info(msg))
 
     def close(self) -> None:
@@ -235,11 +236,23 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
 
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _keep_if_best(self, row: dict) -> None:
+        if "val_mae" not in row or (self.best is not None and row["val_mae"] >= self.best["val_mae"]):
+            return
+        self.best = {"epoch": row["epoch"], "val_mae": row["val_mae"], "input_mae": row["input_mae"]}
+        with atomic_path(self.best_path) as tmp:
+            torch.save(self.G.state_dict(), tmp)
+
     def save_checkpoint(self) -> None:
         if self.rank != 0:
             return
         state = {
             "epoch": self.epoch, "config": json.dumps(self.cfg.to_dict()), "history": json.dumps(self.history),
+            "best": json.dumps(self.best),
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
@@ -264,6 +277,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
+        self.best = json.loads(state.get("best", "null"))  # checkpoints from before best.pt have none
 
     # -- training ----------------------------------------------------------------------------
     def _batches(self, pairs: list[PairedVolume], rng):
@@ -345,6 +359,7 @@ class Trainer:
             row.update({k: float(np.mean([l[k] for l in losses])) for k in losses[0]} if losses else {})
             if self.rank == 0:
                 row.update(self.validate(val))
+                self._keep_if_best({"epoch": epoch, **row})
             row["seconds"] = round(time.perf_counter() - t0, 2)
             self.epoch = epoch
             self.history.append(row)
@@ -378,11 +393,22 @@ class Trainer:
         from ..trust import ood, plausibility
 
         cfg = self.cfg
+        record = {"config": cfg.to_dict(), "final_epoch": self.epoch, "history": self.history[-3:],
+                  "exported_epoch": self.epoch, "selected_by": "the last epoch (no validation pairs)", "best": self.best}
+        if self.best is not None:
+            record["selected_by"] = "the lowest validation MAE"
+            if self.best["epoch"] != self.epoch:  # the last epoch stays in checkpoint.pt, for --resume
+                self.G.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+                record["exported_epoch"] = self.best["epoch"]
+            if self.best["val_mae"] >= self.best["input_mae"]:
+                record["warning"] = (f"no better than its input on validation: MAE {self.best['val_mae']:.2f} HU against "
+                                     f"{self.best['input_mae']:.2f} HU for the NCCT itself, at its best epoch {self.best['epoch']}")
+                self.say(f"warning: the exported model is {record['warning']}")
         card = ModelCard(
             model_id=cfg.model_id, architecture={}, encoding=self.encoding,
             window={"z": cfg.window_z, "y": cfg.crop or 512, "x": cfg.crop or 512},
             default_stride=cfg.default_stride, intended_use=cfg.intended_use, training_data=cfg.training_data,
-            weights_file="", training={"config": cfg.to_dict(), "final_epoch": self.epoch, "history": self.history[-3:]},
+            weights_file="", training=record,
             input_statistics=ood.training_statistics([Volume(p.source, p.spacing, (0.0, 0.0, 0.0)) for p in train]) if train else {},
             enhancement_statistics=plausibility.training_statistics([(p.source, p.target, p.spacing) for p in train],
                                                                    self.encoding.output_range_hu) if train else {},
