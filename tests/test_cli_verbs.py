@@ -128,3 +128,23 @@ def test_every_train_flag_has_help_with_the_default_train_really_uses():
         action = next(a for a in train._actions if flag in a.option_strings)
         shown = re.search(r"\(default ([^,)]+)", action.help).group(1).strip()
         assert shown == str(value), (flag, shown, value)
+
+
+def test_the_card_records_its_training_data_split_command_device_and_time(tmp_path):
+    """training_data said 'unspecified' and the card recorded nothing about how the model was made."""
+    from SyntheticContrastLib.cli import main
+    from SyntheticContrastLib.fileio import sha256_of
+
+    data = tmp_path / "data"
+    assert main(["phantom", str(data), "--seeds", "1-3", "--slices", "16", "--size", "64"]) == 0
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("input,target,patient_id\n" + "".join(f"data/phantom000{n}_ncct.nii.gz,data/phantom000{n}_cect.nii.gz,P{n}\n"
+                                                              for n in (1, 2, 3)))
+    assert main(["train", "--pairs", str(pairs), "--output", str(tmp_path / "run"), "--epochs", "1", "--ngf", "4",
+                 "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]) == 0
+    record = json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]
+    assert record["data"]["pairs_sha256"] == sha256_of(pairs) and (record["pairs"], record["patients"]) == (3, 3)
+    assert sorted(record["split"]["train"]["patients"] + record["split"]["validation"]["patients"]) == ["P1", "P2", "P3"]
+    assert record["command"].startswith(f"synthetic-contrast train --pairs {pairs} --output ") and record["device"] == "cpu"
+    assert record["wall_s"] > 0
+    assert record["versions"]["torch"] and record["exported_epoch"] == 1

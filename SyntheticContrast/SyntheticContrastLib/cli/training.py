@@ -35,10 +35,14 @@ def register(sub) -> None:
     p.add_argument("--model-id", help="the model card's id and file name (default sct-model)")
     p.add_argument("--default-stride", type=int, help="the card's sliding-window stride in slices (default 10)")
     p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs, and after the last (default 1)")
+    p.add_argument("--val-max-cases", type=int, help="validate on at most K pairs (default 0: all)")
+    p.add_argument("--val-full", action="store_true", help="validate on whole volumes (default: each pair's central "
+                                                          "slab, two windows deep and two crops wide, the same every epoch)")
     p.add_argument("--val-pairs", type=Path, help="validation pairs (CSV or folder, as --pairs) instead of a split of "
                                                  "--pairs; no patient may be in both")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly, with the run's own "
-                                                         "settings (OUTPUT/config.json); only --epochs and --device may change")
+                                                         "settings (OUTPUT/config.json); only --epochs, --device and --val-every may change")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an OUTPUT that holds one (refused without it)")
     p.add_argument("--phantom-slices", type=int, default=48, help="slices of each phantom case (default 48)")
     p.add_argument("--install", metavar="NAME", help="install the trained model into your model store under NAME")
@@ -76,7 +80,7 @@ def register(sub) -> None:
 #: The run's own file of its settings and data, written before the first epoch; --resume reads it.
 RUN_CONFIG = "config.json"
 #: What a resumed run may change: train longer, or on another device.
-RESUMABLE = {"epochs", "device"}
+RESUMABLE = {"epochs", "device", "val_every"}
 
 
 def _flags(args) -> dict:
@@ -85,7 +89,8 @@ def _flags(args) -> dict:
              "generator.residual": args.residual or None, "epochs": args.epochs, "discriminator_ndf": args.ndf,
              "crop": args.crop, "samples_per_volume": args.samples_per_volume, "lr": args.lr,
              "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device, "seed": args.seed,
-             "model_id": args.model_id, "default_stride": args.default_stride}
+             "model_id": args.model_id, "default_stride": args.default_stride, "val_every": args.val_every,
+             "val_max_cases": args.val_max_cases, "val_full": args.val_full or None}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -94,6 +99,17 @@ def _data(args) -> dict:
         return {"phantom_seeds": args.phantom_seeds, "phantom_slices": args.phantom_slices}
     return {"pairs": str(args.pairs.resolve()), "register": bool(args.register),
             **({"val_pairs": str(args.val_pairs.resolve())} if args.val_pairs else {})}
+
+
+def _with_hashes(data: dict) -> dict:
+    """The data source as the card records it: each pair list file with its sha256, so the card names its very data."""
+    from ..fileio import sha256_of
+
+    out = dict(data)
+    for key in ("pairs", "val_pairs"):
+        if key in data and Path(data[key]).is_file():
+            out[key + "_sha256"] = sha256_of(Path(data[key]))
+    return out
 
 
 def _flag_name(field: str) -> str:
@@ -120,7 +136,7 @@ def _resumed(args) -> tuple[dict, dict] | str:
         before = (config[section] if section else config).get(name)
         if field not in RESUMABLE and value != before:
             return (f"{_flag_name(field)} {value} differs from the run's {before} ({path}); a resumed run keeps its settings "
-                    "(only --epochs and --device may change): drop the flag, or start a new run in a new folder")
+                    "(only --epochs, --device and --val-every may change): drop the flag, or start a new run in a new folder")
     if (args.phantom_seeds or args.pairs) and _data(args) != data:
         return f"the training data differ from the run's ({path}: {data}); a resumed run keeps its data"
     return config, data
@@ -174,6 +190,10 @@ def cmd_train(args) -> int:
     else:
         train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     trainer = Trainer(cfg, args.output, progress=print)
+    split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
+    trainer.run_record = {"command": "synthetic-contrast " + " ".join(args.command_line), "data": _with_hashes(data),
+                          "pairs": len(train) + len(val), "patients": len(split["train"]["patients"]) + len(split["validation"]["patients"]),
+                          "split": split}
     if trainer.rank == 0:
         split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
         print(f"split: {len(train)} training pairs ({len(split['train']['patients'])} patients), {len(val)} validation "

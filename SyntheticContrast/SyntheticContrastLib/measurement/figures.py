@@ -76,3 +76,37 @@ def save_figure(fig, path, simulated: bool = False) -> Path:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return path
+
+
+def training_curves(history: list[dict], path) -> Path:
+    """A training run's losses by epoch, and its validation MAE beside the input's own (the line a model must stay
+    below to be worth more than the NCCT itself), as nnU-Net's progress.png shows its run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (losses, errors) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [row["epoch"] for row in history]
+    for key, label in (("loss_g_l1", "generator L1"), ("loss_g_gan", "generator GAN"), ("loss_d", "discriminator")):
+        if any(key in row for row in history):
+            losses.plot(epochs, [row.get(key, np.nan) for row in history], marker=".", label=label)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("loss")
+    losses.set_title("training losses")
+    losses.legend(fontsize=8)
+    validated = [row for row in history if "val_mae" in row]
+    if validated:
+        at = [row["epoch"] for row in validated]
+        errors.plot(at, [row["val_mae"] for row in validated], marker="o", label="sCECT vs CECT")
+        errors.plot(at, [row["input_mae"] for row in validated], linestyle="--", color="grey", label="NCCT vs CECT (input)")
+        best = min(validated, key=lambda row: row["val_mae"])
+        errors.annotate(f"best: epoch {best['epoch']}", (best["epoch"], best["val_mae"]), textcoords="offset points",
+                        xytext=(0, 8), ha="center", fontsize=8)
+        errors.legend(fontsize=8)
+    else:
+        errors.text(0.5, 0.5, "no validation pairs", ha="center", va="center", transform=errors.transAxes)
+    errors.set_xlabel("epoch")
+    errors.set_ylabel("MAE (HU)")
+    errors.set_title("validation")
+    return save_figure(fig, path)
