@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,18 @@ def test_card_parameters_that_do_not_fit_the_weights_are_refused(tiny_model_card
     tiny_model_card.write_text(json.dumps(card))
     with pytest.raises(ModelError, match="do not fit the architecture"):
         load_model(tiny_model_card)
+
+
+def test_the_bundled_cards_stride_agrees_with_its_training_or_says_why_not():
+    """The bundled card's default_stride (10) contradicted its own reproduce command and training config (8) without
+    a word. A card whose stride differs from the one it was trained and validated with must say so, naming both."""
+    import json
+
+    from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD
+
+    card = json.loads(Path(DEFAULT_MODEL_CARD).read_text())
+    trained = card["training"]["config"]["default_stride"]
+    assert f"--default-stride {trained}" in card["training"]["reproduce"]
+    if card["default_stride"] != trained:
+        why = card["training"]["stride_choice"]
+        assert f"stride {trained}" in why and f"default_stride {card['default_stride']}" in why

@@ -151,7 +151,7 @@ def describe(model: StoredModel) -> str:
     if "val_mae" in final:
         lines.append(f"metrics         epoch {final.get('epoch')}: validation MAE {final['val_mae']:.2f} (input {final.get('input_mae', float('nan')):.2f}), "
                      f"PSNR {final.get('val_psnr', float('nan')):.2f} dB (input {final.get('input_psnr', float('nan')):.2f})")
-    for key in ("wall_time", "reproduce", "deviations_from_paper"):
+    for key in ("wall_time", "reproduce", "stride_choice", "deviations_from_paper"):
         if card.training.get(key):
             lines.append(f"{key.replace('_', ' '):15.15s} {card.training[key]}")
     if card.input_statistics:
