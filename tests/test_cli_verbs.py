@@ -148,3 +148,19 @@ def test_the_card_records_its_training_data_split_command_device_and_time(tmp_pa
     assert record["command"].startswith(f"synthetic-contrast train --pairs {pairs} --output ") and record["device"] == "cpu"
     assert record["wall_s"] > 0
     assert record["versions"]["torch"] and record["exported_epoch"] == 1
+
+
+def test_train_with_register_prints_and_keeps_each_pairs_registration(tmp_path, capsys):
+    """--register printed no registration quality, and the run kept none."""
+    from SyntheticContrastLib.cli import main
+
+    data = tmp_path / "data"
+    assert main(["phantom", str(data), "--seeds", "1-2", "--slices", "16", "--size", "64"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--pairs", str(data), "--register", "--output", str(tmp_path / "run"), "--epochs", "1", "--ngf", "4",
+                 "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("registered ")]
+    assert len(lines) == 2 and all("Mattes mutual information (lower is better)" in l and " -> " in l for l in lines)
+    kept = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert sorted(r["pair"] for r in kept) == ["phantom0001_ncct.nii.gz", "phantom0002_ncct.nii.gz"]
+    assert json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]["registration"] == kept

@@ -82,6 +82,8 @@ def test_an_archive_becomes_pairs_with_a_reason_for_every_decision(archive, tmp_
     # 'train --pairs' reads what 'pairs' wrote (with --register, as the grids of a real study differ).
     loaded = load_pairs(read_pair_list(tmp_path / "pairs.csv"), register=True)
     assert len(loaded) == 3 and loaded[0].source.shape == (12, 128, 128)
+    # --register says how well: the metric before and after (lower is better), and the transform found.
+    assert all(p.registration["after"] < p.registration["before"] and len(p.registration["translation_mm"]) == 3 for p in loaded)
     # The split groups by patient: these studies are all of PatientID TEST, so none can validate the others.
     assert {r["patient_id"] for r in _rows(tmp_path / "pairs.csv")} == {"TEST"} and {p.group for p in loaded} == {"TEST"}
 

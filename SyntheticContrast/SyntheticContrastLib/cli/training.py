@@ -189,11 +189,15 @@ def cmd_train(args) -> int:
             return EXIT_USAGE
     else:
         train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    registered = [{"pair": p.name, **p.registration} for p in train + val if p.registration]
+    for r in registered:
+        print(f"registered {r['pair']}: {r['metric']} {r['before']:.4f} -> {r['after']:.4f} in {r['iterations']} iterations; "
+              f"translation {r['translation_mm']} mm, rotation {r['rotation_deg']} deg")
     trainer = Trainer(cfg, args.output, progress=print)
     split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
     trainer.run_record = {"command": "synthetic-contrast " + " ".join(args.command_line), "data": _with_hashes(data),
                           "pairs": len(train) + len(val), "patients": len(split["train"]["patients"]) + len(split["validation"]["patients"]),
-                          "split": split}
+                          "split": split, **({"registration": registered} if registered else {})}
     if trainer.rank == 0:
         split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
         print(f"split: {len(train)} training pairs ({len(split['train']['patients'])} patients), {len(val)} validation "
@@ -201,6 +205,8 @@ def cmd_train(args) -> int:
         if not args.resume:
             atomic_write_text(args.output / RUN_CONFIG, json.dumps({"config": cfg.to_dict(), "data": data}, indent=2) + "\n")
             atomic_write_text(args.output / "split.json", json.dumps(split, indent=2) + "\n")
+            if registered:
+                atomic_write_text(args.output / "registration.json", json.dumps(registered, indent=2) + "\n")
     if args.resume:
         trainer.load_checkpoint()
         print(f"resumed after epoch {trainer.epoch}")

@@ -92,6 +92,7 @@ class PairedVolume:
     target: np.ndarray
     spacing: tuple = (1.0, 1.0, 1.0)  # (x, y, z) mm of the source, for the card's input statistics
     group: str = ""  # the patient (else the study) it belongs to: the validation split never divides one
+    registration: dict | None = None  # with --register: how well the target was aligned to the source
 
 
 def _read_ref(ref) -> Volume:
@@ -100,8 +101,10 @@ def _read_ref(ref) -> Volume:
     return read_volume(path, series_uid=series or None)
 
 
-def register_rigid(fixed_path, moving_path):
-    """Rigidly align ``moving`` (e.g. CECT) to ``fixed`` (NCCT) with Mattes MI; returns it resampled on fixed's grid."""
+def register_rigid(fixed_path, moving_path, quality: dict | None = None):
+    """Rigidly align ``moving`` (e.g. CECT) to ``fixed`` (NCCT) with Mattes MI; returns it resampled on fixed's grid.
+    ``quality`` receives the metric before and after (lower is better), the optimizer's iterations and stop reason,
+    and the translation and rotation found."""
     import SimpleITK as sitk
 
     fixed = _read_ref(fixed_path).to_sitk()
@@ -117,7 +120,18 @@ def register_rigid(fixed_path, moving_path):
     reg.SetShrinkFactorsPerLevel([4, 2, 1])
     reg.SetSmoothingSigmasPerLevel([2, 1, 0])
     reg.SetInitialTransform(init, inPlace=False)
-    transform = reg.Execute(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
+    fixed32, moving32 = sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32)
+    before = reg.MetricEvaluate(fixed32, moving32)
+    transform = reg.Execute(fixed32, moving32)
+    if quality is not None:
+        reg.SetInitialTransform(transform, inPlace=False)  # the same metric, at the transform found
+        euler = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetBackTransform()) \
+            if transform.GetName() == "CompositeTransform" else sitk.Euler3DTransform(transform)
+        quality.update({"metric": "Mattes mutual information (lower is better)", "before": float(before),
+                        "after": float(reg.MetricEvaluate(fixed32, moving32)), "iterations": int(reg.GetOptimizerIteration()),
+                        "stop": reg.GetOptimizerStopConditionDescription(),
+                        "translation_mm": [round(float(v), 2) for v in euler.GetTranslation()],
+                        "rotation_deg": [round(float(np.degrees(a)), 2) for a in (euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ())]})
     resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, -1000.0)
     return sitk.GetArrayFromImage(resampled).astype(np.float32)
 
@@ -128,8 +142,9 @@ def load_pairs(pairs: Sequence[tuple], register: bool = False) -> list[PairedVol
     out = []
     for src, tgt, *group in pairs:
         s = _read_ref(src)
+        quality = {} if register else None
         if register:
-            t_arr = register_rigid(src, tgt)
+            t_arr = register_rigid(src, tgt, quality)
         else:
             t = _read_ref(tgt)
             if t.array.shape != s.array.shape or not np.allclose(t.spacing, s.spacing, atol=1e-3) or not np.allclose(t.origin, s.origin, atol=1e-2):
@@ -138,7 +153,7 @@ def load_pairs(pairs: Sequence[tuple], register: bool = False) -> list[PairedVol
         layout = AxialLayout.of(s.direction)  # trained in the voxel order that inference uses
         name = Path(src if isinstance(src, (str, Path)) else src[0]).name
         out.append(PairedVolume(name, layout.to_axial(s.array), layout.to_axial(t_arr), layout.spacing(s.spacing),
-                                group=group[0] if group else ""))
+                                group=group[0] if group else "", registration=quality))
     return out
 
 
