@@ -76,6 +76,22 @@ def test_evaluate_case_and_table(tmp_path):
     assert "LPIPS skipped" in cases[0]["lpips_note"]
     table = table2_markdown(summarize(cases))
     assert "| sCECT |" in table and "MS-SSIM (×100)" in table and "Not computed: lpips" in table
+    # Paper-ready: the figures and the table say n, window, slices and mask; MS-SSIM is plotted x100 as labelled;
+    # an SVG with text as text sits beside the PNG; 4 cases get a caution on their P values.
+    from SyntheticContrastLib.measurement.evaluation import write_reports
+
+    settings = EvaluationSettings(slices=(1, 2), body_mask="auto")
+    write_reports(cases, tmp_path / "ev", settings=settings)
+    caption = "n = 4 case(s); window W350/L50 HU; slices 1-2; mask for MAE and PSNR: the body (largest region, holes filled)"
+    table = (tmp_path / "ev" / "table2.md").read_text()
+    assert caption in table and "**Caution:** the paired tests compare only 4 case(s)" in table
+    assert "| Data set | CT | MAE (HU) ↓ | PSNR (dB) ↑ | MS-SSIM (×100) ↑ |" in table
+    svg = (tmp_path / "ev" / "metrics_boxplots.svg").read_text()
+    assert caption in svg and "MS-SSIM (×100) ↑" in svg and (tmp_path / "ev" / "metrics_boxplots.png").stat().st_size > 10_000
+    ms_ssim = [100 * c[k]["ms_ssim"] for c in cases for k in ("input", "sCECT")]
+    import re
+
+    assert all(20 <= v <= 100 for v in ms_ssim) and not re.search(r">0\.\d+<", svg)  # MS-SSIM ticks in percent, not 0.9
 
 
 # --- CNR ---------------------------------------------------------------------------------------

@@ -262,8 +262,8 @@ def cmd_evaluate(args) -> int:
                             read_volume(sd, check_hu=False) if sd else None)
         res["case"] = name
         results.append(res)
-    summary = write_reports(results, args.output, args.input_label)
-    print(table2_markdown(summary, args.input_label))
+    summary = write_reports(results, args.output, args.input_label, settings)
+    print(table2_markdown(summary, args.input_label, settings=settings))
     if "calibration" in summary:
         c = summary["calibration"]
         print(f"uncertainty: Spearman(SD, |error|) median {c['spearman_rho']['median']:.3f}, AUSE median {c['ause_hu']['median']:.2f} HU "

@@ -22,7 +22,9 @@ from .stats import format_median_iqr, format_p, median_iqr, paired_comparison
 from ..io.volume import Volume
 
 METRICS = ("mae", "psnr", "ms_ssim", "lpips")
-METRIC_LABELS = {"mae": "MAE ↓", "psnr": "PSNR ↑", "ms_ssim": "MS-SSIM (×100) ↑", "lpips": "LPIPS (×100) ↓"}
+METRIC_LABELS = {"mae": "MAE (HU) ↓", "psnr": "PSNR (dB) ↑", "ms_ssim": "MS-SSIM (×100) ↑", "lpips": "LPIPS (×100) ↓"}
+#: Below this many cases a paired test has little power and its P value describes these cases only.
+FEW_CASES = 10
 PERCENT = {"ms_ssim", "lpips"}
 
 
@@ -149,8 +151,21 @@ def summarize(cases: list[dict]) -> dict:
     return summary
 
 
-def table2_markdown(summary: dict, input_label: str = "NCCT", dataset: str = "Evaluation set") -> str:
-    """Markdown laid out like the paper's Table 2: median (IQR) rows per CT, then the P values."""
+def scope(settings: EvaluationSettings | None, n: int) -> str:
+    """What every figure and table of an evaluation says it measured: cases, window, slices and mask."""
+    if settings is None:
+        return f"n = {n} case(s)"
+    where = (f"slices {settings.slices[0]}-{settings.slices[1]}" if settings.slices else
+             f"z {settings.z_range_mm[0]:g} to {settings.z_range_mm[1]:g} mm" if settings.z_range_mm else "all slices")
+    mask = {None: "none (the whole field of view)", "auto": "the body (largest region, holes filled)"}.get(settings.body_mask, settings.body_mask)
+    return (f"n = {n} case(s); window W{settings.window[0]:g}/L{settings.window[1]:g} HU; {where}; "
+            f"mask for MAE and PSNR: {mask}")
+
+
+def table2_markdown(summary: dict, input_label: str = "NCCT", dataset: str = "Evaluation set",
+                    settings: EvaluationSettings | None = None) -> str:
+    """Markdown laid out like the paper's Table 2: median (IQR) rows per CT, then the P values, and a caption that
+    names n, the window, the slices and the mask, with a caution where n is small."""
     shown = [m for m in METRICS if summary[m]["sCECT"]["n"]]
     head = "| Data set | CT | " + " | ".join(METRIC_LABELS[m] for m in shown) + " |"
     lines = [head, "|" + "---|" * (len(shown) + 2)]
@@ -164,20 +179,25 @@ def table2_markdown(summary: dict, input_label: str = "NCCT", dataset: str = "Ev
         lines.append(f"| {dataset if key == 'input' else ''} | {label} | " + " | ".join(cells) + " |")
     lines.append("| | | " + " | ".join(f"{format_p(summary[m]['test']['p'])} ({summary[m]['test']['test'] or 'no test'})" for m in shown) + " |")
     skipped = [m for m in METRICS if m not in shown]
-    note = f"\n\nData are median (IQR). Not computed: {', '.join(skipped)}." if skipped else "\n\nData are median (IQR)."
+    n = summary[shown[0]]["sCECT"]["n"] if shown else 0
+    note = f"\n\nData are median (IQR); {scope(settings, n)}." + (f" Not computed: {', '.join(skipped)}." if skipped else "")
+    if 0 < n < FEW_CASES:
+        note += (f"\n\n**Caution:** the paired tests compare only {n} case(s); their P values describe these cases and "
+                 "say little about others.")
     return "\n".join(lines) + note + "\n"
 
 
-def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NCCT") -> dict:
-    """Per-case CSV and JSON, Table-2 Markdown and Fig.-4 box plots; returns the summary."""
+def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NCCT",
+                  settings: EvaluationSettings | None = None) -> dict:
+    """Per-case CSV and JSON, Table-2 Markdown and Fig.-4 box plots (PNG and SVG); returns the summary."""
     out_dir = Path(out_dir)
     summary = summarize(cases)
     rows = [{"case": c["case"], "ct": key, **c[key]} for c in cases for key in ("input", "sCECT")]
     atomic_write_csv(out_dir / "metrics_per_case.csv", rows, ["case", "ct", *METRICS])
     atomic_write_text(out_dir / "metrics.json", json.dumps({"cases": cases, "summary": summary}, indent=2, default=float) + "\n")
-    atomic_write_text(out_dir / "table2.md", table2_markdown(summary, input_label))
+    atomic_write_text(out_dir / "table2.md", table2_markdown(summary, input_label, settings=settings))
     atomic_write_text(out_dir / "enhancement.md", enhancement_markdown(cases))
-    _box_plots(cases, out_dir / "metrics_boxplots.png", input_label)
+    _box_plots(cases, out_dir / "metrics_boxplots.png", input_label, scope(settings, len(cases)))
     calibrated = {c["case"]: c["calibration"] for c in cases if "calibration" in c}
     if calibrated:
         from ..trust.calibration import sparsification_plot
@@ -189,19 +209,22 @@ def write_reports(cases: list[dict], out_dir: str | Path, input_label: str = "NC
     return summary
 
 
-def _box_plots(cases, path, input_label):
+def _box_plots(cases, path, input_label, caption: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = [m for m in METRICS if np.isfinite([c["sCECT"][m] for c in cases]).any()]
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 4.0))
     for ax, m in zip(np.atleast_1d(axes), shown):
-        a = np.array([c["input"][m] for c in cases])
-        b = np.array([c["sCECT"][m] for c in cases])
+        scale = 100.0 if m in PERCENT else 1.0  # as the table shows them, and as the title says
+        a = np.array([c["input"][m] for c in cases]) * scale
+        b = np.array([c["sCECT"][m] for c in cases]) * scale
         ax.boxplot([a, b], tick_labels=[input_label, "sCECT"])
         for x, y in zip(a, b):
             ax.plot([1, 2], [x, y], color="0.6", lw=0.7, zorder=0)
         ax.set_title(METRIC_LABELS[m])
-    save_figure(fig, path)
+        ax.set_ylabel(METRIC_LABELS[m].rsplit(" ", 1)[0])
+    fig.suptitle(caption, fontsize=8)
+    save_figure(fig, path, svg=True)

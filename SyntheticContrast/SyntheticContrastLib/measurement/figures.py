@@ -61,9 +61,9 @@ def side_by_side(slices, titles, path, suptitle: str = "", window=MEDIASTINAL_WI
     return save_figure(fig, path)
 
 
-def save_figure(fig, path, simulated: bool = False) -> Path:
-    """Lay out, write atomically as PNG, and close a matplotlib figure; ``simulated`` stamps SIMULATED across it, for
-    figures made from simulated readers or data."""
+def save_figure(fig, path, simulated: bool = False, svg: bool = False) -> Path:
+    """Lay out, write atomically as PNG (and, with ``svg``, as SVG beside it, for a paper), and close a matplotlib
+    figure; ``simulated`` stamps SIMULATED across it, for figures made from simulated readers or data."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -74,6 +74,11 @@ def save_figure(fig, path, simulated: bool = False) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
+    if svg:
+        import matplotlib
+
+        with atomic_path(path.with_suffix(".svg")) as tmp, matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(tmp, format="svg")  # text stays text, which a journal's editor can set in its own font
     plt.close(fig)
     return path
 
