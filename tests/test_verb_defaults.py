@@ -147,3 +147,25 @@ def test_a_sidecar_is_trusted_only_beside_the_image_it_was_written_for(small_ncc
     assert synthetic_provenance(other)["sha256"] is None
     assert main(["export-dicom", str(other), str(folder), str(tmp_path / "dicom")]) == 2
     assert "no sidecar written with this file" in capsys.readouterr().err
+
+
+def test_phantom_dicom_writes_a_valid_study_that_pairs_pairs_and_that_reads_back_as_the_phantom(tmp_path, capsys):
+    """phantom wrote NIfTI only, so pairs and serve could not be tried without a NIfTI-to-DICOM script."""
+    from conftest import dicom_validation_errors
+    from SyntheticContrastLib.phantom import PhantomSpec, make_phantom
+
+    assert main(["phantom", str(tmp_path / "archive"), "--seeds", "3", "--slices", "8", "--size", "64", "--dicom"]) == 0
+    study = tmp_path / "archive" / "phantom0003"
+    for role in ("ncct", "cect"):
+        assert len(list((study / role).glob("*.dcm"))) == 8
+        assert dicom_validation_errors(study / role) == []
+    ncct, cect = (pydicom.dcmread(sorted((study / r).glob("*.dcm"))[0]) for r in ("ncct", "cect"))
+    assert ncct.StudyInstanceUID == cect.StudyInstanceUID and ncct.FrameOfReferenceUID == cect.FrameOfReferenceUID
+    assert ncct.PatientName == "PHANTOM^0003" and "PHANTOM" in ncct.ImageComments and "ContrastBolusAgent" in cect
+    spec = PhantomSpec(size=64, slices=8, pixel_mm=PhantomSpec.pixel_mm * PhantomSpec.size / 64)
+    np.testing.assert_array_equal(read_volume(study / "ncct").array, np.rint(make_phantom(3, spec).ncct.array))
+    assert main(["pairs", str(tmp_path / "archive"), str(tmp_path / "pairs.csv"), "--no-progress"]) == 0
+    with open(tmp_path / "pairs.csv", newline="") as fh:
+        (pair,) = list(csv.DictReader(fh))
+    assert pair["input"].endswith("phantom0003/ncct") and pair["target"].endswith("phantom0003/cect")
+    assert pair["patient_id"] == "PHANTOM0003" and (tmp_path / "archive" / "phantom0003_rois.json").is_file()

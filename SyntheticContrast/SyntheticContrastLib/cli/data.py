@@ -19,6 +19,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("phantom", help="write procedural paired chest phantom cases (NCCT, CECT, ROI JSON)")
     p.add_argument("output", type=Path, help="folder to write <case>_ncct.nii.gz, <case>_cect.nii.gz, <case>_rois.json")
+    p.add_argument("--dicom", action="store_true", help="write each case as a DICOM study instead: <case>/ncct/ and "
+                                                        "<case>/cect/ series in one study and frame of reference, for "
+                                                        "'pairs', 'serve' and Slicer's DICOM path")
     p.add_argument("--seeds", default="0", help="seeds, e.g. '1-5,9' (default 0)")
     p.add_argument("--slices", type=int, default=48, help="slices per case (default 48, 2.5 mm)")
     p.add_argument("--size", type=int, default=512,
@@ -38,8 +41,13 @@ def cmd_phantom(args) -> int:
     for seed in seed_list(args.seeds):
         case = make_phantom(seed, spec)
         name = f"phantom{seed:04d}"
-        write_volume(case.ncct, args.output / f"{name}_ncct.nii.gz")
-        write_volume(case.cect, args.output / f"{name}_cect.nii.gz")
+        if args.dicom:
+            from ..io.dicom_export import write_phantom_study
+
+            write_phantom_study(case, args.output / name)
+        else:
+            write_volume(case.ncct, args.output / f"{name}_ncct.nii.gz")
+            write_volume(case.cect, args.output / f"{name}_cect.nii.gz")
         write_rois(case.annotations, args.output / f"{name}_rois.json")
         print(f"wrote {name}: {len(case.annotations['lesions'])} lymph nodes")
     return EXIT_OK
