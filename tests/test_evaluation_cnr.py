@@ -2,6 +2,9 @@
 
 import math
 
+import csv
+import json
+
 import numpy as np
 import pytest
 from scipy import stats as st
@@ -326,3 +329,28 @@ def test_cnr_comparison_runs_on_lesions_that_differ():
     assert cmp["n"] == 6 and cmp["test"] in ("paired t-test", "Wilcoxon signed-rank")
     expected = sps.ttest_rel(cnr_a, cnr_b) if cmp["test"] == "paired t-test" else sps.wilcoxon(cnr_a, cnr_b)
     assert cmp["p"] == pytest.approx(expected.pvalue) and cmp["p"] < 0.05
+
+
+def test_cnr_over_a_study_pools_lesions_tests_across_cases_and_draws_a_figure(tmp_path, capsys):
+    """cnr took one case per call, with no study-level pooling, test or figure."""
+    from SyntheticContrastLib.cli import main
+
+    data = tmp_path / "data"
+    assert main(["phantom", str(data), "--seeds", "1-3", "--slices", "20", "--size", "256"]) == 0
+    rows = "".join(f"p{n},data/phantom000{n}_rois.json,data/phantom000{n}_ncct.nii.gz,data/phantom000{n}_cect.nii.gz\n"
+                   for n in (1, 2, 3))
+    (tmp_path / "cases.csv").write_text("case,rois,NCCT,CECT\n" + rows)
+    capsys.readouterr()
+    assert main(["cnr", "--cases", str(tmp_path / "cases.csv"), "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "out" / "cnr.json").read_text())
+    assert record["cases"] == 3 and record["across_cases"]["CECT"]["median"] > record["across_cases"]["NCCT"]["median"]
+    (test,) = record["tests_across_cases"]
+    assert (test["a"], test["b"], test["n"]) == ("NCCT", "CECT", 3) and test["unit"].startswith("case")
+    with open(tmp_path / "out" / "cnr_per_lesion.csv", newline="") as fh:
+        lesions = list(csv.DictReader(fh))
+    assert {r["case"] for r in lesions} == {"p1", "p2", "p3"} and record["lesions"]["CECT"] == sum(
+        1 for r in lesions if r["volume"] == "CECT" and not r["error"])
+    assert "# Lymph-node CNR over 3 case(s)" in printed and "**Caution:** only 3 case(s)" in printed
+    assert (tmp_path / "out" / "cnr_study.png").stat().st_size > 5000 and (tmp_path / "out" / "cnr_study.svg").is_file()
+    assert main(["cnr", "--cases", str(tmp_path / "cases.csv")]) == 2  # its tables need a folder

@@ -67,8 +67,11 @@ def register(sub) -> None:
 
 
     p = sub.add_parser("cnr", help="lesion CNR (paper definition) from ROI JSON on one or more volumes")
-    p.add_argument("volumes", nargs="+", type=Path, help="volumes to measure, e.g. NCCT sCECT CECT")
-    p.add_argument("--rois", type=Path, required=True, help="ROI JSON (phantom annotations or Slicer export)")
+    p.add_argument("volumes", nargs="*", type=Path, help="volumes to measure, e.g. NCCT sCECT CECT")
+    p.add_argument("--rois", type=Path, help="ROI JSON (phantom annotations or Slicer export)")
+    p.add_argument("--cases", type=Path, help="a study instead: CSV with columns case,rois and one column per volume "
+                                              "(such as NCCT,sCECT,CECT); pooled and per-case tables, tests across cases "
+                                              "and a figure go to --output")
     p.add_argument("--names", help="comma-separated names for the volumes (default: file names)")
     p.add_argument("--sd", action="append", default=[], metavar="NAME=PATH",
                    help="SD map of the volume called NAME (synthesize --samples N): adds the CNR's uncertainty; repeatable")
@@ -298,6 +301,21 @@ def cmd_cnr(args) -> int:
     from ..fileio import atomic_write_csv, atomic_write_text
     from ..measurement.rois import read_rois
     from ..io.reading import read_volume
+
+    if args.cases:
+        if args.volumes or args.rois or args.sd:
+            print("error: --cases names each case's volumes and ROIs; give no volumes, --rois or --sd with it", file=sys.stderr)
+            return EXIT_USAGE
+        if not args.output:
+            print("error: --cases needs --output for its tables and figure", file=sys.stderr)
+            return EXIT_USAGE
+        from ..measurement.cnr_study import cnr_study
+
+        print(cnr_study(args.cases, args.output), end="")
+        return EXIT_OK
+    if not args.volumes or not args.rois:
+        print("error: give the volumes and --rois, or --cases CSV", file=sys.stderr)
+        return EXIT_USAGE
 
     names = args.names.split(",") if args.names else [v.name.split(".")[0] for v in args.volumes]
     if len(names) != len(args.volumes):
