@@ -101,6 +101,8 @@ def test_train_writes_and_prints_its_patient_split_and_refuses_a_patient_on_both
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["validation"]["patients"] and not set(split["train"]["patients"]) & set(split["validation"]["patients"])
     assert f"split: 2 training pairs (2 patients), 1 validation pairs (1 patients), by patient; {tmp_path / 'run' / 'split.json'}" in out
+    assert "epoch 1: step 1/2, " in out and "s to go (loss_g_l1 " in out  # an epoch says where it is before it ends
+    assert not list((tmp_path / "run").glob("samples_epoch*.png"))  # every 5 epochs by default
     assert main(["train", "--pairs", str(data), "--val-pairs", str(data), "--output", str(tmp_path / "both"), *small]) == 2
     assert "are in both --pairs and --val-pairs" in capsys.readouterr().err
 
@@ -120,13 +122,14 @@ def test_every_train_flag_has_help_with_the_default_train_really_uses():
               "--dropout": config.generator.dropout, "--ndf": config.discriminator_ndf, "--samples-per-volume": config.samples_per_volume,
               "--lr": config.lr, "--lr-decay-epoch": config.lr_decay_epoch, "--precision": config.precision,
               "--device": config.device, "--seed": config.seed, "--model-id": config.model_id,
-              "--default-stride": config.default_stride}
+              "--default-stride": config.default_stride, "--sample-every": config.sample_every,
+              "--val-every": config.val_every, "--val-max-cases": config.val_max_cases}
     for action in train._actions:
         if action.option_strings and action.option_strings[0] not in ("-h",):
             assert action.help, f"{action.option_strings[0]} has no help text"
     for flag, value in fields.items():
         action = next(a for a in train._actions if flag in a.option_strings)
-        shown = re.search(r"\(default ([^,)]+)", action.help).group(1).strip()
+        shown = re.search(r"\(default ([^,):]+)", action.help).group(1).strip()
         assert shown == str(value), (flag, shown, value)
 
 
@@ -164,3 +167,14 @@ def test_train_with_register_prints_and_keeps_each_pairs_registration(tmp_path, 
     kept = json.loads((tmp_path / "run" / "registration.json").read_text())
     assert sorted(r["pair"] for r in kept) == ["phantom0001_ncct.nii.gz", "phantom0002_ncct.nii.gz"]
     assert json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]["registration"] == kept
+
+
+def test_sample_pngs_come_when_asked(tmp_path):
+    """sample_every was fixed at 5 unless set in --config, so a short run showed no sample."""
+    from SyntheticContrastLib.cli import main
+
+    data = tmp_path / "data"
+    assert main(["phantom", str(data), "--seeds", "1-2", "--slices", "16", "--size", "64"]) == 0
+    assert main(["train", "--pairs", str(data), "--output", str(tmp_path / "run"), "--epochs", "1", "--sample-every", "1",
+                 "--ngf", "4", "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]) == 0
+    assert (tmp_path / "run" / "samples_epoch001.png").stat().st_size > 5000

@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--model-id", help="the model card's id and file name (default sct-model)")
     p.add_argument("--default-stride", type=int, help="the card's sliding-window stride in slices (default 10)")
     p.add_argument("--register", action="store_true", help="rigidly register each target to its input first (SimpleITK)")
+    p.add_argument("--sample-every", type=int, help="write a sample PNG (NCCT, sCECT, CECT) every N epochs (default 5)")
     p.add_argument("--val-every", type=int, help="validate every N epochs, and after the last (default 1)")
     p.add_argument("--val-max-cases", type=int, help="validate on at most K pairs (default 0: all)")
     p.add_argument("--val-full", action="store_true", help="validate on whole volumes (default: each pair's central "
@@ -83,7 +84,7 @@ def register(sub) -> None:
 #: The run's own file of its settings and data, written before the first epoch; --resume reads it.
 RUN_CONFIG = "config.json"
 #: What a resumed run may change: train longer, or on another device.
-RESUMABLE = {"epochs", "device", "val_every"}
+RESUMABLE = {"epochs", "device", "val_every", "sample_every"}
 
 
 def _flags(args) -> dict:
@@ -92,7 +93,7 @@ def _flags(args) -> dict:
              "generator.residual": args.residual or None, "epochs": args.epochs, "discriminator_ndf": args.ndf,
              "crop": args.crop, "samples_per_volume": args.samples_per_volume, "lr": args.lr,
              "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device, "seed": args.seed,
-             "model_id": args.model_id, "default_stride": args.default_stride, "val_every": args.val_every,
+             "model_id": args.model_id, "default_stride": args.default_stride, "val_every": args.val_every, "sample_every": args.sample_every,
              "val_max_cases": args.val_max_cases, "val_full": args.val_full or None}
     return {k: v for k, v in given.items() if v is not None}
 

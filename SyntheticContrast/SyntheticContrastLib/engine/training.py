@@ -312,6 +312,23 @@ class Trainer:
             tgt = torch.from_numpy(np.stack([t for _, t in samples])).to(self.device)
             yield self.encoding.encode(src), self.encoding.encode(tgt)
 
+    #: Progress lines per epoch: a long epoch says where it is, a short one is not flooded.
+    PROGRESS_LINES = 5
+
+    def _epoch_steps(self, epoch: int, train: list[PairedVolume], rng, t0: float) -> list[dict]:
+        """One epoch's steps, with a progress line (rank 0) at each fifth of it: an epoch of the paper's recipe runs
+        for hours, and said nothing until it ended."""
+        total = len(range(0, len(train) * self.cfg.samples_per_volume // self.world - self.cfg.batch_size + 1, self.cfg.batch_size))
+        every, losses = max(1, -(-total // self.PROGRESS_LINES)), []
+        for x, y in self._batches(train, rng):
+            losses.append(self._step(x, y))
+            done = len(losses)
+            if self.rank == 0 and (done % every == 0 or done == total) and done < total:
+                elapsed = time.perf_counter() - t0
+                self.say(f"epoch {epoch}: step {done}/{total}, {elapsed:.0f} s, about {elapsed / done * (total - done):.0f} s to go "
+                         f"(loss_g_l1 {np.mean([l['loss_g_l1'] for l in losses]):.4g})")
+        return losses
+
     def _step(self, x, y) -> dict:
         bce = nn.functional.binary_cross_entropy_with_logits
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -388,7 +405,7 @@ class Trainer:
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 100003 + epoch * 101 + self.rank)  # dropout noise of this epoch
             rng = np.random.default_rng([cfg.seed, epoch, self.rank])
-            losses = [self._step(x, y) for x, y in self._batches(train, rng)]
+            losses = self._epoch_steps(epoch, train, rng, t0)
             self.sched_g.step()
             self.sched_d.step()
             row = {"epoch": epoch, "lr": self.opt_g.param_groups[0]["lr"]}
