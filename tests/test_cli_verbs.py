@@ -103,6 +103,7 @@ def test_train_writes_and_prints_its_patient_split_and_refuses_a_patient_on_both
     assert f"split: 2 training pairs (2 patients), 1 validation pairs (1 patients), by patient; {tmp_path / 'run' / 'split.json'}" in out
     assert "epoch 1: step 1/2, " in out and "s to go (loss_g_l1 " in out  # an epoch says where it is before it ends
     assert not list((tmp_path / "run").glob("samples_epoch*.png"))  # every 5 epochs by default
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 5000 and (tmp_path / "run" / "best.pt").is_file()
     assert main(["train", "--pairs", str(data), "--val-pairs", str(data), "--output", str(tmp_path / "both"), *small]) == 2
     assert "are in both --pairs and --val-pairs" in capsys.readouterr().err
 

@@ -200,3 +200,18 @@ def test_a_model_no_better_than_its_input_on_validation_is_warned_about_in_the_l
     assert record["warning"] == ("no better than its input on validation: MAE 7.15 HU against 7.12 HU for the NCCT "
                                  "itself, at its best epoch 2")
     assert "warning: the exported model is no better than its input on validation: MAE 7.15 HU" in said[-1]
+
+
+def test_validation_looks_at_the_central_slab_unless_asked_for_the_whole_volume(tmp_path):
+    """Validation ran whole-volume sliding windows on every validation case each epoch: 164 s for one 512 x 512 x 32
+    case on 2 cores. By default it now takes each pair's central slab, two windows deep and two crops wide."""
+    import dataclasses
+
+    volume = np.arange(40 * 100 * 90, dtype=np.float32).reshape(40, 100, 90)
+    pair = PairedVolume("p", volume, volume + 1)
+    trainer = Trainer(_tiny_cfg(1), tmp_path / "a")  # window_z 8, crop 32
+    source, target = trainer.validation_view(pair)
+    assert source.shape == (16, 64, 64) and np.array_equal(source, volume[12:28, 18:82, 13:77])
+    assert np.array_equal(target, source + 1)
+    whole = Trainer(dataclasses.replace(_tiny_cfg(1), val_full=True), tmp_path / "b").validation_view(pair)[0]
+    assert whole.shape == volume.shape
