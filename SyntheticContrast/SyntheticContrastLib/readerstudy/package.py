@@ -34,7 +34,8 @@ def _volume_name(secret: str, case_id: str, role: str) -> str:
 
 def _copy_for_readers(source: str, target: Path, role: str) -> None:
     """The voxels and geometry only, as NRRD: no DICOM header, file name or note can reach the reader. An sCECT
-    stays labelled synthetic whatever its source file kept (a NIfTI sCECT holds its provenance in a sidecar)."""
+    stays labelled synthetic whatever its source file kept (a NIfTI sCECT holds its provenance in its sidecar and its
+    header extension)."""
     from ..io.reading import read_volume, synthetic_provenance, write_volume
     from ..io.volume import PROVENANCE_PREFIX
 
