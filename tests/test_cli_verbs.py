@@ -99,13 +99,16 @@ def test_train_writes_and_prints_its_patient_split_and_refuses_a_patient_on_both
     assert main(["train", "--pairs", str(data), "--output", str(tmp_path / "run"), *small]) == 0
     out = capsys.readouterr().out
     split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert not list((tmp_path / "run").glob("samples_epoch*.png"))  # every 5 epochs by default
     assert split["validation"]["patients"] and not set(split["train"]["patients"]) & set(split["validation"]["patients"])
     assert f"split: 2 training pairs (2 patients), 1 validation pairs (1 patients), by patient; {tmp_path / 'run' / 'split.json'}" in out
     assert "epoch 1: step 1/2, " in out and "s to go (loss_g_l1 " in out  # an epoch says where it is before it ends
-    assert not list((tmp_path / "run").glob("samples_epoch*.png"))  # every 5 epochs by default
     assert (tmp_path / "run" / "curves.png").stat().st_size > 5000 and (tmp_path / "run" / "best.pt").is_file()
     assert main(["train", "--pairs", str(data), "--val-pairs", str(data), "--output", str(tmp_path / "both"), *small]) == 2
     assert "are in both --pairs and --val-pairs" in capsys.readouterr().err
+    # sample_every was fixed at 5 unless set in --config, so a short run showed no sample: now it comes when asked.
+    assert main(["train", "--pairs", str(data), "--output", str(tmp_path / "sampled"), "--sample-every", "1", *small]) == 0
+    assert (tmp_path / "sampled" / "samples_epoch001.png").stat().st_size > 5000
 
 
 def test_every_train_flag_has_help_with_the_default_train_really_uses():
@@ -134,7 +137,7 @@ def test_every_train_flag_has_help_with_the_default_train_really_uses():
         assert shown == str(value), (flag, shown, value)
 
 
-def test_the_card_records_its_training_data_split_command_device_and_time(tmp_path):
+def test_the_card_records_its_training_data_split_registration_command_device_and_time(tmp_path, capsys):
     """training_data said 'unspecified' and the card recorded nothing about how the model was made."""
     from SyntheticContrastLib.cli import main
     from SyntheticContrastLib.fileio import sha256_of
@@ -144,38 +147,17 @@ def test_the_card_records_its_training_data_split_command_device_and_time(tmp_pa
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("input,target,patient_id\n" + "".join(f"data/phantom000{n}_ncct.nii.gz,data/phantom000{n}_cect.nii.gz,P{n}\n"
                                                               for n in (1, 2, 3)))
-    assert main(["train", "--pairs", str(pairs), "--output", str(tmp_path / "run"), "--epochs", "1", "--ngf", "4",
+    capsys.readouterr()
+    assert main(["train", "--pairs", str(pairs), "--register", "--output", str(tmp_path / "run"), "--epochs", "1", "--ngf", "4",
                  "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]) == 0
     record = json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]
+    # --register printed no registration quality, and the run kept none.
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("registered ")]
+    assert len(lines) == 3 and all("Mattes mutual information (lower is better)" in l and " -> " in l for l in lines)
+    kept = json.loads((tmp_path / "run" / "registration.json").read_text())
+    assert sorted(r["pair"] for r in kept) == [f"phantom000{n}_ncct.nii.gz" for n in (1, 2, 3)] and record["registration"] == kept
     assert record["data"]["pairs_sha256"] == sha256_of(pairs) and (record["pairs"], record["patients"]) == (3, 3)
     assert sorted(record["split"]["train"]["patients"] + record["split"]["validation"]["patients"]) == ["P1", "P2", "P3"]
-    assert record["command"].startswith(f"synthetic-contrast train --pairs {pairs} --output ") and record["device"] == "cpu"
+    assert record["command"].startswith(f"synthetic-contrast train --pairs {pairs} --register --output ") and record["device"] == "cpu"
     assert record["wall_s"] > 0
     assert record["versions"]["torch"] and record["exported_epoch"] == 1
-
-
-def test_train_with_register_prints_and_keeps_each_pairs_registration(tmp_path, capsys):
-    """--register printed no registration quality, and the run kept none."""
-    from SyntheticContrastLib.cli import main
-
-    data = tmp_path / "data"
-    assert main(["phantom", str(data), "--seeds", "1-2", "--slices", "16", "--size", "64"]) == 0
-    capsys.readouterr()
-    assert main(["train", "--pairs", str(data), "--register", "--output", str(tmp_path / "run"), "--epochs", "1", "--ngf", "4",
-                 "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("registered ")]
-    assert len(lines) == 2 and all("Mattes mutual information (lower is better)" in l and " -> " in l for l in lines)
-    kept = json.loads((tmp_path / "run" / "registration.json").read_text())
-    assert sorted(r["pair"] for r in kept) == ["phantom0001_ncct.nii.gz", "phantom0002_ncct.nii.gz"]
-    assert json.loads((tmp_path / "run" / "sct-model.json").read_text())["training"]["registration"] == kept
-
-
-def test_sample_pngs_come_when_asked(tmp_path):
-    """sample_every was fixed at 5 unless set in --config, so a short run showed no sample."""
-    from SyntheticContrastLib.cli import main
-
-    data = tmp_path / "data"
-    assert main(["phantom", str(data), "--seeds", "1-2", "--slices", "16", "--size", "64"]) == 0
-    assert main(["train", "--pairs", str(data), "--output", str(tmp_path / "run"), "--epochs", "1", "--sample-every", "1",
-                 "--ngf", "4", "--levels", "4", "--crop", "64", "--samples-per-volume", "1", "--device", "cpu"]) == 0
-    assert (tmp_path / "run" / "samples_epoch001.png").stat().st_size > 5000
