@@ -43,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--val-pairs", type=Path, help="validation pairs (CSV or folder, as --pairs) instead of a split of "
                                                  "--pairs; no patient may be in both")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt exactly, with the run's own "
-                                                         "settings (OUTPUT/config.json); only --epochs, --device and --val-every may change")
+                                                         "settings (OUTPUT/config.json); only --epochs, --device, --val-every "
+                                                         "and --sample-every may change")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an OUTPUT that holds one (refused without it)")
     p.add_argument("--phantom-slices", type=int, default=48, help="slices of each phantom case (default 48)")
     p.add_argument("--install", metavar="NAME", help="install the trained model into your model store under NAME")
@@ -83,7 +84,7 @@ def register(sub) -> None:
 
 #: The run's own file of its settings and data, written before the first epoch; --resume reads it.
 RUN_CONFIG = "config.json"
-#: What a resumed run may change: train longer, or on another device.
+#: What a resumed run may change: train longer, on another device, or validate and sample at another pace.
 RESUMABLE = {"epochs", "device", "val_every", "sample_every"}
 
 
@@ -139,8 +140,9 @@ def _resumed(args) -> tuple[dict, dict] | str:
         section, _, name = field.rpartition(".")
         before = (config[section] if section else config).get(name)
         if field not in RESUMABLE and value != before:
+            changeable = ", ".join(_flag_name(f) for f in sorted(RESUMABLE))
             return (f"{_flag_name(field)} {value} differs from the run's {before} ({path}); a resumed run keeps its settings "
-                    "(only --epochs, --device and --val-every may change): drop the flag, or start a new run in a new folder")
+                    f"(only {changeable} may change): drop the flag, or start a new run in a new folder")
     if (args.phantom_seeds or args.pairs) and _data(args) != data:
         return f"the training data differ from the run's ({path}: {data}); a resumed run keeps its data"
     return config, data
@@ -194,16 +196,15 @@ def cmd_train(args) -> int:
     else:
         train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     registered = [{"pair": p.name, **p.registration} for p in train + val if p.registration]
-    for r in registered:
-        print(f"registered {r['pair']}: {r['metric']} {r['before']:.4f} -> {r['after']:.4f} in {r['iterations']} iterations; "
-              f"translation {r['translation_mm']} mm, rotation {r['rotation_deg']} deg")
     trainer = Trainer(cfg, args.output, progress=print)
     split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
     trainer.run_record = {"command": "synthetic-contrast " + " ".join(args.command_line), "data": _with_hashes(data),
                           "pairs": len(train) + len(val), "patients": len(split["train"]["patients"]) + len(split["validation"]["patients"]),
                           "split": split, **({"registration": registered} if registered else {})}
     if trainer.rank == 0:
-        split = split_record(train, val, cfg.seed, "--val-pairs" if data.get("val_pairs") else f"val_fraction {cfg.val_fraction}")
+        for r in registered:
+            print(f"registered {r['pair']}: {r['metric']} {r['before']:.4f} -> {r['after']:.4f} in {r['iterations']} "
+                  f"iterations; translation {r['translation_mm']} mm, rotation {r['rotation_deg']} deg")
         print(f"split: {len(train)} training pairs ({len(split['train']['patients'])} patients), {len(val)} validation "
               f"pairs ({len(split['validation']['patients'])} patients), by patient; {args.output / 'split.json'}")
         if not args.resume:
