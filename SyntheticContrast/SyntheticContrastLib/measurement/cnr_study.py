@@ -12,9 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_write_csv, atomic_write_text
-from .stats import median_iqr, paired_comparison
-
-FEW_CASES = 10
+from .stats import FEW_CASES, median_iqr, paired_comparison
 
 
 def read_cases(path: Path) -> tuple[list[dict], list[str]]:

@@ -18,13 +18,11 @@ from ..trust.anatomy import body_mask
 from ..engine.encoding import MEDIASTINAL_WINDOW
 from .figures import save_figure
 from ..fileio import atomic_write_csv, atomic_write_text
-from .stats import format_median_iqr, format_p, median_iqr, paired_comparison
+from .stats import FEW_CASES, format_median_iqr, format_p, median_iqr, paired_comparison
 from ..io.volume import Volume
 
 METRICS = ("mae", "psnr", "ms_ssim", "lpips")
 METRIC_LABELS = {"mae": "MAE (HU) ↓", "psnr": "PSNR (dB) ↑", "ms_ssim": "MS-SSIM (×100) ↑", "lpips": "LPIPS (×100) ↓"}
-#: Below this many cases a paired test has little power and its P value describes these cases only.
-FEW_CASES = 10
 PERCENT = {"ms_ssim", "lpips"}
 
 

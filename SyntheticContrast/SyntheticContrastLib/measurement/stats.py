@@ -7,6 +7,10 @@ import math
 import numpy as np
 from scipy import stats as _st
 
+#: Below this many cases a paired test has little power and its P value describes those cases only: the reports of
+#: evaluate and of a study's CNR say so.
+FEW_CASES = 10
+
 
 def median_iqr(values) -> dict:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
