@@ -87,9 +87,7 @@ def cmd_reader_study(args) -> int:
         simulate_readers(args.study_dir, args.seed)
         print(f"simulated readers filled every session of {args.study_dir} (marks flagged 'simulated')")
     elif args.action == "size":
-        from ..readerstudy.sizing import size_study
-
-        print(size_study(args), end="")
+        print(_size(args), end="")
     elif args.action == "import-rjafroc":
         from ..readerstudy.rjafroc import import_rjafroc
 
@@ -105,3 +103,50 @@ def cmd_reader_study(args) -> int:
         print(significance_markdown(summary["significance"]) if summary.get("imported") else analysis.summary_markdown(summary))
         print(f"reports in {out}")
     return EXIT_OK
+
+
+def _size(args) -> str:
+    """The 'reader-study size' verb: components from the pilot (or a file), the table, and the files asked for."""
+    import json
+
+    from ..errors import InputError
+    from ..fileio import atomic_write_text, read_json_object
+    from ..readerstudy.sizing import Components, choose_pair, parse_readers, pilot, sizing_markdown, sizing_table
+
+    try:
+        readers = parse_readers(args.readers)
+        if not 0 < args.power < 1 or not 0 < args.alpha < 1:
+            raise ValueError(f"power and alpha lie between 0 and 1; got {args.power:g} and {args.alpha:g}")
+        if Path(args.pilot).is_dir():
+            from ..readerstudy.analysis import choose_fom, study_ratings_of
+
+            ratings = study_ratings_of(args.pilot)
+            pair = choose_pair(ratings.modality_ids, args.modalities)
+            fom, _ = choose_fom(args.fom, ratings)
+            components, observed = pilot(ratings, fom, pair)
+            source = f"the pilot {args.pilot} ({fom}, {pair[0]} - {pair[1]}, {len(ratings.reader_ids)} readers, " \
+                     f"{components.pilot_cases} cases)"
+        else:
+            components = Components.from_mapping(read_json_object(args.pilot, "a file of variance components"), str(args.pilot))
+            observed, source = None, f"{args.pilot}"
+    except ValueError as exc:
+        raise InputError(args.pilot, str(exc)) from exc
+    if args.margin is not None:
+        effect = args.effect if args.effect is not None else 0.0
+    elif args.effect is not None:
+        effect = args.effect
+    elif observed is not None:
+        effect = observed
+    else:
+        raise InputError(args.pilot, "give --effect (the difference to detect) or --margin: a file of components has no observed difference")
+    if args.margin is None and effect == 0:
+        raise InputError(args.pilot, "an effect of 0 cannot be detected; give --effect, or --margin for non-inferiority")
+    rows = sizing_table(components, readers, effect, args.power, args.alpha, args.margin)
+    text = sizing_markdown(rows, effect, args.power, args.alpha, args.margin, source)
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        record = {"effect": effect, "margin": args.margin, "power": args.power, "alpha": args.alpha, "source": source,
+                  "components": vars(components), "rows": rows}
+        atomic_write_text(Path(args.output) / "sizing.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(Path(args.output) / "sizing.md", text)
+    return text

@@ -134,7 +134,8 @@ def parse_readers(text: str) -> list[int]:
 
 
 
-def _pair(modalities: list[str], asked) -> tuple[str, str]:
+def choose_pair(modalities: list[str], asked) -> tuple[str, str]:
+    """The two modalities to size for: those asked, else the study's own question, else a pilot's only two."""
     if asked:
         unknown = [m for m in asked if m not in modalities]
         if unknown:
@@ -146,49 +147,3 @@ def _pair(modalities: list[str], asked) -> tuple[str, str]:
         return tuple(modalities)
     raise ValueError(f"the pilot has {len(modalities)} modalities ({', '.join(modalities)}); choose two with --modalities")
 
-
-def size_study(args) -> str:
-    """The 'reader-study size' verb: components from the pilot (or a file), the table, and the files asked for."""
-    import json
-    from pathlib import Path
-
-    from ..errors import InputError
-    from ..fileio import atomic_write_text, read_json_object
-
-    try:
-        readers = parse_readers(args.readers)
-        if not 0 < args.power < 1 or not 0 < args.alpha < 1:
-            raise ValueError(f"power and alpha lie between 0 and 1; got {args.power:g} and {args.alpha:g}")
-        if Path(args.pilot).is_dir():
-            from .analysis import choose_fom, study_ratings_of
-
-            ratings = study_ratings_of(args.pilot)
-            pair = _pair(ratings.modality_ids, args.modalities)
-            fom, _ = choose_fom(args.fom, ratings)
-            components, observed = pilot(ratings, fom, pair)
-            source = f"the pilot {args.pilot} ({fom}, {pair[0]} - {pair[1]}, {len(ratings.reader_ids)} readers, " \
-                     f"{components.pilot_cases} cases)"
-        else:
-            components = Components.from_mapping(read_json_object(args.pilot, "a file of variance components"), str(args.pilot))
-            observed, source = None, f"{args.pilot}"
-    except ValueError as exc:
-        raise InputError(args.pilot, str(exc)) from exc
-    if args.margin is not None:
-        effect = args.effect if args.effect is not None else 0.0
-    elif args.effect is not None:
-        effect = args.effect
-    elif observed is not None:
-        effect = observed
-    else:
-        raise InputError(args.pilot, "give --effect (the difference to detect) or --margin: a file of components has no observed difference")
-    if args.margin is None and effect == 0:
-        raise InputError(args.pilot, "an effect of 0 cannot be detected; give --effect, or --margin for non-inferiority")
-    rows = sizing_table(components, readers, effect, args.power, args.alpha, args.margin)
-    text = sizing_markdown(rows, effect, args.power, args.alpha, args.margin, source)
-    if args.output:
-        Path(args.output).mkdir(parents=True, exist_ok=True)
-        record = {"effect": effect, "margin": args.margin, "power": args.power, "alpha": args.alpha, "source": source,
-                  "components": vars(components), "rows": rows}
-        atomic_write_text(Path(args.output) / "sizing.json", json.dumps(record, indent=2) + "\n")
-        atomic_write_text(Path(args.output) / "sizing.md", text)
-    return text
