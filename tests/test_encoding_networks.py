@@ -93,3 +93,35 @@ def test_decode_uses_the_output_channels_own_window():
     encoding = WindowEncoding(windows=((2000.0, 0.0), (500.0, 50.0)), output_channel=1)
     assert encoding.decode(np.float32(-1.0)) == pytest.approx(-200.0)  # W500/L50 spans -200..300 HU
     assert encoding.decode(np.float32(1.0)) == pytest.approx(300.0)
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_without_instance_norm_a_voxel_depends_on_its_receptive_field_alone_not_on_its_tile(norm):
+    """The first demo model shifted whole tiles of lung by -40 to +50 HU with what else each tile held: InstanceNorm
+    rescales every feature by its window's own statistics. With norm 'none' the centre of a 64-px tile is the same
+    voxel for voxel as when it sits inside a 128-px tile; with InstanceNorm it is not."""
+    torch.manual_seed(0)
+    gen = UNetGenerator3D(GeneratorConfig(ngf=4, levels=3, z_halvings=2, dropout=0.0, norm=norm)).eval()
+    for p in gen.parameters():  # biases too, so that the test is not passed by zero biases
+        p.data.normal_(0, 0.3)
+    big = torch.rand(1, 3, 8, 128, 128) * 2 - 1
+    big[..., 80:, 80:] = 1.0  # content far from the small tile, which InstanceNorm's statistics see
+    with torch.no_grad():
+        whole = gen(big)[..., 32 + 24:32 + 40, 32 + 24:32 + 40]
+        tile = gen(big[..., 32:96, 32:96])[..., 24:40, 24:40]
+    if norm == "none":
+        torch.testing.assert_close(tile, whole, atol=1e-5, rtol=1e-5)
+    else:
+        assert (tile - whole).abs().max() > 1e-2
+
+
+def test_the_norm_is_part_of_the_card_and_an_unknown_one_is_refused():
+    config = GeneratorConfig(ngf=2, levels=3, z_halvings=2, norm="none")
+    assert GeneratorConfig.from_dict(config.to_dict()) == config
+    assert GeneratorConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "norm"}).norm == "instance"
+    # InstanceNorm holds no weights: both variants have the same tensors, so the card, not the file, says which.
+    a = UNetGenerator3D(config).state_dict()
+    b = UNetGenerator3D(GeneratorConfig(ngf=2, levels=3, z_halvings=2)).state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    with pytest.raises(ValueError, match="norm 'batch' is not one of instance, none"):
+        GeneratorConfig(norm="batch")

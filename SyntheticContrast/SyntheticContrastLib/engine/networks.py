@@ -27,11 +27,21 @@ class GeneratorConfig:
     dropout: float = 0.5
     dropout_levels: int = 3
     residual: bool = False  # not in the paper: predict a correction added to the input (for small models)
+    # "instance" (the paper's) or "none". InstanceNorm rescales every feature by its own window's statistics, so what
+    # a voxel becomes depends on what else its window holds: the first demo model shifted whole tiles of lung by
+    # -40 to +50 HU with the window's content. Without it the output depends on the receptive field alone.
+    norm: str = "instance"
 
     @classmethod
     def paper(cls) -> "GeneratorConfig":
         """512 x 512 x 16 input: 9 in-plane halvings reach 1 x 1, z (16) allows 4."""
         return cls()
+
+    NORMS = ("instance", "none")
+
+    def __post_init__(self):
+        if self.norm not in self.NORMS:
+            raise ValueError(f"generator norm {self.norm!r} is not one of {', '.join(self.NORMS)}")
 
     def strides(self) -> list[tuple[int, int, int]]:
         return [(2 if i < self.z_halvings else 1, 2, 2) for i in range(self.levels)]
@@ -80,12 +90,12 @@ def _down_kernel(stride: tuple[int, int, int]) -> tuple[int, int, int]:
 class DecoderBlock(nn.Module):
     """Nearest-neighbour upsample + conv (resize-convolution, no checkerboard), ReLU, InstanceNorm, dropout."""
 
-    def __init__(self, in_ch: int, out_ch: int, scale, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, scale, dropout: float, norm: bool = True):
         super().__init__()
         self.scale = tuple(float(s) for s in scale)
         self.conv = nn.Conv3d(in_ch, out_ch, 3, 1, 1)
         self.act = nn.ReLU(inplace=True)
-        self.norm = nn.InstanceNorm3d(out_ch)
+        self.norm = nn.InstanceNorm3d(out_ch) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,18 +116,26 @@ class UNetGenerator3D(nn.Module):
         prev = config.in_channels
         for i, (stride, ch) in enumerate(zip(strides, chans)):
             # pix2pix leaves the first and the innermost block unnormalised (the innermost may be 1 voxel).
-            norm = 0 < i < config.levels - 1
+            norm = 0 < i < config.levels - 1 and config.norm == "instance"
             self.encoders.append(encoder_block(prev, ch, stride, _down_kernel(stride), 1, norm))
             prev = ch
         self.decoders = nn.ModuleList()
         for depth, i in enumerate(range(config.levels - 1, 0, -1)):
             in_ch = chans[i] if i == config.levels - 1 else 2 * chans[i]
             dropout = config.dropout if depth < config.dropout_levels else 0.0
-            self.decoders.append(DecoderBlock(in_ch, chans[i - 1], strides[i], dropout))
+            self.decoders.append(DecoderBlock(in_ch, chans[i - 1], strides[i], dropout, config.norm == "instance"))
         self.head_scale = tuple(float(s) for s in strides[0])
         head_in = 2 * chans[0] if config.levels > 1 else chans[0]
         self.head = nn.Conv3d(head_in, config.out_channels, 3, 1, 1)
-        init_weights(self)
+        if config.norm == "instance":
+            init_weights(self)
+        else:
+            # pix2pix's N(0, 0.02) leans on the norms to restore each layer's scale; without them the signal fades
+            # by about 4x a layer, and the first such run did not learn in two epochs. He init keeps the scale.
+            for m in self.modules():
+                if isinstance(m, nn.Conv3d):
+                    nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu")
+                    nn.init.zeros_(m.bias)
         if config.residual:
             nn.init.zeros_(self.head.weight)  # start as the identity; training learns the enhancement
 
