@@ -127,7 +127,8 @@ def test_every_train_flag_has_help_with_the_default_train_really_uses():
               "--lr": config.lr, "--lr-decay-epoch": config.lr_decay_epoch, "--precision": config.precision,
               "--device": config.device, "--seed": config.seed, "--model-id": config.model_id,
               "--default-stride": config.default_stride, "--sample-every": config.sample_every,
-              "--val-every": config.val_every, "--val-max-cases": config.val_max_cases}
+              "--val-every": config.val_every, "--val-max-cases": config.val_max_cases, "--norm": config.generator.norm,
+              "--lowpass-l1": config.lowpass_l1_weight}
     for action in train._actions:
         if action.option_strings and action.option_strings[0] not in ("-h",):
             assert action.help, f"{action.option_strings[0]} has no help text"

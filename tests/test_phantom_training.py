@@ -215,3 +215,71 @@ def test_validation_looks_at_the_central_slab_unless_asked_for_the_whole_volume(
     assert np.array_equal(target, source + 1)
     whole = Trainer(dataclasses.replace(_tiny_cfg(1), val_full=True), tmp_path / "b").validation_view(pair)[0]
     assert whole.shape == volume.shape
+
+
+def test_the_lowpass_loss_sees_an_offset_that_the_voxel_loss_hardly_sees_under_the_targets_noise():
+    """The first demo model darkened lung by 5-16 HU in tile-shaped patches, and its voxel L1 barely moved: each
+    target carries its own scan's noise. Block means average that noise away and keep the offset."""
+    from SyntheticContrastLib.engine.training import lowpass_l1
+
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.zeros(1, 1, 16, 64, 64)
+    target = clean + 0.03 * torch.randn(clean.shape, generator=gen)  # about 30 HU of noise on the W2000 channel
+    l1 = torch.nn.functional.l1_loss
+    offset = 0.007  # 7 HU darker on the same channel
+    voxel_gain = l1(clean - offset, target) - l1(clean, target)
+    lowpass_gain = lowpass_l1(clean - offset, target, (2, 8, 8)) - lowpass_l1(clean, target, (2, 8, 8))
+    assert voxel_gain < 0.1 * offset
+    assert lowpass_gain > 0.6 * offset
+    assert lowpass_l1(clean, clean, (2, 8, 8)) == 0
+    # A block larger than the window is clipped to it rather than failing.
+    assert lowpass_l1(clean[:, :, :1], clean[:, :, :1] + offset, (2, 8, 8)) == pytest.approx(offset)
+
+
+def test_the_lowpass_loss_is_trained_on_and_logged_only_when_asked(tmp_path):
+    import dataclasses
+
+    pairs = _pairs()
+    plain = Trainer(_tiny_cfg(1), tmp_path / "a")
+    plain.fit(pairs, pairs[:1])
+    assert "loss_g_lowpass" not in plain.history[0]
+    weighted = Trainer(dataclasses.replace(_tiny_cfg(1), lowpass_l1_weight=100.0), tmp_path / "b")
+    weighted.fit(pairs, pairs[:1])
+    assert weighted.history[0]["loss_g_lowpass"] > 0
+    changed = [k for k, v in weighted.G.state_dict().items() if not torch.equal(v, plain.G.state_dict()[k])]
+    assert changed  # same seed, same batches: only the extra loss can make the weights differ
+    config = json.loads((tmp_path / "b" / "sct-model.json").read_text())["training"]["config"]
+    assert config["lowpass_l1_weight"] == 100.0 and config["lowpass_block"] == [2, 8, 8]
+    assert TrainConfig.from_dict(config).lowpass_block == (2, 8, 8)
+
+
+def test_fine_tuning_starts_from_the_named_model_and_its_card_says_so(tmp_path):
+    """`train --init-from MODEL`: the run begins from that model's weights (checked by sha256), takes its network,
+    and the new card names the model it began from. A network flag that contradicts it is refused."""
+    from SyntheticContrastLib.cli import main
+    from SyntheticContrastLib.engine.models import load_model
+
+    pairs = _pairs()
+    Trainer(_tiny_cfg(1), tmp_path / "base").fit(pairs, pairs[:1])
+    base_card = tmp_path / "base" / "sct-model.json"
+    base = load_model(base_card)
+    trainer = Trainer(_tiny_cfg(1), tmp_path / "tuned")
+    trainer.start_from(base)
+    assert all(torch.equal(v, base.generator.state_dict()[k]) for k, v in trainer.G.state_dict().items())
+    import dataclasses
+
+    wider = Trainer(dataclasses.replace(_tiny_cfg(1), generator=GeneratorConfig(ngf=4, levels=3, z_halvings=2)), tmp_path / "w")
+    with pytest.raises(Exception, match="fine-tuning needs the same architecture") as err:
+        wider.start_from(base)
+    assert str(base_card) in str(err.value)
+
+    run = tmp_path / "cli"
+    code = main(["train", "--phantom-seeds", "1", "--phantom-slices", "16", "--output", str(run), "--epochs", "1",
+                 "--crop", "32", "--samples-per-volume", "1", "--init-from", str(base_card), "--lowpass-l1", "50"])
+    assert code == 0
+    card = json.loads((run / "sct-model.json").read_text())
+    assert card["training"]["config"]["init_from"] == {"model_id": base.card.model_id, "sha256": base.card.sha256}
+    assert card["architecture"]["parameters"] == base.card.architecture["parameters"]
+    assert main(["train", "--phantom-seeds", "1", "--phantom-slices", "16", "--output", str(tmp_path / "bad"),
+                 "--epochs", "1", "--init-from", str(base_card), "--ngf", "16"]) != 0
+    assert main(["train", "--output", str(run), "--resume", "--init-from", str(base_card)]) == 2

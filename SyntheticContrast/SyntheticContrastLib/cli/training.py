@@ -24,10 +24,17 @@ def register(sub) -> None:
     p.add_argument("--levels", type=int, help="U-Net levels (default 9, the paper's for 512 px)")
     p.add_argument("--dropout", type=float, help="decoder dropout of the innermost 3 levels (default 0.5, pix2pix)")
     p.add_argument("--residual", action="store_true", help="generator predicts a correction added to its input (not the paper; helps small models)")
+    p.add_argument("--norm", choices=["instance", "none"], help="generator feature normalisation (default instance, the "
+                                                                "paper's; none keeps each tile's output free of its neighbours' content)")
     p.add_argument("--ndf", type=int, help="discriminator base width (default 64, the paper's)")
     p.add_argument("--crop", type=int, help="in-plane training crop in px (default: whole slices)")
     p.add_argument("--samples-per-volume", type=int, help="random windows drawn from each pair per epoch (default 8)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 0.0002)")
+    p.add_argument("--lowpass-l1", type=float, metavar="WEIGHT",
+                   help="weight of an L1 loss between 2x8x8-voxel block means of output and target (default 0.0: the paper "
+                        "has none); the voxel L1 hardly sees offsets of a few HU under the targets' noise, this does")
+    p.add_argument("--init-from", metavar="MODEL", help="fine-tune: start from this model's generator (store name or "
+                                                        "card) instead of random weights; its network and windows are used")
     p.add_argument("--lr-decay-epoch", type=int, help="the epoch after which the learning rate drops x0.1, once (default 10)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="training precision (default fp32)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -91,11 +98,12 @@ RESUMABLE = {"epochs", "device", "val_every", "sample_every"}
 def _flags(args) -> dict:
     """The settings given on this command line, by TrainConfig field ('generator.ngf' for the network's)."""
     given = {"generator.ngf": args.ngf, "generator.levels": args.levels, "generator.dropout": args.dropout,
-             "generator.residual": args.residual or None, "epochs": args.epochs, "discriminator_ndf": args.ndf,
+             "generator.residual": args.residual or None, "generator.norm": args.norm, "epochs": args.epochs, "discriminator_ndf": args.ndf,
              "crop": args.crop, "samples_per_volume": args.samples_per_volume, "lr": args.lr,
              "lr_decay_epoch": args.lr_decay_epoch, "precision": args.precision, "device": args.device, "seed": args.seed,
              "model_id": args.model_id, "default_stride": args.default_stride, "val_every": args.val_every, "sample_every": args.sample_every,
-             "val_max_cases": args.val_max_cases, "val_full": args.val_full or None}
+             "val_max_cases": args.val_max_cases, "val_full": args.val_full or None,
+             "lowpass_l1_weight": args.lowpass_l1}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -148,6 +156,21 @@ def _resumed(args) -> tuple[dict, dict] | str:
     return config, data
 
 
+def _starting_model(name: str, flags: dict):
+    """The model --init-from names, loaded (its weights' sha256 checked); a network flag must agree with its card."""
+    from ..engine import store
+    from ..engine.models import load_model
+    from ..errors import InputError
+
+    model = load_model(store.resolve(name), device="cpu")
+    arch = model.card.generator_config().to_dict()
+    for field, value in flags.items():
+        if field.startswith("generator.") and arch.get(field.split(".")[1]) != value:
+            raise InputError(model.card_path, f"{_flag_name(field)} {value} differs from the network being fine-tuned "
+                                              f"({arch.get(field.split('.')[1])}); drop the flag")
+    return model
+
+
 def cmd_train(args) -> int:
     import dataclasses
 
@@ -159,6 +182,9 @@ def cmd_train(args) -> int:
         # Days of GPU time sit in a checkpoint: a new run over it is never started by default.
         print(f"error: {args.output} already holds files ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); --resume "
               "continues that run, --overwrite starts a new one over it, or give a new folder", file=sys.stderr)
+        return EXIT_USAGE
+    if args.resume and args.init_from:
+        print("error: --init-from starts a new run; a resumed run continues from its own checkpoint", file=sys.stderr)
         return EXIT_USAGE
     if args.resume and ((args.output / RUN_CONFIG).is_file() or (args.output / "checkpoint.pt").is_file()):
         resumed = _resumed(args)
@@ -180,6 +206,11 @@ def cmd_train(args) -> int:
         gen = dataclasses.replace(cfg.generator, **{k.split(".")[1]: v for k, v in flags.items() if k.startswith("generator.")})
         cfg = dataclasses.replace(cfg, generator=gen, **{k: v for k, v in flags.items() if not k.startswith("generator.")})
         data = _data(args)
+        if args.init_from:
+            start = _starting_model(args.init_from, flags)
+            card = start.card
+            cfg = dataclasses.replace(cfg, generator=card.generator_config(), windows=card.encoding.windows, window_z=card.window["z"],
+                                      init_from={"model_id": card.model_id, "sha256": card.sha256})
         if args.phantom_seeds:
             cfg = dataclasses.replace(cfg, training_data=f"procedural chest phantom, seeds {args.phantom_seeds}, {args.phantom_slices} slices")
     if "phantom_seeds" in data:
@@ -215,6 +246,9 @@ def cmd_train(args) -> int:
     if args.resume:
         trainer.load_checkpoint()
         print(f"resumed after epoch {trainer.epoch}")
+    elif args.init_from:
+        trainer.start_from(start)
+        print(f"starting from {start.card.model_id} ({start.card_path}, sha256 {start.card.sha256[:16]}...)")
     try:
         trainer.fit(train, val)
     finally:
