@@ -166,6 +166,12 @@ MUTATIONS = (
              "    if False:", ("tests/test_plausibility.py -k real_ct_gets",)),
     Mutation("the training targets' share of enhanced soft tissue not checked", f"{LIB}/trust/plausibility.py",
              "        if c[\"share_above_100\"] > share_hi:", "        if False:", ("tests/test_plausibility.py -k blob",)),
+    Mutation("norm 'none' still builds InstanceNorm into the decoder", f"{LIB}/engine/networks.py",
+             "dropout, config.norm == \"instance\"))", "dropout, True))",
+             ("tests/test_encoding_networks.py -k receptive_field",)),
+    Mutation("the block-mean L1 computed but never added to the generator's loss", f"{LIB}/engine/training.py",
+             "loss_g = loss_g + self.cfg.lowpass_l1_weight * loss_lowpass", "loss_g = loss_g + 0.0 * loss_lowpass",
+             ("tests/test_phantom_training.py -k lowpass_loss_is_trained",)),
 )
 
 

@@ -279,7 +279,37 @@ def test_fine_tuning_starts_from_the_named_model_and_its_card_says_so(tmp_path):
     assert code == 0
     card = json.loads((run / "sct-model.json").read_text())
     assert card["training"]["config"]["init_from"] == {"model_id": base.card.model_id, "sha256": base.card.sha256}
+    assert card["training"]["started_from"] == {"model_id": base.card.model_id, "sha256": base.card.sha256,
+                                                "command": None, "started_from": None}  # the base came from the API
     assert card["architecture"]["parameters"] == base.card.architecture["parameters"]
     assert main(["train", "--phantom-seeds", "1", "--phantom-slices", "16", "--output", str(tmp_path / "bad"),
                  "--epochs", "1", "--init-from", str(base_card), "--ngf", "16"]) != 0
     assert main(["train", "--output", str(run), "--resume", "--init-from", str(base_card)]) == 2
+
+
+def test_a_fine_tuned_phantom_run_is_bundled_with_its_whole_chain_of_runs(tmp_path, capsys):
+    """scripts/bundle_demo_model.py: the bundled card says what the demo is for, on which seeds it was trained,
+    and how to reproduce it, every run of a fine-tuning chain in order; its weights still verify."""
+    import importlib.util
+
+    from SyntheticContrastLib.cli import main
+    from SyntheticContrastLib.engine.models import load_model
+
+    run = ["--phantom-seeds", "1-2", "--phantom-slices", "16", "--epochs", "1", "--crop", "32", "--samples-per-volume", "1"]
+    network = ["--ngf", "2", "--levels", "3", "--norm", "none", "--residual"]  # the second run takes them from the card
+    assert main(["train", *run, *network, "--output", str(tmp_path / "first")]) == 0
+    assert main(["train", *run, "--output", str(tmp_path / "second"), "--init-from",
+                 str(tmp_path / "first" / "sct-model.json"), "--lowpass-l1", "100"]) == 0
+    spec = importlib.util.spec_from_file_location("bundle", Path(__file__).parents[1] / "scripts" / "bundle_demo_model.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    assert bundle.main([str(tmp_path / "second" / "sct-model.json"), "--into", str(tmp_path / "bundled")]) == 0
+    card = json.loads((tmp_path / "bundled" / "sct-model.json").read_text())
+    assert card["intended_use"].startswith("DEMONSTRATION ONLY - NOT FOR DIAGNOSIS")
+    assert "seeds 1-2" in card["training_data"] and "block-mean L1 x100" in card["training"]["deviations_from_paper"]
+    first, second = card["training"]["reproduce"]
+    assert "--output " + str(tmp_path / "first") in first and "--init-from" in second
+    assert load_model(tmp_path / "bundled" / "sct-model.json").card.sha256 == card["sha256"]
+    assert main(["models", "show", str(tmp_path / "bundled" / "sct-model.json")]) == 0
+    shown = capsys.readouterr().out
+    assert "reproduce" in shown and "--init-from" in shown.split("reproduce", 1)[1].splitlines()[1]

@@ -13,7 +13,7 @@ def register(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="one model a line: name, where it lives, model id, sha256, intended use")
     q = actions.add_parser("show", help="a model's card: training data and metrics, intended use, input statistics")
-    q.add_argument("name")
+    q.add_argument("name", help="a store name, or a model card (or its folder), such as a training run's")
     q = actions.add_parser("install", help="copy a model card and its weights into your store, checking the sha256")
     q.add_argument("source", type=Path, help="a model card JSON, or the folder that holds one")
     q.add_argument("--name", help="store name (default: the card's model id)")
@@ -31,7 +31,7 @@ def cmd_models(args) -> int:
             print(f"{model.name}\t{model.place}\t{model.card.model_id}\t{model.card.sha256[:12]}\t{model.card.intended_use}")
         return EXIT_OK
     if args.action == "show":
-        print(store.describe(store.find(args.name)))
+        print(store.describe(store.find_or_read(args.name)))
         return EXIT_OK
     if args.action == "install":
         model = store.install(args.source, args.name)

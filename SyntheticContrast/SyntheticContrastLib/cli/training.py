@@ -156,6 +156,12 @@ def _resumed(args) -> tuple[dict, dict] | str:
     return config, data
 
 
+def started_from(card) -> dict:
+    """What a fine-tuned card keeps of the model it began from: enough to reproduce the chain of runs."""
+    return {"model_id": card.model_id, "sha256": card.sha256, "command": card.training.get("command"),
+            "started_from": card.training.get("started_from")}
+
+
 def _starting_model(name: str, flags: dict):
     """The model --init-from names, loaded (its weights' sha256 checked); a network flag must agree with its card."""
     from ..engine import store
@@ -232,6 +238,8 @@ def cmd_train(args) -> int:
     trainer.run_record = {"command": "synthetic-contrast " + " ".join(args.command_line), "data": _with_hashes(data),
                           "pairs": len(train) + len(val), "patients": len(split["train"]["patients"]) + len(split["validation"]["patients"]),
                           "split": split, **({"registration": registered} if registered else {})}
+    if args.init_from and not args.resume:
+        trainer.run_record["started_from"] = started_from(start.card)
     if trainer.rank == 0:
         for r in registered:
             print(f"registered {r['pair']}: {r['metric']} {r['before']:.4f} -> {r['after']:.4f} in {r['iterations']} "

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..fileio import atomic_dir, sha256_of
 from .bundled import BUNDLED_MODELS_DIR
-from .cards import ModelCard, read_card
+from .cards import ModelCard, _card_file, read_card
 
 USER_ENV, SITE_ENV = "SYNTHETIC_CONTRAST_MODELS", "SYNTHETIC_CONTRAST_SITE_MODELS"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -86,6 +86,15 @@ def find(name: str) -> StoredModel:
                            "'models install CARD' adds one")
 
 
+def find_or_read(name_or_path: str | Path) -> StoredModel:
+    """The store model of that name, else the card at that path (a training run's, before it is installed)."""
+    card_path = _card_file(name_or_path)
+    for model in list_models():
+        if model.card_path.resolve() == card_path.resolve():
+            return model
+    return StoredModel(card_path.parent.name, card_path, "file", read_card(card_path))
+
+
 def resolve(name_or_path: str | Path) -> Path:
     """A card path as given when it exists, else the card of the store model with that name."""
     path = Path(name_or_path)
@@ -147,13 +156,17 @@ def describe(model: StoredModel) -> str:
              f"sha256          {card.sha256}", f"created         {card.created or '-'}", f"intended use    {card.intended_use}",
              f"training data   {card.training_data}", f"window          {card.window}, default stride {card.default_stride}"]
     history = card.training.get("history") or [{}]
-    final = history[-1]
-    if "val_mae" in final:
+    final, best = history[-1], card.training.get("best")
+    if best and best.get("epoch") != final.get("epoch"):  # the exported weights are the best epoch's, not the last's
+        lines.append(f"metrics         exported epoch {best['epoch']} (lowest validation MAE): validation MAE {best['val_mae']:.2f} "
+                     f"(input {best['input_mae']:.2f}); the last, epoch {final.get('epoch')}, had {final.get('val_mae', float('nan')):.2f}")
+    elif "val_mae" in final:
         lines.append(f"metrics         epoch {final.get('epoch')}: validation MAE {final['val_mae']:.2f} (input {final.get('input_mae', float('nan')):.2f}), "
                      f"PSNR {final.get('val_psnr', float('nan')):.2f} dB (input {final.get('input_psnr', float('nan')):.2f})")
     for key in ("wall_time", "reproduce", "stride_choice", "deviations_from_paper"):
-        if card.training.get(key):
-            lines.append(f"{key.replace('_', ' '):15.15s} {card.training[key]}")
+        value = card.training.get(key)
+        if value:  # a fine-tuned model's reproduce is its chain of runs, one command a line
+            lines.append(f"{key.replace('_', ' '):15.15s} " + ("\n" + " " * 16).join(value if isinstance(value, list) else [value]))
     if card.input_statistics:
         ranges = card.input_statistics.get("ranges", {})
         lines.append(f"input statistics ({card.input_statistics.get('volumes', '?')} volumes): "
