@@ -36,7 +36,7 @@ def test_install_list_show_verify_remove(stores, tiny_model_card, capsys):
     assert lines[0].split("\t")[1:3] == ["user", "tiny-test"]
     assert main(["models", "show", "demo_phantom_small"]) == 0
     shown = capsys.readouterr().out
-    assert "validation MAE 5.39" in shown and "DEMONSTRATION ONLY" in shown and "input statistics (16 volumes)" in shown
+    assert "exported epoch 12 (lowest validation MAE): validation MAE 9.61" in shown and "DEMONSTRATION ONLY" in shown and "input statistics (16 volumes)" in shown
     assert load_model("chest-v1").card.model_id == "tiny-test"  # a name works wherever a card path does
     assert main(["models", "install", str(tiny_model_card), "--name", "chest-v1"]) == 1  # never replaced silently
     assert "already installed" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import chest_like, write_dicom_series
 from SyntheticContrastLib.cli import main
+from SyntheticContrastLib.engine.models import DEFAULT_MODEL_CARD
 from SyntheticContrastLib.io.reading import read_volume, synthetic_provenance
 
 
@@ -127,6 +128,9 @@ def test_models_list_show_and_verify_with_no_flags(capsys):
     assert main(["models", "show", "demo_phantom_small"]) == 0
     shown = capsys.readouterr().out
     assert "NOT FOR DIAGNOSIS" in shown
+    # How each plausibility bound was chosen is the card's own text (issue: check the output).
+    assert "how chosen: what iodinated contrast can do" in shown and "how chosen: the training targets' own" in shown
+    assert set(json.loads(DEFAULT_MODEL_CARD.read_text())["enhancement_statistics"]["how_chosen"]) == {"physics", "training"}
     assert main(["models", "verify"]) == 0
 
 
