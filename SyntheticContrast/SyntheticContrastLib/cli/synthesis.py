@@ -163,6 +163,9 @@ def cmd_demo(args) -> int:
     implausible = plausibility.check(plausibility.measure(case.ncct, scect, model.card.encoding.output_range_hu, statistics), statistics)
     for finding in implausible:  # the main job shows the output check as any synthesis does
         print(finding.line(), file=sys.stderr)
+    # Said either way: silence would not tell a new user that the output was checked at all.
+    print(f"output check: {plausibility.summary(implausible, statistics) if implausible else 'no implausible enhancement'} "
+          f"({'physics and the training targets' if statistics else 'physics only'}, per tissue class)")
     out, name = args.output, f"phantom{args.seed:04d}"
     write_volume(case.ncct, out / f"{name}_ncct.nii.gz")
     write_volume(scect, out / f"{name}_sCECT_synthetic.nii.gz")
