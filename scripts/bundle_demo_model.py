@@ -29,15 +29,17 @@ INTENDED_USE = ("DEMONSTRATION ONLY - NOT FOR DIAGNOSIS. Trained on procedural c
 
 
 def deviations(config: dict) -> str:
+    """The card's departures from the paper, read from the run's own config so that they cannot drift from it."""
     g = config["generator"]
-    return (f"small generator (ngf {g['ngf']}, {g['levels']} levels, residual output, dropout {g['dropout']:g}, "
-            f"norm '{g.get('norm', 'instance')}': no InstanceNorm, so a voxel depends on its receptive field and not on "
-            f"its tile's statistics), {config['crop']}-px in-plane crops centred on body voxels (inference tiles at "
-            f"{config['crop']} px), block-mean L1 x{config.get('lowpass_l1_weight', 0):g} over "
-            f"{'x'.join(map(str, config.get('lowpass_block', [])))} voxels beside the paper's voxel L1, lr {config['lr']:g} "
-            f"decayed x{config['lr_decay_factor']:g} after epoch {config['lr_decay_epoch']}, {config['epochs']} epochs, "
-            f"discriminator ndf {config['discriminator_ndf']}; loss weights, label smoothing, Adam betas and shift "
-            "augmentation as in the paper")
+    norm = ("no InstanceNorm, so a voxel depends on its receptive field and not on its tile's statistics"
+            if g.get("norm", "instance") == "none" else "InstanceNorm, as the paper")
+    lowpass = (f"block-mean L1 x{config['lowpass_l1_weight']:g} over {'x'.join(map(str, config['lowpass_block']))} voxels "
+               "beside the paper's voxel L1" if config.get("lowpass_l1_weight") else "the paper's voxel L1 alone")
+    return (f"small generator (ngf {g['ngf']}, {g['levels']} levels, {'residual' if g['residual'] else 'direct'} output, "
+            f"dropout {g['dropout']:g}, {norm}), {config['crop']}-px in-plane crops centred on body voxels (inference "
+            f"tiles at {config['crop']} px), {lowpass}, lr {config['lr']:g} decayed x{config['lr_decay_factor']:g} after "
+            f"epoch {config['lr_decay_epoch']}, {config['epochs']} epochs, discriminator ndf {config['discriminator_ndf']}; "
+            "loss weights, label smoothing, Adam betas and shift augmentation as in the paper")
 
 
 def main(argv=None) -> int:
